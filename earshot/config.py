@@ -1,0 +1,351 @@
+"""Typed, frozen configuration for every part of earshot, and YAML <-> dataclass.
+
+YAML holds values only; defaults live here. An unknown key or a value of the wrong
+type is a ``ConfigError`` that names the dotted key, raised before any work starts.
+
+>>> cfg = load_config(None, ["model.encoder.rnn_layers=3", "train.epochs=2"])
+>>> cfg.model.encoder.rnn_layers, cfg.train.epochs
+(3, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from earshot.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    kind: Literal["fbank", "mfcc"] = "fbank"
+    sample_rate: int = 16000  # audio is resampled to this rate on load
+    num_mel_bins: int = 80  # 80 by default; 40 is the other common choice
+    num_ceps: int = 13  # MFCC only
+    deltas: bool = False  # append first and second order deltas
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    low_freq: float = 20.0
+    high_freq: float = 0.0  # <= 0 means offset from Nyquist, as in Kaldi
+    dither: float = 0.0  # Kaldi's default is 1.0; 0 keeps features deterministic
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: Literal["char", "sentencepiece"] = "char"
+    vocab_size: int = 256  # sentencepiece only
+    model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only
+    case: Literal["lower", "upper", "keep"] = "lower"  # applied to every text, refs included
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    type: str = "crdnn"  # key of models.registry.ENCODERS
+    cnn_channels: tuple[int, ...] = (64, 128)  # one CNN block per entry
+    cnn_kernel: int = 3
+    freq_pool: int = 2  # frequency pooling after each CNN block
+    time_pool: tuple[int, ...] = (1, 2)  # time subsampling after each CNN block
+    rnn_type: Literal["lstm", "gru"] = "lstm"
+    rnn_layers: int = 2
+    rnn_units: int = 256  # per direction
+    bidirectional: bool = True
+    rnn_time_pool: int = 2  # extra time subsampling (frame stacking) before the RNN
+    dnn_layers: int = 1
+    dnn_units: int = 256
+    dropout: float = 0.15
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    type: Literal["content", "location"] = "location"
+    dim: int = 256
+    location_channels: int = 10  # location-aware only
+    location_kernel: int = 31  # location-aware only; odd
+    scaling: float = 1.0  # sharpening factor applied to the energies before softmax
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    rnn_type: Literal["lstm", "gru"] = "gru"
+    layers: int = 1
+    units: int = 256
+    embedding_dim: int = 128
+    dropout: float = 0.15
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass(frozen=True)
+class ScheduledSamplingConfig:
+    max_prob: float = 0.0  # 0 disables scheduled sampling (pure teacher forcing)
+    unit: Literal["step", "epoch"] = "epoch"
+    start: int = 0  # probability is 0 before this step/epoch
+    ramp: int = 1  # steps/epochs to ramp linearly from 0 to max_prob
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    ctc_weight: float = 0.3  # alpha in L = alpha * CTC + (1 - alpha) * NLL
+    label_smoothing: float = 0.1
+    scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    type: Literal["none", "newbob", "warmup"] = "newbob"
+    # newbob: multiply lr by `factor` when the dev metric improves by less than `threshold` (relative)
+    factor: float = 0.5
+    threshold: float = 0.0025
+    patience: int = 0
+    # warmup: linear warmup over warmup_steps, then inverse-square-root decay
+    warmup_steps: int = 1000
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adam", "adadelta"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # max global grad norm; <= 0 disables
+    accum_steps: int = 1  # gradient accumulation
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""  # CutSet manifest (jsonl / jsonl.gz)
+    dev: str = ""
+    test: str = ""
+    max_duration: float = 120.0  # seconds of audio per batch
+    num_buckets: int = 10
+    num_workers: int = 0
+    max_utterance_duration: float = 30.0  # longer cuts are skipped (and counted)
+    speed_perturb: tuple[float, ...] = ()  # e.g. (0.9, 1.0, 1.1); empty disables
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_len_ratio: float = 1.0  # max output tokens = ratio * encoder frames
+    min_len_ratio: float = 0.0
+    beam_size: int = 1
+    ctc_weight: float = 0.0  # lambda
+    lm_weight: float = 0.0  # beta
+    length_bonus: float = 0.0  # gamma
+    length_normalize: bool = False
+    eos_threshold: float = 1.5
+    max_attn_shift: int = 0  # 0 disables
+    coverage_weight: float = 0.0
+    temperature: float = 1.0
+    nbest: int = 1
+    ctc_window: int = 0  # 0 = full utterance; else frames around the attention peak
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    exp_dir: str = "exp/run"
+    epochs: int = 20
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    keep_last: int = 2  # epoch checkpoints kept
+    average_best: int = 1  # export the average of the K best epochs (1 = best only)
+    select_metric: Literal["cer", "wer", "loss"] = "cer"
+    flush_denormal: bool = True
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+# ---------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key '{key}' (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict of YAML-safe values (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = ExperimentConfig):
+    """Read YAML (or start from defaults), apply overrides, validate into ``cls``."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    try:
+        cfg = from_dict(cls, data)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for frozen configs."""
+    return dataclasses.replace(cfg, **changes)
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that types alone cannot express."""
+    if isinstance(cfg, ExperimentConfig):
+        _check(0.0 <= cfg.loss.ctc_weight <= 1.0, "loss.ctc_weight", "must be in [0, 1]")
+        _check(0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
+        _check(0.0 <= cfg.loss.scheduled_sampling.max_prob <= 1.0,
+               "loss.scheduled_sampling.max_prob", "must be in [0, 1]")
+        _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
+        _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
+        _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
+        _check(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
+        enc = cfg.model.encoder
+        _check(len(enc.time_pool) == len(enc.cnn_channels), "model.encoder.time_pool",
+               "needs one entry per model.encoder.cnn_channels entry")
+        _check(cfg.model.decoder.attention.location_kernel % 2 == 1,
+               "model.decoder.attention.location_kernel", "must be odd")
+    if isinstance(cfg, (ExperimentConfig, DecodeConfig)):
+        dec = cfg.decode if isinstance(cfg, ExperimentConfig) else cfg
+        prefix = "decode." if isinstance(cfg, ExperimentConfig) else ""
+        _check(dec.beam_size >= 1, prefix + "beam_size", "must be >= 1")
+        _check(0.0 <= dec.ctc_weight <= 1.0, prefix + "ctc_weight", "must be in [0, 1]")
+        _check(dec.temperature > 0, prefix + "temperature", "must be positive")
+        _check(1 <= dec.nbest, prefix + "nbest", "must be >= 1")
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {reason}")
