@@ -1,0 +1,224 @@
+"""The ``earshot`` command: arguments -> config -> one library call.
+
+    earshot demo --out exp/demo
+    earshot prepare an4 ../shared/data/an4 --out data/an4
+    earshot train recipes/an4/crdnn.yaml train.epochs=30 [--resume]
+    earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev
+    earshot transcribe --model exp/an4/model a.wav b.flac
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from earshot.config import DecodeConfig, replace
+from earshot.errors import AudioError, EarshotError
+
+log = logging.getLogger("earshot")
+
+DECODE_MODES = ("auto", "greedy", "beam", "ctc_greedy", "ctc_beam", "rescore")
+
+
+# ---------------------------------------------------------------------------
+# decoding options: one flag per DecodeConfig field, generated from the dataclass
+
+
+def add_decode_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (defaults: the model's decode section)")
+    hints = typing.get_type_hints(DecodeConfig)
+    for f in dataclasses.fields(DecodeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        if tp is bool:
+            group.add_argument(flag, dest=f"decode_{f.name}", action=argparse.BooleanOptionalAction,
+                               default=None)
+        else:
+            group.add_argument(flag, dest=f"decode_{f.name}", type=tp, default=None,
+                               metavar=f.name.upper())
+    group.add_argument("--mode", choices=DECODE_MODES, default="auto",
+                       help="auto: greedy for beam 1 without CTC/LM, else joint beam search")
+    group.add_argument("--lm", type=Path, default=None, help="language model directory (train-lm)")
+
+
+def decode_config(args: argparse.Namespace, base: DecodeConfig) -> DecodeConfig:
+    from earshot.config import validate
+
+    changes = {f.name: getattr(args, f"decode_{f.name}") for f in dataclasses.fields(DecodeConfig)
+               if getattr(args, f"decode_{f.name}") is not None}
+    cfg = replace(base, **changes)
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# subcommands
+
+
+def cmd_demo(args) -> int:
+    from earshot.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from earshot.data import manifests
+
+    out = Path(args.out)
+    if args.corpus == "fsdd":
+        splits = manifests.prepare_fsdd(args.source, out)
+    elif args.corpus == "an4":
+        splits = manifests.prepare_an4(args.source, out, dev_speakers=args.dev_speakers)
+    else:
+        splits = manifests.prepare_csv(args.source, out, dev_fraction=args.dev_fraction,
+                                       audio_root=args.audio_root)
+    for name, cuts in splits.items():
+        hours = sum(c.duration for c in cuts) / 3600
+        print(f"{name:>6}: {len(cuts):6d} utterances, {hours:6.2f} h -> {out / (name + '.jsonl.gz')}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from earshot.config import load_config
+    from earshot.train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    model_dir = train(cfg, resume=args.resume)
+    print(f"model: {model_dir}")
+    return 0
+
+
+def cmd_train_lm(args) -> int:
+    from earshot.config import LMExperimentConfig, load_config
+    from earshot.train.lm_trainer import train_lm
+
+    cfg = load_config(args.config, args.overrides, cls=LMExperimentConfig)
+    lm_dir = train_lm(cfg)
+    print(f"language model: {lm_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from earshot.config import load_config
+    from earshot.inference import evaluate
+    from earshot.metrics import format_table
+
+    base = load_config(Path(args.model) / "config.yaml").decode
+    decode = decode_config(args, base)
+    rates = evaluate(args.model, args.manifest, args.out, decode, lm_dir=args.lm,
+                     mode=args.mode, device=args.device)
+    print(format_table([{"set": Path(args.manifest).name, **rates.to_dict()}]))
+    print(f"report: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from earshot.audio import load_audio
+    from earshot.inference import Transcriber, load_lm_dir, write_nbest
+
+    model = Transcriber.load(args.model, device=args.device)
+    decode = decode_config(args, model.cfg.decode)
+    lm = load_lm_dir(args.lm, model) if args.lm else None
+    ids, wavs, failed = [], [], 0
+    for path in args.audio:
+        try:
+            wavs.append(load_audio(path, model.sample_rate))
+            ids.append(str(path))
+        except AudioError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+    utts = model.decode_waveforms(ids, wavs, decode, lm=lm, mode=args.mode) if wavs else []
+    for u in utts:
+        if args.json:
+            print(json.dumps({"path": u.id, "text": u.text,
+                              "nbest": [{"text": h.text, "score": float(h.score)}
+                                        for h in u.hypotheses]}))
+        else:
+            print(f"{u.id}\t{u.text}")
+    if args.nbest_out:
+        write_nbest(Path(args.nbest_out), utts)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="earshot", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise a spoken corpus, train, evaluate (about 10 min)")
+    p.add_argument("--out", default="exp/demo", help="output directory (default: exp/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny corpus and 1 epoch: a smoke test")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("prepare", help="corpus -> lhotse CutSet manifests (no downloads)")
+    p.add_argument("corpus", choices=["csv", "jsonl", "fsdd", "an4"])
+    p.add_argument("source", help="csv/jsonl file, or the corpus folder for fsdd/an4")
+    p.add_argument("--out", required=True, help="output directory for {split}.jsonl.gz")
+    p.add_argument("--audio-root", default=None, help="csv/jsonl: base for relative audio paths")
+    p.add_argument("--dev-fraction", type=float, default=0.0, help="csv/jsonl: hold out a dev set")
+    p.add_argument("--dev-speakers", type=int, default=8, help="an4: speakers held out for dev")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train an ASR model from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-lm", help="train an RNN language model with a model's tokenizer")
+    p.add_argument("config", type=Path)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_train_lm)
+
+    p = sub.add_parser("evaluate", help="decode a manifest; write WER/CER report and alignments")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device", default="cpu")
+    add_decode_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("transcribe", help="print transcripts of audio files")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("audio", nargs="+", type=Path)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--nbest-out", type=Path, default=None, help="write n-best JSONL here")
+    add_decode_args(p)
+    p.set_defaults(func=cmd_transcribe)
+    return parser
+
+
+def _version() -> str:
+    from earshot import __version__
+
+    return f"earshot {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except EarshotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

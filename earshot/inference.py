@@ -1,0 +1,182 @@
+"""Run a trained model: transcribe files and evaluate manifests.
+
+>>> import earshot                                   # doctest: +SKIP
+>>> model = earshot.load_model("exp/an4/model")       # doctest: +SKIP
+>>> model.transcribe(["a.wav", "b.flac"])             # doctest: +SKIP
+['yes', 'go']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from earshot.audio import load_audio
+from earshot.config import DecodeConfig, ExperimentConfig
+from earshot.decoding.api import Hypothesis, decode_batch
+from earshot.errors import AudioError, EarshotError
+from earshot.metrics import ErrorRates, write_report
+from earshot.modeldir import load_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Utterance:
+    """One decoded utterance: its n-best list, best first."""
+
+    id: str
+    hypotheses: list[Hypothesis]
+    reference: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.hypotheses[0].text if self.hypotheses else ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Transcriber:
+    """A loaded model directory plus the decoding that turns audio into text."""
+
+    def __init__(self, cfg: ExperimentConfig, tokenizer, model, device: torch.device):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.model = model.to(device).eval()
+        self.device = device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Transcriber":
+        dev = resolve_device(device)
+        cfg, tokenizer, model = load_model_dir(model_dir, device=dev)
+        return cls(cfg, tokenizer, model, dev)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.model.features.sample_rate
+
+    def transcribe(self, paths: list[str | Path], decode: DecodeConfig | None = None,
+                   lm=None, mode: str = "auto") -> list[str]:
+        """Transcribe audio files; returns one text per path, in order."""
+        return [u.text for u in self.transcribe_detailed(paths, decode, lm, mode)]
+
+    def transcribe_detailed(self, paths, decode: DecodeConfig | None = None, lm=None,
+                            mode: str = "auto") -> list[Utterance]:
+        """Like ``transcribe`` but returns each file's n-best list with scores."""
+        wavs = [load_audio(p, self.sample_rate) for p in paths]
+        return self.decode_waveforms([str(p) for p in paths], wavs, decode, lm, mode)
+
+    def decode_waveforms(self, ids: list[str], wavs: list[torch.Tensor],
+                         decode: DecodeConfig | None = None, lm=None,
+                         mode: str = "auto") -> list[Utterance]:
+        """Decode mono waveforms (S,) at ``self.sample_rate``, batched longest first."""
+        decode = decode or self.cfg.decode
+        order = sorted(range(len(wavs)), key=lambda i: -len(wavs[i]))
+        results: dict[int, Utterance] = {}
+        for start in range(0, len(order), decode.batch_size):
+            idx = order[start:start + decode.batch_size]
+            hyps = self._decode([wavs[i] for i in idx], decode, lm, mode)
+            for i, nbest in zip(idx, hyps):
+                results[i] = Utterance(ids[i], nbest)
+        return [results[i] for i in range(len(wavs))]
+
+    @torch.inference_mode()
+    def _decode(self, wavs: list[torch.Tensor], decode: DecodeConfig, lm, mode: str):
+        lens = torch.tensor([len(w) for w in wavs], dtype=torch.long)
+        batch = torch.zeros(len(wavs), int(lens.max()))
+        for i, w in enumerate(wavs):
+            batch[i, : len(w)] = w
+        return decode_batch(self.model, batch.to(self.device), lens.to(self.device), decode,
+                            self.tokenizer, lm=lm, mode=mode)
+
+    @torch.inference_mode()
+    def decode_cuts(self, cuts, decode: DecodeConfig | None = None, lm=None,
+                    mode: str = "auto", progress: bool = True) -> list[Utterance]:
+        """Decode every cut of a CutSet (batched by duration); unreadable audio is skipped."""
+        from tqdm import tqdm
+
+        from earshot.data.batching import make_loader
+
+        decode = decode or self.cfg.decode
+        loader = make_loader(cuts, self.tokenizer, self.sample_rate,
+                             max_duration=decode_max_duration(decode), shuffle=False)
+        out = []
+        for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress,
+                          dynamic_ncols=True):
+            if batch is None:
+                continue
+            hyps = decode_batch(self.model, batch.wavs.to(self.device),
+                                batch.wav_lens.to(self.device), decode, self.tokenizer,
+                                lm=lm, mode=mode)
+            for uid, ref, nbest in zip(batch.ids, batch.texts, hyps):
+                out.append(Utterance(uid, nbest, self.tokenizer.normalize(ref)))
+        return out
+
+
+def decode_max_duration(decode: DecodeConfig) -> float:
+    """Seconds of audio per decoding batch: batch_size utterances of ~10 s."""
+    return max(10.0, 10.0 * decode.batch_size)
+
+
+def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
+             decode: DecodeConfig | None = None, lm_dir: str | Path | None = None,
+             mode: str = "auto", device: str = "cpu") -> ErrorRates:
+    """Decode a manifest, write summary.json, alignments and hypotheses to ``out_dir``."""
+    from earshot.data.manifests import load_cuts
+
+    transcriber = Transcriber.load(model_dir, device=device)
+    decode = decode or transcriber.cfg.decode
+    lm = load_lm_dir(lm_dir, transcriber) if lm_dir else None
+    cuts = load_cuts(manifest)
+    start = time.perf_counter()
+    utts = transcriber.decode_cuts(cuts, decode, lm=lm, mode=mode)
+    seconds = time.perf_counter() - start
+    if not utts:
+        raise EarshotError(f"{manifest}: no utterance could be decoded")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_nbest(out_dir / "hypotheses.jsonl", utts)
+    extra = {"model": str(model_dir), "manifest": str(manifest), "mode": mode,
+             "lm": str(lm_dir) if lm_dir else None, "decode_seconds": round(seconds, 3),
+             "decode": _decode_dict(decode)}
+    return write_report(out_dir, [u.id for u in utts], [u.reference for u in utts],
+                        [u.text for u in utts], extra=extra)
+
+
+def load_lm_dir(lm_dir, transcriber: Transcriber):
+    from earshot.models.lm import load_lm
+
+    lm = load_lm(lm_dir, device=transcriber.device)
+    lm_vocab = getattr(lm, "vocab_size", None)
+    if lm_vocab is not None and lm_vocab != transcriber.tokenizer.vocab_size:
+        raise EarshotError(f"{lm_dir}: LM vocabulary ({lm_vocab}) does not match the ASR "
+                           f"tokenizer ({transcriber.tokenizer.vocab_size}); train the LM "
+                           "with this model's tokenizer")
+    return lm
+
+
+def write_nbest(path: Path, utts: list[Utterance]) -> None:
+    """One JSON line per utterance: id, ref, and its n-best hypotheses with scores."""
+    with open(path, "w") as f:
+        for u in utts:
+            row = {"id": u.id, "ref": u.reference,
+                   "nbest": [{"text": h.text, "tokens": list(h.tokens), "score": float(h.score),
+                              "scores": {k: float(v) for k, v in h.scores.items()}}
+                             for h in u.hypotheses]}
+            f.write(json.dumps(row) + "\n")
+
+
+def _decode_dict(decode: DecodeConfig) -> dict:
+    from earshot.config import to_dict
+
+    return to_dict(decode)
+
