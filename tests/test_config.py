@@ -1,0 +1,69 @@
+"""Config: YAML <-> dataclasses, overrides, and errors that name the key."""
+
+import pytest
+
+from earshot.config import (DecodeConfig, ExperimentConfig, from_dict, load_config,
+                            save_config, to_dict)
+from earshot.errors import ConfigError
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    cfg = ExperimentConfig()
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_overrides_reach_nested_fields_and_parse_yaml_values(tmp_path):
+    cfg = load_config(None, ["model.encoder.rnn_layers=3", "model.encoder.cnn_channels=[8, 16]",
+                             "model.encoder.time_pool=[1, 2]", "loss.ctc_weight=0.5",
+                             "train.exp_dir=exp/x"])
+    assert cfg.model.encoder.rnn_layers == 3
+    assert cfg.model.encoder.cnn_channels == (8, 16)
+    assert cfg.loss.ctc_weight == 0.5 and isinstance(cfg.loss.ctc_weight, float)
+    assert cfg.train.exp_dir == "exp/x"
+
+
+def test_unknown_key_in_yaml_names_file_and_dotted_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("model:\n  encoder:\n    rnn_layer: 3\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*'model\.encoder\.rnn_layer'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=two", "train.epochs"),
+    ("model.encoder.bidirectional=3", "model.encoder.bidirectional"),
+    ("model.encoder.rnn_type=transformer", "model.encoder.rnn_type"),
+    ("model.encoder.cnn_channels=5", "model.encoder.cnn_channels"),
+    ("loss.ctc_weight=1.5", "loss.ctc_weight"),
+])
+def test_wrong_type_or_range_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_malformed_override_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_section_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="'train'.*mapping|train: expected a mapping"):
+        from_dict(ExperimentConfig, {"train": 3})
+
+
+def test_to_dict_is_plain_data():
+    d = to_dict(DecodeConfig(beam_size=4))
+    assert d["beam_size"] == 4 and isinstance(d, dict)
+
+
+def test_recipes_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    recipes = sorted(root.glob("*/*.yaml"))
+    assert recipes, "no recipe found"
+    for path in recipes:
+        load_config(path)
