@@ -1,0 +1,104 @@
+"""load_audio gives mono float32 at the requested rate, or an AudioError naming file and reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from earshot.audio import audio_duration, audio_info, load_audio
+from earshot.errors import AudioError
+
+
+def tone(sample_rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_loads_mono_float32_in_range(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(path, tone(16000, 0.5), 16000, subtype="PCM_16")
+    wav = load_audio(path)
+    assert wav.dtype == torch.float32 and wav.shape == (8000,)
+    assert 0.45 < float(wav.abs().max()) <= 0.5 + 1e-4
+
+
+def test_stereo_is_averaged_to_mono(tmp_path):
+    path = tmp_path / "stereo.wav"
+    left, right = tone(8000, 0.25, 300.0), tone(8000, 0.25, 700.0) * 0.5
+    sf.write(path, np.stack([left, right], axis=1), 8000, subtype="FLOAT")
+    wav = load_audio(path)
+    assert wav.shape == (2000,)
+    np.testing.assert_allclose(wav.numpy(), (left + right) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("src,dst", [(8000, 16000), (16000, 8000), (22050, 16000)])
+def test_resampling_changes_length_by_the_rate_ratio(tmp_path, src, dst):
+    path = tmp_path / "r.flac"
+    sf.write(path, tone(src, 1.0, 200.0), src)
+    wav = load_audio(path, sample_rate=dst)
+    assert abs(wav.shape[0] - dst) <= 1
+    # The tone survives resampling: same frequency, same level, away from the edges.
+    spectrum = np.abs(np.fft.rfft(wav.numpy()[dst // 10: dst // 10 + dst // 2]))
+    assert np.argmax(spectrum) * 2 == pytest.approx(200, abs=2)
+    assert 0.45 < float(wav[dst // 10:-dst // 10].abs().max()) < 0.55
+
+
+def test_same_rate_is_not_resampled(tmp_path):
+    path = tmp_path / "s.wav"
+    data = tone(16000, 0.1)
+    sf.write(path, data, 16000, subtype="FLOAT")
+    assert torch.equal(load_audio(path, sample_rate=16000), torch.from_numpy(data))
+
+
+def test_ogg_and_flac_load(tmp_path):
+    for name in ["x.ogg", "x.flac"]:
+        sf.write(tmp_path / name, tone(16000, 0.2), 16000)
+        assert abs(load_audio(tmp_path / name).shape[0] - 3200) <= 1
+
+
+def test_duration_and_info_from_header(tmp_path):
+    path = tmp_path / "d.wav"
+    sf.write(path, np.zeros((12000, 2), dtype=np.float32), 8000)
+    assert audio_duration(path) == pytest.approx(1.5)
+    info = audio_info(path)
+    assert (info.sample_rate, info.frames, info.channels) == (8000, 12000, 2)
+
+
+def bad_file(tmp_path, case: str):
+    path = tmp_path / f"{case}.wav"
+    if case == "corrupt":
+        path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 3)
+    elif case == "empty":
+        sf.write(path, np.zeros(0, dtype=np.float32), 16000)
+    elif case == "nan":
+        data = tone(16000, 0.1)
+        data[100] = np.nan
+        data[200] = np.inf
+        sf.write(path, data, 16000, subtype="FLOAT")
+    elif case == "directory":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("missing", "file not found"),
+    ("corrupt", "unreadable or corrupt"),
+    ("empty", "zero samples"),
+    ("nan", "2 non-finite"),
+    ("directory", "not a regular file"),
+])
+def test_bad_audio_raises_audio_error_naming_file_and_reason(tmp_path, case, reason):
+    path = bad_file(tmp_path, case)
+    with pytest.raises(AudioError) as info:
+        load_audio(path, sample_rate=8000)
+    assert str(path) in str(info.value) and reason in str(info.value)
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "directory"])
+def test_duration_of_bad_file_raises_audio_error(tmp_path, case):
+    path = bad_file(tmp_path, case)
+    with pytest.raises(AudioError, match=str(path)):
+        audio_duration(path)
