@@ -109,6 +109,7 @@ class SchedulerConfig:
     factor: float = 0.5
     threshold: float = 0.0025
     patience: int = 0
+    metric: Literal["loss", "cer", "wer"] = "loss"  # newbob: the dev metric it watches
     # warmup: linear warmup over warmup_steps, then inverse-square-root decay
     warmup_steps: int = 1000
 
