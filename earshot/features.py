@@ -166,7 +166,7 @@ class FeatureExtractor(nn.Module):
             log_mel, log_energy = self._log_mel(frames)
             feats = log_mel if self.cfg.kind == "fbank" else self._cepstra(log_mel, log_energy)
             if self.delta_kernels:
-                feats = add_deltas(feats, feat_lens, [k.to(feats.device) for k in self.delta_kernels])
+                feats = add_deltas(feats, feat_lens, self.delta_kernels)  # CPU weights: read as floats
             mask = lengths_to_mask(feat_lens, feats.shape[1]).unsqueeze(2)
             return feats.masked_fill(~mask, 0.0), feat_lens
 

@@ -178,6 +178,27 @@ def test_dither_only_in_training_and_buffers_not_saved():
     assert fx.state_dict() == {}
 
 
+def test_float32_output_under_autocast():
+    fx = FeatureExtractor(FeatureConfig(num_mel_bins=40))
+    wavs, lens = padded_batch(16000, [3000, 2000])
+    expected, _ = fx(wavs, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, _ = fx(wavs, lens)
+    assert feats.dtype == torch.float32 and torch.equal(feats, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    fx = FeatureExtractor(FeatureConfig(kind="mfcc", deltas=True))
+    wavs, lens = padded_batch(16000, [6000, 3000])
+    cpu, cpu_lens = fx(wavs, lens)
+    gpu, gpu_lens = fx.to("cuda")(wavs.cuda(), lens.cuda())
+    assert gpu.device.type == "cuda" and torch.equal(gpu_lens.cpu(), cpu_lens)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=1e-4)
+    cmvn = GlobalCMVN(fx.out_dim).to("cuda")
+    assert cmvn(gpu, gpu_lens).device.type == "cuda"
+
+
 def test_bad_frequency_range_is_config_error():
     from earshot.errors import ConfigError
     with pytest.raises(ConfigError, match="high_freq"):
