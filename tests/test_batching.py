@@ -1,0 +1,144 @@
+"""Duration-bucketed batching: limits, absolute lengths, bad audio, resumable sampling."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from earshot.data.batching import (
+    Batch,
+    drop_long_cuts,
+    load_cut_audio,
+    make_loader,
+    restore_sampler,
+    sampler_state,
+)
+from earshot.data.manifests import import_jsonl
+
+RATE = 8000
+WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero"]
+
+
+class FakeTokenizer:
+    """The tokenizer contract (encode, pad_id) over lowercase letters."""
+
+    pad_id = 30
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) - ord("a") for c in text.lower() if c.isalpha()]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """16 noise files of 0.1-0.85 s at 8 kHz and a JSONL manifest over them."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(16):
+        samples = int(RATE * (0.1 + 0.05 * i))
+        sf.write(tmp_path / f"u{i}.wav", (0.1 * rng.standard_normal(samples)).astype(np.float32), RATE)
+        lines.append(json.dumps({"id": f"u{i}", "audio": f"u{i}.wav", "text": WORDS[i % 10]}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_batches_respect_max_duration_and_cover_every_cut(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    loader = make_loader(cuts, FakeTokenizer(), RATE, max_duration=1.5, shuffle=True, num_buckets=3)
+    batches = list(loader)
+    assert len(batches) > 3
+    for batch in batches:
+        assert sum(cuts[i].duration for i in batch.ids) <= 1.5 + 1e-6
+    seen = [i for b in batches for i in b.ids]
+    assert sorted(seen) == sorted(cuts.ids)
+
+
+def test_batch_contents_and_absolute_lengths(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    tok = FakeTokenizer()
+    for batch in make_loader(cuts, tok, 16000, max_duration=2.0, shuffle=False):
+        assert batch.wavs.dtype == torch.float32 and batch.wav_lens.dtype == torch.long
+        assert batch.tokens.dtype == torch.long and batch.token_lens.dtype == torch.long
+        assert batch.wavs.shape == (len(batch), int(batch.wav_lens.max()))
+        assert torch.all(batch.wav_lens[:-1] >= batch.wav_lens[1:])  # longest first
+        for row, uid in enumerate(batch.ids):
+            n = int(batch.wav_lens[row])
+            assert n == 2 * cuts[uid].recording.num_samples  # resampled 8 kHz -> 16 kHz
+            assert torch.all(batch.wavs[row, n:] == 0)
+            ids = tok.encode(batch.texts[row])
+            assert batch.texts[row] == cuts[uid].supervisions[0].text
+            assert int(batch.token_lens[row]) == len(ids)
+            assert batch.tokens[row, : len(ids)].tolist() == ids
+            assert torch.all(batch.tokens[row, len(ids):] == tok.pad_id)
+
+
+@pytest.mark.filterwarnings("ignore:We have exceeded the max_duration")
+def test_corrupt_audio_is_dropped_with_a_warning(corpus, caplog):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    (corpus / "u3.wav").write_bytes(b"corrupted after preparation" * 20)
+    (corpus / "u5.wav").unlink()
+    loader = make_loader(cuts, FakeTokenizer(), RATE, max_duration=0.3, shuffle=False)
+    # Some batch holds only bad cuts: it must be skipped, not yielded as None.
+    assert any(set(c.ids) <= {"u3", "u5"} for c in loader.sampler)
+    with caplog.at_level(logging.WARNING, logger="earshot.data.batching"):
+        batches = list(loader)
+    assert all(isinstance(b, Batch) and len(b) > 0 for b in batches)
+    seen = {i for b in batches for i in b.ids}
+    assert seen == set(cuts.ids) - {"u3", "u5"}
+    assert f"'u3'" in caplog.text and str(corpus / "u3.wav") in caplog.text
+    assert "file not found" in caplog.text and str(corpus / "u5.wav") in caplog.text
+
+
+def _ids(batches) -> list[list[str]]:
+    return [list(b.ids) for b in batches]
+
+
+def test_resumed_sampler_yields_the_remaining_batches(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+
+    def loader():
+        return make_loader(cuts, FakeTokenizer(), RATE, max_duration=1.0, shuffle=True, seed=3,
+                           num_buckets=2)
+
+    full = loader()
+    full.sampler.set_epoch(1)
+    it = iter(full)
+    head = _ids(next(it) for _ in range(3))
+    state = sampler_state(full)
+    tail = _ids(it)
+    assert len(tail) >= 2
+
+    resumed = loader()
+    restore_sampler(resumed, state)
+    resumed.sampler.set_epoch(1)  # the training loop does this again on resume: no reset
+    assert _ids(resumed) == tail
+    # The next epoch is complete again, and equals a fresh loader's epoch 2.
+    resumed.sampler.set_epoch(2)
+    fresh = loader()
+    fresh.sampler.set_epoch(2)
+    assert _ids(resumed) == _ids(fresh)
+    assert sorted(sum(head + tail, [])) == sorted(cuts.ids)
+
+
+def test_sub_segment_cut_loads_only_its_span(corpus):
+    cut = import_jsonl(corpus / "m.jsonl")["u10"]  # 0.6 s
+    part = cut.truncate(offset=0.1, duration=0.2)
+    full = load_cut_audio(cut, RATE)
+    assert torch.equal(load_cut_audio(part, RATE), full[800:2400])
+
+
+def test_batch_to_and_len(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    batch = next(iter(make_loader(cuts, FakeTokenizer(), RATE, max_duration=2.0, shuffle=False)))
+    moved = batch.to("cpu")
+    assert len(moved) == len(batch.ids) and moved.ids == batch.ids
+    assert torch.equal(moved.wavs, batch.wavs)
+
+
+def test_drop_long_cuts(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    kept, dropped = drop_long_cuts(cuts, 0.48)
+    assert dropped == 8 and len(kept) == 8 and all(c.duration <= 0.48 for c in kept)
