@@ -1,0 +1,65 @@
+"""Greedy decoding: attention decoder (batched, one step per token) and CTC best path.
+
+>>> import torch
+>>> lp = torch.log_softmax(torch.tensor([[[0., 5, 0], [0, 5, 0], [5, 0, 0], [0, 0, 5]]]), -1)
+>>> greedy_ctc(lp, torch.tensor([4]), blank_id=0)
+[[1, 2]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from earshot.masks import lengths_to_mask
+
+
+@torch.no_grad()
+def greedy_attention(
+    decoder,
+    memory,
+    bos_id: int,
+    eos_id: int,
+    max_len_ratio: float,
+    min_len: int | torch.Tensor = 0,
+) -> list[list[int]]:
+    """Argmax decoding of all N rows of ``memory`` together; eos excluded from the output.
+
+    A row stops at eos or after ceil(max_len_ratio * enc_len) tokens (at least 1);
+    eos is forbidden before ``min_len`` tokens (int or (N,) tensor).
+    """
+    enc_lens = memory.enc_lens
+    n = enc_lens.size(0)
+    max_lens = torch.ceil(enc_lens.double() * max_len_ratio).long().clamp(min=1)
+    min_lens = torch.as_tensor(min_len, device=enc_lens.device).expand(n)
+    tokens = torch.full((n,), bos_id, dtype=torch.long, device=enc_lens.device)
+    state = decoder.init_state(memory)
+    done = torch.zeros(n, dtype=torch.bool, device=enc_lens.device)
+    out = []
+    for t in range(int(max_lens.max())):
+        log_probs, state = decoder.step(tokens, state, memory)
+        log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens > t, -math.inf)
+        tokens = log_probs.argmax(dim=-1)
+        out.append(tokens.masked_fill(done, eos_id))
+        done |= tokens.eq(eos_id) | (max_lens <= t + 1)
+        if bool(done.all()):
+            break
+    return _strip_eos(torch.stack(out, dim=1), eos_id, max_lens)
+
+
+def _strip_eos(hyps: torch.Tensor, eos_id: int, max_lens: torch.Tensor) -> list[list[int]]:
+    """Cut each row (N, L) at its first eos or its max length."""
+    result = []
+    for row, limit in zip(hyps.tolist(), max_lens.tolist()):
+        row = row[:limit]
+        result.append(row[: row.index(eos_id)] if eos_id in row else row)
+    return result
+
+
+def greedy_ctc(log_probs: torch.Tensor, lens: torch.Tensor, blank_id: int) -> list[list[int]]:
+    """Best path: argmax per frame, collapse repeats, drop blanks. log_probs (N, T', V), lens (N,)."""
+    best = log_probs.argmax(dim=-1)  # (N, T')
+    prev = torch.nn.functional.pad(best[:, :-1], (1, 0), value=-1)
+    keep = best.ne(blank_id) & best.ne(prev) & lengths_to_mask(lens, best.size(1))
+    return [row[mask].tolist() for row, mask in zip(best, keep)]

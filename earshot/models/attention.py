@@ -1,0 +1,90 @@
+"""Additive attention for the RNN decoder: content-based and location-aware.
+
+Both kinds share one interface, and their only state (the previous attention
+weights) is passed in and returned, so a beam search can reorder it like any tensor.
+
+>>> import torch
+>>> from earshot.config import AttentionConfig
+>>> att = LocationAwareAttention(AttentionConfig(dim=8), enc_dim=6, query_dim=5)
+>>> enc, lens = torch.randn(2, 7, 6), torch.tensor([7, 4])
+>>> weights = att.init_state(enc, lens)
+>>> context, weights = att(torch.randn(2, 5), enc, att.precompute(enc), lens_mask(lens, 7), weights)
+>>> context.shape, weights.shape, bool(weights[1, 4:].eq(0).all())
+(torch.Size([2, 6]), torch.Size([2, 7]), True)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from earshot.config import AttentionConfig
+from earshot.masks import lengths_to_mask
+
+
+def lens_mask(lens: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Valid-frame mask (N, T') for encoder lengths (N,)."""
+    return lengths_to_mask(lens, max_len)
+
+
+def masked_softmax(energies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis that gives exactly zero weight to padded frames."""
+    energies = energies.masked_fill(~mask, float("-inf"))
+    return torch.softmax(energies, dim=-1)
+
+
+class ContentAttention(nn.Module):
+    """Bahdanau attention: e_t = v . tanh(W_k h_t + W_q q)."""
+
+    def __init__(self, cfg: AttentionConfig, enc_dim: int, query_dim: int):
+        super().__init__()
+        self.scaling = cfg.scaling
+        self.key_proj = nn.Linear(enc_dim, cfg.dim)
+        self.query_proj = nn.Linear(query_dim, cfg.dim, bias=False)
+        self.energy = nn.Linear(cfg.dim, 1, bias=False)
+
+    def precompute(self, enc: torch.Tensor) -> torch.Tensor:
+        """Project the encoder output once per utterance: (N, T', H) -> keys (N, T', A)."""
+        return self.key_proj(enc)
+
+    def init_state(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
+        """Initial weights (N, T'): uniform over the valid frames of each row."""
+        mask = lens_mask(enc_lens, enc.size(1)).to(enc.dtype)
+        return mask / enc_lens.clamp(min=1).unsqueeze(1).to(enc.dtype)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        enc: torch.Tensor,
+        keys: torch.Tensor,
+        enc_mask: torch.Tensor,
+        prev_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend with query (N, Q) over enc (N, T', H) -> (context (N, H), weights (N, T'))."""
+        hidden = keys + self.query_proj(query).unsqueeze(1) + self._location(prev_weights)
+        energies = self.energy(torch.tanh(hidden)).squeeze(-1) * self.scaling
+        weights = masked_softmax(energies, enc_mask)
+        context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
+        return context, weights
+
+    def _location(self, prev_weights: torch.Tensor) -> torch.Tensor | float:
+        """Extra energy term from the previous alignment; none for pure content attention."""
+        return 0.0
+
+
+class LocationAwareAttention(ContentAttention):
+    """Chorowski et al. (2015): adds conv1d features of the previous weights to the energy.
+
+    The previous weights are zero on padded frames, and the convolution pads with
+    zeros, so a row's energies do not depend on how much padding its batch adds.
+    """
+
+    def __init__(self, cfg: AttentionConfig, enc_dim: int, query_dim: int):
+        super().__init__(cfg, enc_dim, query_dim)
+        kernel = cfg.location_kernel
+        self.conv = nn.Conv1d(1, cfg.location_channels, kernel, padding=kernel // 2, bias=False)
+        self.location_proj = nn.Linear(cfg.location_channels, cfg.dim, bias=False)
+
+    def _location(self, prev_weights: torch.Tensor) -> torch.Tensor:
+        feats = self.conv(prev_weights.unsqueeze(1)).transpose(1, 2)  # (N, T', C)
+        return self.location_proj(feats)

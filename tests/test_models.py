@@ -1,0 +1,290 @@
+"""Encoder, attention, decoder, CTC head and the whole model: shapes, lengths, masks, equivalences."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from earshot.config import (AttentionConfig, DecoderConfig, EncoderConfig, FeatureConfig,
+                            LossConfig, ModelConfig)
+from earshot.decoding.greedy import greedy_attention
+from earshot.masks import lengths_to_mask
+from earshot.models.attention import ContentAttention, LocationAwareAttention
+from earshot.models.crdnn import CRDNN, CNNBlock, pooled_lengths, stack_frames
+from earshot.models.ctc import CTCHead
+from earshot.models.decoder import AttentionalDecoder
+
+V, ENC = 11, 12
+
+
+def tiny_encoder(**kw) -> EncoderConfig:
+    base = dict(cnn_channels=(3, 4), time_pool=(2, 3), rnn_units=6, rnn_layers=2,
+                rnn_time_pool=2, dnn_units=7, dropout=0.3)
+    base.update(kw)
+    return EncoderConfig(**base)
+
+
+# ---------------------------------------------------------------------------
+# CRDNN: lengths through every time-changing layer
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_cnn_block_lengths_and_zero_padding(factor):
+    block = CNNBlock(2, 3, 3, time_pool=factor, freq_pool=2, dropout=0.0)
+    lens = torch.tensor([1, 2, 5, 7, 9])
+    y, out = block(torch.randn(5, 9, 8, 2), lens)
+    expected = [-(-n // factor) for n in lens.tolist()]
+    assert out.tolist() == expected
+    assert y.shape == (5, max(expected), 4, 3)
+    assert y[~lengths_to_mask(out, y.size(1))].abs().sum() == 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_stack_frames_lengths_and_layout(k):
+    x = torch.arange(2 * 7 * 2, dtype=torch.float).view(2, 7, 2)
+    lens = torch.tensor([7, 4])
+    y, out = stack_frames(x, lens, k)
+    assert out.tolist() == [-(-7 // k), -(-4 // k)]
+    assert y.shape == (2, -(-7 // k), 2 * k)
+    assert torch.equal(y[0].flatten()[:14], x[0].flatten())  # frames concatenated in order
+    assert y[1].flatten()[4 * 2:].abs().sum() == 0  # padding stacked as zeros
+
+
+@pytest.mark.parametrize("time_pool,stack", [((1, 2), 2), ((2, 3), 1), ((1, 1), 3)])
+def test_crdnn_output_lengths(time_pool, stack):
+    enc = CRDNN(tiny_encoder(time_pool=time_pool, rnn_time_pool=stack), input_dim=10).eval()
+    lens = torch.tensor([1, 2, 5, 13, 30])
+    h, h_lens = enc(torch.randn(5, 30, 10), lens)
+    expected = lens.clone()
+    for f in (*time_pool, stack):
+        expected = pooled_lengths(expected, f)
+    assert h_lens.tolist() == expected.tolist() == enc.output_lengths(lens).tolist()
+    assert h.shape == (5, int(expected.max()), enc.output_dim)
+    assert h[~lengths_to_mask(h_lens, h.size(1))].abs().sum() == 0
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_crdnn_batch_invariance_and_padding_content(rnn_type):
+    torch.manual_seed(0)
+    enc = CRDNN(tiny_encoder(rnn_type=rnn_type), input_dim=10).eval()
+    lens = torch.tensor([23, 9, 14])
+    feats = torch.randn(3, 23, 10)
+    feats[~lengths_to_mask(lens, 23)] = 100.0  # garbage in the padding must not matter
+    h, h_lens = enc(feats, lens)
+    for i in range(3):
+        alone, alone_len = enc(feats[i:i + 1, : lens[i]], lens[i:i + 1])
+        assert alone_len.item() == h_lens[i].item()
+        torch.testing.assert_close(h[i, : h_lens[i]], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_crdnn_trains_with_gradients():
+    enc = CRDNN(tiny_encoder(), input_dim=10).train()
+    h, _ = enc(torch.randn(2, 20, 10), torch.tensor([20, 11]))
+    h.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+# ---------------------------------------------------------------------------
+# attention
+
+
+@pytest.mark.parametrize("cls", [ContentAttention, LocationAwareAttention])
+def test_attention_masks_padding_and_is_batch_invariant(cls):
+    torch.manual_seed(0)
+    att = cls(AttentionConfig(dim=8, location_channels=3, location_kernel=5), ENC, 5)
+    lens = torch.tensor([7, 3])
+    enc = torch.randn(2, 7, ENC)
+    mask = lengths_to_mask(lens, 7)
+    prev = att.init_state(enc, lens)
+    torch.testing.assert_close(prev[1], torch.tensor([1 / 3] * 3 + [0.0] * 4))
+    query = torch.randn(2, 5)
+    context, weights = att(query, enc, att.precompute(enc), mask, prev)
+    assert weights[1, 3:].eq(0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    e1 = enc[1:, :3]
+    c1, w1 = att(query[1:], e1, att.precompute(e1), mask[1:, :3], prev[1:, :3])
+    torch.testing.assert_close(c1[0], context[1])
+    torch.testing.assert_close(w1[0], weights[1, :3])
+
+
+def test_location_attention_uses_previous_weights():
+    torch.manual_seed(0)
+    att = LocationAwareAttention(AttentionConfig(dim=8), ENC, 5)
+    enc, lens = torch.randn(1, 6, ENC), torch.tensor([6])
+    mask, keys, q = lengths_to_mask(lens), att.precompute(enc), torch.randn(1, 5)
+    peak = torch.zeros(1, 6)
+    peak[0, 4] = 1.0
+    _, w_a = att(q, enc, keys, mask, att.init_state(enc, lens))
+    _, w_b = att(q, enc, keys, mask, peak)
+    assert not torch.allclose(w_a, w_b)
+
+
+# ---------------------------------------------------------------------------
+# decoder
+
+
+def make_decoder(rnn_type="gru", attention="location", layers=1, dropout=0.0) -> AttentionalDecoder:
+    att = AttentionConfig(type=attention, dim=9, location_channels=3, location_kernel=5)
+    cfg = DecoderConfig(rnn_type=rnn_type, layers=layers, units=10, embedding_dim=6,
+                        dropout=dropout, attention=att)
+    return AttentionalDecoder(cfg, V, ENC, bos_id=1)
+
+
+def make_memory(dec, lens=(8, 5, 3)):
+    torch.manual_seed(1)
+    lens = torch.tensor(lens)
+    enc = torch.randn(len(lens), int(lens.max()), ENC) * lengths_to_mask(lens).unsqueeze(-1)
+    return dec.memory(enc, lens)
+
+
+@pytest.mark.parametrize("rnn_type,attention,layers",
+                         list(itertools.product(["gru", "lstm"], ["content", "location"], [1, 2])))
+def test_step_by_step_equals_teacher_forced_forward(rnn_type, attention, layers):
+    torch.manual_seed(0)
+    dec = make_decoder(rnn_type, attention, layers, dropout=0.3).eval()
+    memory = make_memory(dec)
+    tokens = torch.randint(0, V, (3, 6))
+    tokens[:, 0] = 1
+    forced = torch.log_softmax(dec(memory, tokens).float(), dim=-1)
+    state = dec.init_state(memory)
+    assert (state.cell is None) == (rnn_type == "gru")
+    for t in range(tokens.size(1)):
+        log_probs, state = dec.step(tokens[:, t], state, memory)
+        torch.testing.assert_close(log_probs, forced[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_repeat_memory_and_select_state():
+    torch.manual_seed(0)
+    dec = make_decoder("lstm").eval()
+    memory = make_memory(dec)
+    rep = dec.repeat_memory(memory, 2)
+    assert rep.enc.size(0) == 6 and rep.enc_lens.tolist() == [8, 8, 5, 5, 3, 3]
+    state = dec.init_state(rep)
+    tokens = torch.tensor([1, 2, 1, 3, 1, 4])
+    _, state = dec.step(tokens, state, rep)
+    # keep only the second copy of each utterance, in reversed utterance order
+    picked = dec.select_state(state, torch.tensor([5, 3, 1]))
+    small = dec.init_state(memory)
+    _, direct = dec.step(torch.tensor([2, 3, 4]), small, memory)
+    order = torch.tensor([2, 1, 0])
+    torch.testing.assert_close(picked.hidden, direct.hidden[:, order])
+    torch.testing.assert_close(picked.cell, direct.cell[:, order])
+    torch.testing.assert_close(picked.attn, direct.attn[order])
+    torch.testing.assert_close(picked.context, direct.context[order])
+
+
+def test_scheduled_sampling_zero_is_teacher_forcing():
+    torch.manual_seed(0)
+    dec = make_decoder(dropout=0.0).train()
+    memory = make_memory(dec)
+    tokens = torch.randint(0, V, (3, 5))
+    torch.manual_seed(5)
+    a = dec(memory, tokens, sampling_prob=0.0)
+    torch.manual_seed(6)
+    b = dec(memory, tokens)
+    assert torch.equal(a, b)
+
+
+def test_scheduled_sampling_one_feeds_predictions():
+    torch.manual_seed(0)
+    dec = make_decoder("gru", "content").eval()
+    memory = make_memory(dec)
+    tokens = torch.randint(0, V, (3, 6))
+    tokens[:, 0] = 1
+    sampled = dec(memory, tokens, sampling_prob=1.0)
+    # Reference: feed the argmax of each step's prediction by hand.
+    state, prev, expect = dec.init_state(memory), tokens[:, 0], []
+    for _ in range(tokens.size(1)):
+        log_probs, state = dec.step(prev, state, memory)
+        expect.append(log_probs)
+        prev = log_probs.argmax(-1)
+    torch.testing.assert_close(torch.log_softmax(sampled, -1), torch.stack(expect, 1),
+                               atol=1e-5, rtol=1e-5)
+    forced = dec(memory, tokens)
+    assert not torch.allclose(forced, sampled)
+
+
+# ---------------------------------------------------------------------------
+# CTC head
+
+
+def test_ctc_head_is_float32_under_autocast():
+    head = CTCHead(ENC, V)
+    h = torch.randn(2, 4, ENC)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = head(h.bfloat16())
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, torch.log_softmax(head.proj(h), -1), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 4))
+
+
+# ---------------------------------------------------------------------------
+# the whole model
+
+
+def tiny_model_config() -> ModelConfig:
+    return ModelConfig(
+        features=FeatureConfig(num_mel_bins=16),
+        encoder=EncoderConfig(cnn_channels=(4,), time_pool=(2,), rnn_layers=1, rnn_units=32,
+                              rnn_time_pool=2, dnn_layers=1, dnn_units=32, dropout=0.0),
+        decoder=DecoderConfig(units=32, embedding_dim=16, dropout=0.0,
+                              attention=AttentionConfig(dim=32, location_channels=4,
+                                                        location_kernel=5)),
+    )
+
+
+SPECIALS = dict(blank=0, pad=1, bos=2, eos=3)
+
+
+def tiny_batch():
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(4000) / 16000
+    wavs = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t),
+                        0.3 * torch.sin(2 * torch.pi * 1200 * t)])
+    wavs = wavs + 0.01 * torch.randn(wavs.shape, generator=g)
+    wav_lens = torch.tensor([4000, 3000])
+    wavs[1, 3000:] = 0
+    tokens = torch.tensor([[4, 5, 6, 7], [8, 9, 10, 1]])
+    return SimpleNamespace(wavs=wavs, wav_lens=wav_lens, tokens=tokens,
+                           token_lens=torch.tensor([4, 3]))
+
+
+def test_model_forward_and_decoder_io():
+    from earshot.models.asr import EncoderDecoderASR
+
+    torch.manual_seed(0)
+    model = EncoderDecoderASR(tiny_model_config(), V, SPECIALS)
+    batch = tiny_batch()
+    tokens_in, targets = model.decoder_io(batch.tokens, batch.token_lens)
+    assert tokens_in.tolist() == [[2, 4, 5, 6, 7], [2, 8, 9, 10, 1]]
+    assert targets.tolist() == [[4, 5, 6, 7, 3], [8, 9, 10, 3, 1]]
+    out = model(batch, LossConfig(ctc_weight=0.3, label_smoothing=0.0))
+    assert out.ntokens == 9
+    torch.testing.assert_close(out.loss.detach(), 0.3 * out.ctc + 0.7 * out.nll)
+    out.loss.backward()
+    trained = [n for n, p in model.named_parameters() if p.grad is None]
+    assert trained == []
+
+
+def test_model_overfits_two_utterances():
+    from earshot.models.asr import EncoderDecoderASR
+
+    torch.manual_seed(0)
+    model = EncoderDecoderASR(tiny_model_config(), V, SPECIALS)
+    batch, loss_cfg = tiny_batch(), LossConfig(ctc_weight=0.3, label_smoothing=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        out = model(batch, loss_cfg)
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.loss.item()
+    assert out.loss.item() < 0.1 * first
+    model.eval()
+    h, h_lens = model.encode(batch.wavs, batch.wav_lens)
+    hyps = greedy_attention(model.decoder, model.decoder.memory(h, h_lens), 2, 3, 2.0)
+    assert hyps == [[4, 5, 6, 7], [8, 9, 10]]
