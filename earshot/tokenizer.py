@@ -65,7 +65,7 @@ class Tokenizer:
     def _decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
-    def _known_chars(self) -> set[str]:
+    def _known_chars(self) -> frozenset[str]:
         raise NotImplementedError
 
     def _save_files(self, out_dir: Path) -> dict:
@@ -138,6 +138,7 @@ class CharTokenizer(Tokenizer):
             raise TokenizerError("character vocabulary clashes with the special tokens")
         self._pieces = list(SPECIALS) + chars
         self._ids = {c: i for i, c in enumerate(self._pieces)}
+        self._chars = frozenset(chars)
         super().__init__(case, *range(len(SPECIALS)))
 
     @classmethod
@@ -161,8 +162,8 @@ class CharTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return "".join(self._pieces[i] for i in ids)
 
-    def _known_chars(self) -> set[str]:
-        return set(self._pieces[len(SPECIALS):])
+    def _known_chars(self) -> frozenset[str]:
+        return self._chars
 
     def _save_files(self, out_dir: Path) -> dict:
         return {"vocabulary": self._pieces[len(SPECIALS):]}
@@ -189,8 +190,8 @@ class SentencePieceTokenizer(Tokenizer):
                                  "(was it trained by earshot?)")
         super().__init__(case, *ids)
         self._pieces = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
-        self._chars = {c for i, p in enumerate(self._pieces) if self._is_text_piece(i)
-                       for c in p.replace("\u2581", " ")}
+        self._chars = frozenset(c for i, p in enumerate(self._pieces) if self._is_text_piece(i)
+                                for c in p.replace("\u2581", " "))
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
@@ -227,7 +228,7 @@ class SentencePieceTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return self._sp.decode(ids)
 
-    def _known_chars(self) -> set[str]:
+    def _known_chars(self) -> frozenset[str]:
         return self._chars
 
     def _save_files(self, out_dir: Path) -> dict:

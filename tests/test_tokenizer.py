@@ -5,6 +5,8 @@ import random
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from earshot.config import TokenizerConfig
 from earshot.errors import TokenizerError
@@ -171,3 +173,18 @@ def test_no_warning_when_vocab_fits():
         warnings.simplefilter("error")
         tok = train_tokenizer(TRAIN, TokenizerConfig(kind="sentencepiece", vocab_size=40))
     assert tok.vocab_size == 40
+
+
+ALPHABET = "abcxyz .!"
+CHAR_TOK = CharTokenizer(sorted("abc ."))
+
+
+@given(st.text(alphabet=ALPHABET, max_size=30))
+@settings(max_examples=100, deadline=None)
+def test_char_encode_decode_property(text):
+    ids = CHAR_TOK.encode(text)
+    norm = CHAR_TOK.normalize(text)
+    assert len(ids) == len(norm)
+    assert CHAR_TOK.unknown_chars(text) == set(norm) - set("abc .")
+    # decode drops the unk ids, so known characters come back in order
+    assert CHAR_TOK.decode(ids) == "".join(c for c in norm if c in "abc .")
