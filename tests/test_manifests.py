@@ -209,3 +209,13 @@ def test_real_an4_dev_is_about_ten_percent(tmp_path):
     assert 0.05 < len(dev) / 948 < 0.15
     dev_spk = {c.supervisions[0].speaker for c in dev}
     assert len(dev_spk) == 8 and not dev_spk & {c.supervisions[0].speaker for c in train}
+
+
+def test_csv_with_byte_order_mark_and_non_utf8(tmp_path):
+    tone(tmp_path / "a.wav")
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("id,path,text\na,a.wav,caf\u00e9\n".encode("utf-8-sig"))
+    assert import_csv(manifest)["a"].supervisions[0].text == "caf\u00e9"
+    manifest.write_bytes("id,path,text\na,a.wav,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"m\.csv: unreadable text after 0 rows"):
+        import_csv(manifest)

@@ -105,7 +105,10 @@ def read_manifest(path: str | Path, audio_root: str | Path | None = None,
         raise ManifestError(f"{path}: manifest not found")
     base = Path(audio_root) if audio_root is not None else path.parent
     result = ImportResult(cuts=CutSet(), path=str(path), rows=0)
-    cuts = _import_records(_RECORD_READERS[kind](path), path, base, result)
+    try:
+        cuts = _import_records(_RECORD_READERS[kind](path), path, base, result)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ManifestError(f"{path}: unreadable text after {result.rows} rows ({err})") from None
     result.cuts = CutSet.from_cuts(cuts)
     _log_summary(result)
     if not cuts:
@@ -135,7 +138,8 @@ def _import_records(records: Iterator[tuple[int, dict | str]], path: Path, base:
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line, fields) per data row; a row with the wrong number of fields is a str."""
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheets often start CSV files with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [name.strip() for name in (reader.fieldnames or [])]
         _check_header(path, header)
