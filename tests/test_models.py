@@ -10,7 +10,7 @@ import torch
 
 from earshot.config import (AttentionConfig, DecoderConfig, EncoderConfig, FeatureConfig,
                             LossConfig, ModelConfig)
-from earshot.decoding.greedy import greedy_attention
+from earshot.decoding.greedy import greedy_attention, greedy_ctc
 from earshot.masks import lengths_to_mask
 from earshot.models.attention import ContentAttention, LocationAwareAttention
 from earshot.models.crdnn import CRDNN, CNNBlock, pooled_lengths, stack_frames
@@ -277,7 +277,7 @@ def test_model_overfits_two_utterances():
     batch, loss_cfg = tiny_batch(), LossConfig(ctc_weight=0.3, label_smoothing=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
-    for _ in range(60):
+    for _ in range(40):
         opt.zero_grad()
         out = model(batch, loss_cfg)
         out.loss.backward()
@@ -288,3 +288,9 @@ def test_model_overfits_two_utterances():
     h, h_lens = model.encode(batch.wavs, batch.wav_lens)
     hyps = greedy_attention(model.decoder, model.decoder.memory(h, h_lens), 2, 3, 2.0)
     assert hyps == [[4, 5, 6, 7], [8, 9, 10]]
+    assert greedy_ctc(model.ctc(h), h_lens, blank_id=0) == hyps
+    for i in range(2):  # features + CMVN + encoder: padding never changes an utterance
+        wav, wav_len = batch.wavs[i:i + 1, : batch.wav_lens[i]], batch.wav_lens[i:i + 1]
+        alone, alone_lens = model.encode(wav, wav_len)
+        assert alone_lens.item() == h_lens[i].item()
+        torch.testing.assert_close(alone[0], h[i, : h_lens[i]], atol=1e-4, rtol=1e-4)

@@ -58,7 +58,10 @@ def _strip_eos(hyps: torch.Tensor, eos_id: int, max_lens: torch.Tensor) -> list[
 
 
 def greedy_ctc(log_probs: torch.Tensor, lens: torch.Tensor, blank_id: int) -> list[list[int]]:
-    """Best path: argmax per frame, collapse repeats, drop blanks. log_probs (N, T', V), lens (N,)."""
+    """Best path: argmax per frame, collapse repeats, drop blanks.
+
+    log_probs (N, T', V), lens (N,) -> token ids per row.
+    """
     best = log_probs.argmax(dim=-1)  # (N, T')
     prev = torch.nn.functional.pad(best[:, :-1], (1, 0), value=-1)
     keep = best.ne(blank_id) & best.ne(prev) & lengths_to_mask(lens, best.size(1))

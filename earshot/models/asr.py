@@ -21,7 +21,7 @@ from earshot.models.registry import ENCODERS
 
 @dataclass
 class LossOutput:
-    """loss: the differentiable joint loss; ctc, nll: detached parts; ntokens: target tokens (eos included)."""
+    """loss: differentiable joint loss; ctc, nll: detached parts; ntokens: targets incl. eos."""
 
     loss: torch.Tensor
     ctc: torch.Tensor
@@ -46,7 +46,9 @@ class EncoderDecoderASR(nn.Module):
         self.decoder = AttentionalDecoder(cfg.decoder, vocab_size, self.encoder.output_dim,
                                           specials["bos"])
 
-    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs (B, S), wav_lens (B,) -> h (B, T', H), h_lens (B,)."""
         # Features are fixed signal processing: no gradient, and always float32.
         with torch.no_grad(), torch.autocast(device_type=wavs.device.type, enabled=False):
@@ -69,7 +71,9 @@ class EncoderDecoderASR(nn.Module):
         ntokens = int((batch.token_lens + 1).sum())
         return LossOutput(loss, ctc.detach(), nll.detach(), ntokens)
 
-    def decoder_io(self, tokens: torch.Tensor, token_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decoder_io(
+        self, tokens: torch.Tensor, token_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, U) -> decoder input [bos] + y (B, U+1) and target y + [eos] (B, U+1), pad after."""
         b = tokens.size(0)
         bos = tokens.new_full((b, 1), self.specials["bos"])

@@ -86,14 +86,15 @@ def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int) -> tuple[torch.Ten
 
 
 class CRDNN(nn.Module):
-    """Convolutional + recurrent + dense encoder: (feats (B, T, D), lens) -> (h (B, T', H), h_lens)."""
+    """Conv + recurrent + dense encoder: (feats (B, T, D), lens) -> (h (B, T', H), h_lens)."""
 
     def __init__(self, cfg: EncoderConfig, input_dim: int):
         super().__init__()
         self.blocks = nn.ModuleList()
         channels, freq = 1, input_dim
         for out_ch, tp in zip(cfg.cnn_channels, cfg.time_pool):
-            self.blocks.append(CNNBlock(channels, out_ch, cfg.cnn_kernel, tp, cfg.freq_pool, cfg.dropout))
+            self.blocks.append(
+                CNNBlock(channels, out_ch, cfg.cnn_kernel, tp, cfg.freq_pool, cfg.dropout))
             channels, freq = out_ch, -(-freq // cfg.freq_pool)
         self.stack = cfg.rnn_time_pool
         self.rnn = _RNNS[cfg.rnn_type](

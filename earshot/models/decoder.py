@@ -40,7 +40,8 @@ class Memory:
 
 @dataclass
 class DecoderState:
-    """Recurrent state. hidden (L, N, U); cell (L, N, U) for LSTM else None; context (N, H); attn (N, T')."""
+    """Recurrent state: hidden (L, N, U); cell (L, N, U) for LSTM, else None;
+    context (N, H); attn (N, T') the last attention weights."""
 
     hidden: torch.Tensor
     cell: torch.Tensor | None
@@ -77,8 +78,9 @@ class AttentionalDecoder(nn.Module):
     @staticmethod
     def repeat_memory(memory: Memory, k: int) -> Memory:
         """Repeat every row k times (rows b*k .. b*k+k-1 come from row b), e.g. for a beam."""
-        rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
-        return Memory(rep(memory.enc), rep(memory.enc_lens), rep(memory.mask), rep(memory.keys))
+        enc, lens, mask, keys = (x.repeat_interleave(k, dim=0)
+                                 for x in (memory.enc, memory.enc_lens, memory.mask, memory.keys))
+        return Memory(enc, lens, mask, keys)
 
     # -- state --------------------------------------------------------------------
 
@@ -126,7 +128,8 @@ class AttentionalDecoder(nn.Module):
             hiddens.append(h)
             x = self.dropout(h)
         context, attn = self.attention(h, memory.enc, memory.keys, memory.mask, state.attn)
-        new = DecoderState(torch.stack(hiddens), torch.stack(cells) if cells else None, context, attn)
+        cell = torch.stack(cells) if cells else None
+        new = DecoderState(torch.stack(hiddens), cell, context, attn)
         return torch.cat([self.dropout(h), context], dim=-1), new
 
     # -- training -----------------------------------------------------------------
