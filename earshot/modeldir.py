@@ -33,11 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 def tokenizer_specials(tokenizer) -> dict[str, int]:
     """The named special ids the model needs (blank, pad, unk, bos, eos)."""
-    specials = getattr(tokenizer, "specials", None)
-    if specials is not None:
-        return dict(specials() if callable(specials) else specials)
-    names = ("blank", "pad", "unk", "bos", "eos")
-    return {name: getattr(tokenizer, f"{name}_id") for name in names}
+    return dict(tokenizer.special_ids)
 
 
 def build_model(cfg: ExperimentConfig, tokenizer) -> torch.nn.Module:

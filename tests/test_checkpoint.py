@@ -33,7 +33,7 @@ def _save(path, model, opt, sched, state=None, sampler=None):
 def test_round_trip_restores_everything(tmp_path):
     model, opt, sched = _parts()
     state = TrainState(epoch=2, global_step=9, lr=0.01).record(2, 12.5, 9)
-    sampler = {"epoch": 2, "seed": 0, "diagnostics": {"max": float("inf")}}
+    sampler = {"epoch": 2, "seed": 0, "stats": {1: {"kept": 3}}, "max": float("inf"), "cuts": None}
     _save(tmp_path / "a.pt", model, opt, sched, state, sampler)
     loaded = ckpt.load_checkpoint(tmp_path / "a.pt")
     fresh, fresh_opt, fresh_sched = _parts(seed=1)

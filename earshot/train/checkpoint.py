@@ -5,15 +5,14 @@ scheduler, grad scaler, sampler and RNG states and the TrainState. It is written
 temporary file in the same directory, fsynced and renamed over the target, so a crash
 leaves either the old file or the new one, never half of one. Loading uses
 ``torch.load(weights_only=True)``: the file holds tensors and plain Python values only
-(RNG states are stored as tensors, the sampler state as a JSON string), so a checkpoint
-cannot run code when it is read.
+(RNG states are stored as tensors; the sampler state is lhotse's dict of plain values),
+so a checkpoint cannot run code when it is read.
 
 Epoch checkpoints live in ``<exp_dir>/checkpoints/epoch-0003.pt``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -133,7 +132,7 @@ def save_checkpoint(path, model, optimizer, scheduler, scaler, sampler_state, tr
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(),
-        "sampler": None if sampler_state is None else json.dumps(sampler_state),
+        "sampler": sampler_state,  # plain values; JSON would turn its int keys into strings
         "train_state": train_state.to_dict(),
         "rng": rng,
     }
@@ -156,7 +155,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         optimizer=data["optimizer"],
         scheduler=data["scheduler"],
         scaler=data["scaler"],
-        sampler=None if data["sampler"] is None else json.loads(data["sampler"]),
+        sampler=data["sampler"],
         train_state=TrainState.from_dict(data["train_state"]),
         rng=data["rng"],
     )

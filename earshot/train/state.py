@@ -29,6 +29,8 @@ class TrainState:
 
     def record(self, epoch: int, metric: float, global_step: int) -> TrainState:
         """The state after finishing ``epoch`` with dev ``metric`` (lower is better)."""
+        # A diverged epoch (nan/inf) must rank last, and nan would break sorting.
+        metric = float(metric) if math.isfinite(metric) else math.inf
         improved = metric < self.best_metric
         return dataclasses.replace(
             self,

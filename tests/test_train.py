@@ -1,0 +1,154 @@
+"""End-to-end training on a tiny synthetic corpus: resume equality, metrics, export, config errors."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from earshot.config import load_config
+from earshot.errors import ConfigError, EarshotError
+from earshot.modeldir import build_model, load_model_dir, save_model_dir
+from earshot.train import checkpoint as ckpt
+from earshot.train.trainer import train
+
+RATE = 8000
+TONES = {"a": 500.0, "b": 1500.0, " ": 0.0}  # one 0.1 s tone per character; space is silence
+TRAIN_TEXTS = ["a b", "b a", "ab", "ba a", "b", "a", "bb", "a ab"]
+DEV_TEXTS = ["ab", "b a"]
+
+TINY_MODEL = [
+    f"model.features.sample_rate={RATE}", "model.features.num_mel_bins=10",
+    "model.encoder.cnn_channels=[2]", "model.encoder.time_pool=[1]", "model.encoder.rnn_layers=1",
+    "model.encoder.rnn_units=8", "model.encoder.dnn_units=8", "model.encoder.dropout=0.2",
+    "model.decoder.units=8", "model.decoder.embedding_dim=4", "model.decoder.dropout=0.2",
+    "model.decoder.attention.dim=8", "model.decoder.attention.location_channels=2",
+    "model.decoder.attention.location_kernel=3",
+]
+
+
+def _utterance(text: str, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.1 * RATE)) / RATE
+    parts = [0.3 * np.sin(2 * np.pi * TONES[ch] * t) for ch in text]
+    wav = np.concatenate(parts) + 0.01 * rng.standard_normal(len(parts) * len(t))
+    return wav.astype(np.float32)
+
+
+def _manifest(root, name, texts, rng):
+    lines = ["id,path,text"]
+    for i, text in enumerate(texts):
+        path = root / f"{name}{i}.wav"
+        sf.write(path, _utterance(text, rng), RATE)
+        lines.append(f"{name}{i},{path.name},{text}")
+    (root / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    return root / f"{name}.csv"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    return _manifest(root, "train", TRAIN_TEXTS, rng), _manifest(root, "dev", DEV_TEXTS, rng)
+
+
+def _cfg(corpus, exp_dir, *extra):
+    train_csv, dev_csv = corpus
+    return load_config(None, TINY_MODEL + [
+        f"data.train={train_csv}", f"data.dev={dev_csv}", "data.max_duration=1.0",
+        f"train.exp_dir={exp_dir}", "train.device=cpu", "train.epochs=2", "train.keep_last=1",
+        "train.average_best=2", "optim.lr=0.01", "optim.accum_steps=2", "optim.grad_clip=1.0",
+        "optim.scheduler.type=newbob", "loss.scheduled_sampling.max_prob=0.3", *extra])
+
+
+@pytest.fixture(scope="module")
+def straight_run(corpus, tmp_path_factory):
+    """Two epochs without a break."""
+    exp_dir = tmp_path_factory.mktemp("straight")
+    return train(_cfg(corpus, exp_dir)), exp_dir
+
+
+def _rows(exp_dir):
+    return [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resumed_run_ends_with_exactly_the_same_parameters(corpus, straight_run, tmp_path):
+    _, straight_dir = straight_run
+    train(_cfg(corpus, tmp_path, "train.epochs=1"))  # "stopped" after epoch 1
+    assert list(ckpt.list_checkpoints(tmp_path / "checkpoints")) == [1]
+    train(_cfg(corpus, tmp_path), resume=True)
+    a = ckpt.load_checkpoint(straight_dir / "checkpoints" / "epoch-0002.pt")
+    b = ckpt.load_checkpoint(tmp_path / "checkpoints" / "epoch-0002.pt")
+    assert a.model.keys() == b.model.keys()
+    for name in a.model:
+        assert torch.equal(a.model[name], b.model[name]), name
+    assert a.optimizer["state"][0]["exp_avg"].equal(b.optimizer["state"][0]["exp_avg"])
+    assert a.train_state == b.train_state and a.scheduler == b.scheduler
+    drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(tmp_path)]
+    assert drop_time == [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(straight_dir)]
+
+
+def test_metrics_lines_config_and_exported_model(corpus, straight_run):
+    model_dir, exp_dir = straight_run
+    rows = _rows(exp_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    keys = {"epoch", "step", "train_loss", "ctc", "nll", "dev_loss", "dev_wer", "dev_cer", "lr", "seconds"}
+    assert all(set(r) == keys for r in rows)
+    assert rows[1]["step"] > rows[0]["step"] > 0
+    assert all(np.isfinite(r["train_loss"]) and r["dev_loss"] > 0 and 0 <= r["dev_cer"] for r in rows)
+    assert load_config(exp_dir / "config.yaml") == _cfg(corpus, exp_dir)
+    # average of the two best epochs, CMVN statistics included
+    expected = ckpt.average_checkpoints(sorted(ckpt.list_checkpoints(exp_dir / "checkpoints").values()))
+    _, tokenizer, model = load_model_dir(model_dir)
+    assert tokenizer.decode(tokenizer.encode("a b")) == "a b"
+    state = model.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert not torch.equal(state["normalizer.mean"], torch.zeros_like(state["normalizer.mean"]))
+
+
+def test_model_dir_round_trip_gives_the_same_outputs(corpus, straight_run, tmp_path):
+    _, exp_dir = straight_run
+    cfg, tokenizer, model = load_model_dir(exp_dir / "model")
+    with torch.no_grad():
+        model.normalizer.set_stats(torch.rand(10), torch.rand(10) + 0.5)
+    save_model_dir(tmp_path / "copy", cfg, tokenizer, model)
+    save_model_dir(tmp_path / "copy", cfg, tokenizer, model)  # replacing an existing dir works
+    _, _, again = load_model_dir(tmp_path / "copy")
+    assert not again.training
+    wavs, lens = torch.randn(2, 4000) * 0.1, torch.tensor([4000, 2500])
+    with torch.no_grad():
+        h1, l1 = model.encode(wavs, lens)
+        h2, l2 = again.encode(wavs, lens)
+    assert torch.equal(h1, h2) and torch.equal(l1, l2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no staging dirs left
+    (tmp_path / "copy" / "model.safetensors").unlink()
+    with pytest.raises(EarshotError, match="model.safetensors"):
+        load_model_dir(tmp_path / "copy")
+
+
+def test_model_dir_refuses_weights_of_another_shape(corpus, straight_run, tmp_path):
+    _, exp_dir = straight_run
+    cfg, tokenizer, _ = load_model_dir(exp_dir / "model")
+    bigger = load_config(None, TINY_MODEL + ["model.encoder.rnn_units=12"])
+    save_model_dir(tmp_path / "m", cfg, tokenizer, build_model(bigger, tokenizer))
+    with pytest.raises(ConfigError, match="do not fit"):
+        load_model_dir(tmp_path / "m")
+
+
+def test_config_typo_fails_before_any_training(corpus, tmp_path):
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text(f"optim:\n  lr: 0.01\n  schedular: {{type: none}}\ntrain:\n  exp_dir: {tmp_path / 'exp'}\n")
+    with pytest.raises(ConfigError, match="optim.schedular"):
+        train(load_config(yaml_path))
+    with pytest.raises(ConfigError, match="train.epoch"):
+        _cfg(corpus, tmp_path / "exp", "train.epoch=3")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_resume_refuses_a_changed_model_and_fresh_run_refuses_an_old_dir(corpus, straight_run):
+    _, exp_dir = straight_run
+    with pytest.raises(ConfigError, match="model.encoder.rnn_units"):
+        train(_cfg(corpus, exp_dir, "model.encoder.rnn_units=16"), resume=True)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(_cfg(corpus, exp_dir))
+    assert load_config(exp_dir / "config.yaml") == _cfg(corpus, exp_dir)  # left untouched
