@@ -50,6 +50,7 @@ class _Engine:
     native_rate: int
     callback: object  # kept referenced so ctypes does not free the trampoline
     chunks: list
+    libc: ctypes.CDLL | None  # for srand(); None where the C library can't be opened
 
 
 _lock = threading.Lock()
@@ -118,7 +119,14 @@ def _load_engine() -> _Engine:
 
     callback = _SYNTH_CALLBACK(on_audio)
     lib.espeak_SetSynthCallback(callback)
-    return _Engine(lib, native_rate, callback, chunks)
+    return _Engine(lib, native_rate, callback, chunks, _open_libc())
+
+
+def _open_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)  # the symbols already loaded into this process
+    except (OSError, TypeError):
+        return None
 
 
 def _get_engine() -> _Engine:
@@ -135,19 +143,20 @@ def _check(code: int, what: str) -> None:
         raise EspeakError(f"{what} failed with espeak error code {code}")
 
 
-def _seed(lib: ctypes.CDLL, seed: int) -> None:
+def _seed(engine: _Engine, seed: int) -> None:
     # Noise in breathy and Klatt voices comes from espeak's own generator (newer
     # versions) or from libc rand() (older ones): seed both.
-    if hasattr(lib, "espeak_ng_SetRandSeed"):
-        lib.espeak_ng_SetRandSeed(seed)
-    ctypes.CDLL(None).srand(ctypes.c_uint(seed))
+    if hasattr(engine.lib, "espeak_ng_SetRandSeed"):
+        engine.lib.espeak_ng_SetRandSeed(seed)
+    if engine.libc is not None:
+        engine.libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
 
 
 def _synthesise(engine: _Engine, text: str, voice: str, rate: int, pitch: int,
                 pitch_range: int, seed: int | None) -> np.ndarray:
     lib = engine.lib
     if seed is not None:
-        _seed(lib, seed)
+        _seed(engine, seed)
     _check(lib.espeak_SetVoiceByName(voice.encode()), f"espeak_SetVoiceByName({voice!r})")
     for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch),
                          (_PARAM_RANGE, pitch_range), (_PARAM_VOLUME, 100)):

@@ -1,6 +1,6 @@
 """The built-in demo corpus: short English sentences spoken by espeak-ng voices.
 
-Sentences come from a small grammar (about 200 words, numbers spelled out) and are
+Sentences come from a small grammar (about 175 words, numbers spelled out) and are
 drawn deterministically from a seed; every sentence is unique across the splits.
 Train and dev are spoken by ``TRAIN_VOICES``; test is spoken only by
 ``HELD_OUT_VOICES``, whose variants never occur in training. Each utterance gets a
@@ -101,7 +101,7 @@ class UtteranceSpec:
 
 
 def vocabulary() -> set[str]:
-    """All words the grammar can produce (about 200)."""
+    """All words the grammar can produce (174)."""
     words = {w for ws in WORDS.values() for w in ws}
     words |= {tok for t in TEMPLATES for tok in t if tok not in WORDS}
     return words
@@ -130,8 +130,10 @@ def _pick(token: str, rng: np.random.Generator) -> str:
 def plan_corpus(out_dir: Path, num_train: int, num_dev: int, num_test: int,
                 seed: int) -> list[UtteranceSpec]:
     """Draw texts, voices and per-utterance perturbations for every split."""
-    rng = np.random.default_rng(seed)
     counts = {"train": num_train, "dev": num_dev, "test": num_test}
+    if min(counts.values()) < 0:
+        raise ValueError(f"utterance counts must be >= 0, got {counts}")
+    rng = np.random.default_rng(seed)
     sentences = make_sentences(sum(counts.values()), rng)
     specs, start = [], 0
     for split in SPLITS:
@@ -152,7 +154,7 @@ def _draw_spec(out_dir: Path, split: str, index: int, text: str, voice: str,
         rate=int(rng.integers(130, 201)), pitch=int(rng.integers(30, 71)),
         pitch_range=int(rng.integers(30, 81)), peak=float(rng.uniform(0.3, 0.9)),
         snr_db=float(rng.uniform(25.0, 35.0)),
-        lead_s=float(rng.uniform(0.05, 0.3)), trail_s=float(rng.uniform(0.05, 0.3)),
+        lead_s=float(rng.uniform(0.05, 0.2)), trail_s=float(rng.uniform(0.05, 0.2)),
         seed=int(rng.integers(2**31)), path=str(out_dir / "wav" / split / f"{utt_id}.wav"),
     )
 
@@ -203,6 +205,8 @@ def _render_all(specs: list[UtteranceSpec], sample_rate: int, workers: int) -> l
 
 
 def _to_cut(spec: UtteranceSpec, num_samples: int, sample_rate: int):
+    # lhotse is imported here, not at the top: it takes about a second to import and
+    # every rendering worker process imports this module.
     from lhotse import MonoCut, Recording, SupervisionSegment
     from lhotse.audio import AudioSource
 
