@@ -120,3 +120,13 @@ def test_average_checkpoints_is_the_elementwise_mean(tmp_path):
     assert avg["1.num_batches_tracked"].item() == 12  # integers come from the last file
     with pytest.raises(EarshotError):
         ckpt.average_checkpoints([])
+
+
+def test_train_state_ties_go_to_the_later_epoch_and_divergence_ranks_last():
+    state = TrainState()
+    for epoch, metric in enumerate([50.0, float("nan"), 50.0, 60.0], start=1):
+        state = state.record(epoch, metric, epoch * 10)
+    assert state.best_epoch == 3 and state.best_metric == 50.0
+    assert state.best_epochs(4) == [3, 1, 4, 2]
+    assert TrainState.from_dict(state.to_dict()) == state
+    assert TrainState().record(1, float("inf"), 1).best_epoch == 1  # something is always exportable

@@ -31,7 +31,9 @@ class TrainState:
         """The state after finishing ``epoch`` with dev ``metric`` (lower is better)."""
         # A diverged epoch (nan/inf) must rank last, and nan would break sorting.
         metric = float(metric) if math.isfinite(metric) else math.inf
-        improved = metric < self.best_metric
+        # On a tie the later epoch wins: error rates plateau on small sets while training
+        # still improves the model.
+        improved = metric <= self.best_metric and math.isfinite(metric) or self.best_epoch == 0
         return dataclasses.replace(
             self,
             epoch=epoch,
@@ -42,8 +44,8 @@ class TrainState:
         )
 
     def best_epochs(self, k: int) -> list[int]:
-        """The ``k`` epochs with the lowest metric, best first (earlier epoch wins a tie)."""
-        ranked = sorted(self.history, key=lambda item: (item[1], item[0]))
+        """The ``k`` epochs with the lowest metric, best first (later epoch wins a tie)."""
+        ranked = sorted(self.history, key=lambda item: (item[1], -item[0]))
         return [epoch for epoch, _ in ranked[: max(k, 0)]]
 
     def to_dict(self) -> dict:

@@ -397,8 +397,18 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     if pending:  # an epoch never leaves gradients for the next one
         step += optimizer_step(run)
     bar.close()
+    sums, utts = reduce_sums(run, sums, utts)
     loss, ctc, nll = (sums / max(utts, 1)).tolist()
     return EpochStats(loss, ctc, nll, batches), step
+
+
+def reduce_sums(run: Run, sums: np.ndarray, utts: int) -> tuple[np.ndarray, int]:
+    """Totals over every rank's shard (unchanged on one process)."""
+    if run.dist.world_size <= 1:
+        return sums, utts
+    totals = torch.tensor([*sums.tolist(), utts], dtype=torch.float64, device=run.device)
+    dist.all_reduce(totals)
+    return totals[:3].cpu().numpy(), int(totals[3])
 
 
 def sampling_probability(cfg: ExperimentConfig, step: int, epoch: int) -> float:
