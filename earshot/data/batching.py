@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
-from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.utils import compute_num_samples
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
@@ -143,11 +143,20 @@ def make_loader(cuts: CutSet, tokenizer, sample_rate: int, max_duration: float,
     with warnings.catch_warnings():
         # Manifests here fit in memory; lhotse's advice to read them lazily is noise.
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
-        sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle,
-                                          seed=seed, num_buckets=num_buckets,
-                                          drop_last=drop_last)
+        sampler = _sampler(cuts, max_duration, shuffle, seed, num_buckets, drop_last)
     return _SkipEmptyLoader(CutDataset(tokenizer, sample_rate), sampler=sampler,
                             batch_size=None, collate_fn=_as_is, num_workers=num_workers)
+
+
+def _sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int,
+             drop_last: bool):
+    """Duration-bucketed sampler; lhotse needs 2 <= buckets <= cuts, so tiny sets get one
+    plain duration-budgeted sampler instead."""
+    if len(cuts) < 2 or num_buckets < 2:
+        return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last)
+    return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
+                                   num_buckets=min(num_buckets, len(cuts)), drop_last=drop_last)
 
 
 def sampler_state(loader: DataLoader) -> dict:

@@ -282,21 +282,16 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     rate, data = cfg.model.features.sample_rate, cfg.data
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
-                               seed=cfg.train.seed, num_buckets=buckets(data.num_buckets, train_cuts),
+                               seed=cfg.train.seed, num_buckets=data.num_buckets,
                                num_workers=data.num_workers)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
-                             num_buckets=buckets(data.num_buckets, dev_cuts), num_workers=data.num_workers)
+                             num_buckets=data.num_buckets, num_workers=data.num_workers)
     hours = sum(cut.duration for cut in train_cuts) / 3600
     log.info("model: %.2fM parameters; train: %d cuts (%.2f h); dev: %d cuts; device %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_cuts), hours,
              len(dev_cuts), device)
     return Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
                scaler, train_loader, dev_loader, hours)
-
-
-def buckets(wanted: int, cuts) -> int:
-    # lhotse cannot make more duration buckets than there are cuts.
-    return max(1, min(wanted, len(cuts)))
 
 
 def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, ctc_weight: float):
@@ -318,7 +313,7 @@ def compute_cmvn(run: Run, train_cuts) -> None:
     model, data = run.model, run.cfg.data
     loader = make_loader(train_cuts, run.tokenizer, run.cfg.model.features.sample_rate,
                          data.max_duration, shuffle=False,
-                         num_buckets=buckets(data.num_buckets, train_cuts), num_workers=data.num_workers)
+                         num_buckets=data.num_buckets, num_workers=data.num_workers)
     acc = CMVNAccumulator(model.features.out_dim)
     for batch in tqdm(loader, desc="CMVN statistics", unit="batch", disable=not run.dist.is_main):
         acc.update(*model.features(batch.wavs.to(run.device), batch.wav_lens.to(run.device)))
