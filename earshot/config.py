@@ -151,6 +151,7 @@ class DecodeConfig:
     temperature: float = 1.0
     nbest: int = 1
     ctc_window: int = 0  # 0 = full utterance; else frames around the attention peak
+    pre_beam: int = 0  # CTC-scored candidates per hypothesis (best by decoder+LM); 0 = whole vocabulary
     batch_size: int = 16
 
 
@@ -350,3 +351,35 @@ def validate(cfg: Any) -> None:
 def _check(ok: bool, key: str, reason: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': {reason}")
+
+
+# ---------------------------------------------------------------------------
+# language model (issue 3): `earshot train-lm CONFIG`
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    embedding_dim: int = 128
+    units: int = 512
+    layers: int = 2
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    asr_model: str = ""  # ASR model directory; the LM uses its tokenizer/
+    train_text: str = ""  # CutSet manifest (.jsonl / .jsonl.gz) or plain text, one sentence per line
+    dev_text: str = ""  # same formats; empty: hold out 5% of train_text
+    out_dir: str = "exp/lm"  # the exported LM directory
+    epochs: int = 10
+    batch_size: int = 64  # sentences per batch
+    lr: float = 1e-3
+    grad_clip: float = 5.0
+    seed: int = 1234
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class LMExperimentConfig:
+    model: LMConfig = field(default_factory=LMConfig)
+    train: LMTrainConfig = field(default_factory=LMTrainConfig)

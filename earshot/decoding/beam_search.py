@@ -1,0 +1,234 @@
+"""One batched beam search over weighted scorers.
+
+All B utterances and their K hypotheses advance together as N = B*K rows: each step
+is one pass of tensor operations (score, combine, top-k, reorder states), with no
+Python loop over hypotheses or tokens. The search maximises sum_i w_i log s_i(Y)
+over the scorers it is given and never knows what they are (see scorers.py).
+
+Per step and utterance the best 2K of the K x C extensions are ranked; those ending
+in eos within the first K ranks are finished (kept per utterance), and the best K
+that do not end in eos form the next beam. An utterance stops once it has K finished
+hypotheses or reaches its maximum length (where eos is forced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from earshot.config import DecodeConfig
+from earshot.decoding.scorers import Scorer, StepContext
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    """One decoded output. ``score`` is the weighted total the search ranked by (divided
+    by len(tokens) + 1 when length normalisation is on); ``scores`` holds each scorer's
+    own unweighted log-score summed over the hypothesis (eos step included)."""
+
+    tokens: list[int]
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    text: str = ""
+
+
+@dataclass
+class WeightedScorer:
+    name: str
+    scorer: Scorer
+    weight: float
+
+
+@dataclass
+class _Beam:
+    tokens: torch.Tensor  # (N, L) bos first
+    score: torch.Tensor  # (N,) weighted total
+    raw: torch.Tensor  # (N, S) unweighted per-scorer totals
+
+
+@dataclass
+class _StepScores:
+    total: torch.Tensor  # (N, C) weighted sum of every scorer
+    token_part: torch.Tensor  # (N, C) weighted sum of token-dependent scorers only
+    raw: list[torch.Tensor]  # per scorer (N, V | C | 1), unweighted
+    cands: torch.Tensor  # (N, C) token id of each column
+    states: list
+
+
+@torch.no_grad()
+def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.Tensor,
+                max_lens: torch.Tensor, bos: int, eos: int,
+                cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    """Decode B utterances; min_lens, max_lens (B,) in tokens. Returns per utterance up
+    to ``cfg.nbest`` hypotheses, best first. Scorers of weight 0 are not run."""
+    scorers = [s for s in scorers if s.weight != 0.0]
+    b, k = max_lens.shape[0], cfg.beam_size
+    device = max_lens.device
+    beam = _start(b, k, bos, len(scorers), device)
+    states = [s.scorer.init_state(b, k) for s in scorers]
+    finished: list[tuple] = []
+    n_finished = torch.zeros(b, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    for step in range(int(max_lens.max()) + 1):
+        scored = _score(scorers, beam.tokens, states, vocab_size, cfg.pre_beam, eos, step)
+        total = _constrain(scored, beam.score, step, min_lens, max_lens, eos, cfg.eos_threshold, k)
+        top, rows, cols = _top(total, b, k)
+        tokens = scored.cands[rows, cols]
+        final = (tokens == eos) & _rank_below(k, top) & torch.isfinite(top)
+        finished.append(_finish(beam, scored, final, rows, cols, tokens, top, k))
+        n_finished += final.sum(1)
+        beam, states = _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k)
+        done |= (n_finished >= k) | (max_lens <= step) | ~torch.isfinite(beam.score.view(b, k)).any(1)
+        if bool(done.all()):
+            break
+        beam.score.view(b, k).masked_fill_(done.unsqueeze(1), NEG_INF)
+    names = [s.name for s in scorers]
+    return _collect(finished, beam, names, b, k, cfg)
+
+
+def length_limits(enc_lens: torch.Tensor, cfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min_lens, max_lens) in tokens per utterance (B,), from encoder lengths (B,);
+    the same rule as greedy decoding: max = ceil(ratio * frames), at least 1."""
+    max_lens = torch.ceil(enc_lens.double() * cfg.max_len_ratio).long().clamp(min=1)
+    min_lens = torch.floor(enc_lens.double() * cfg.min_len_ratio).long()
+    return min_lens.clamp(max=max_lens), max_lens
+
+
+def _start(b: int, k: int, bos: int, s: int, device) -> _Beam:
+    tokens = torch.full((b * k, 1), bos, dtype=torch.long, device=device)
+    score = torch.zeros(b, k, device=device)
+    score[:, 1:] = NEG_INF  # K copies of the empty hypothesis: only one may expand
+    return _Beam(tokens, score.view(-1), torch.zeros(b * k, s, device=device))
+
+
+def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepScores:
+    """Run every scorer once: full ones first, then partial ones on the candidates."""
+    n = tokens.shape[0]
+    ctx = StepContext(step)
+    token_part = torch.zeros(n, vocab_size, device=tokens.device)
+    row_part = torch.zeros(n, 1, device=tokens.device)
+    raw, new_states = [None] * len(scorers), [None] * len(scorers)
+    for i, ws in enumerate(scorers):
+        if not ws.scorer.partial:
+            raw[i], new_states[i] = ws.scorer.score(tokens, states[i], None, ctx)
+            ctx.attn = _first(ws.scorer.attention(new_states[i]), ctx.attn)
+            if raw[i].shape[1] == 1:
+                row_part = row_part + ws.weight * raw[i]
+            else:
+                token_part = token_part + ws.weight * raw[i]
+    partial = [i for i, ws in enumerate(scorers) if ws.scorer.partial]
+    cands = _pre_beam(token_part, pre_beam, eos) if partial and 0 < pre_beam < vocab_size - 1 \
+        and len(partial) < len(scorers) else None
+    if cands is not None:
+        token_part = token_part.gather(1, cands)
+    for i in partial:
+        raw[i], new_states[i] = scorers[i].scorer.score(tokens, states[i], cands, ctx)
+        token_part = token_part + scorers[i].weight * raw[i]
+    ids = cands if cands is not None else \
+        torch.arange(vocab_size, device=tokens.device).expand(n, vocab_size)
+    return _StepScores(token_part + row_part, token_part, raw, ids, new_states)
+
+
+def _first(a, b):
+    return a if a is not None else b
+
+
+def _pre_beam(token_part: torch.Tensor, size: int, eos: int) -> torch.Tensor:
+    """(N, size + 1) candidate ids: the best ``size`` by the full scorers, plus eos always
+    (so that a hypothesis can always end, e.g. at its maximum length)."""
+    best = token_part.index_fill(1, torch.tensor([eos], device=token_part.device), NEG_INF)
+    ids = best.topk(size, dim=1).indices
+    return torch.cat([ids, torch.full_like(ids[:, :1], eos)], dim=1)
+
+
+def _constrain(scored: _StepScores, score, step, min_lens, max_lens, eos, eos_threshold, k):
+    """Cumulative scores (N, C) of every extension with length and eos rules applied."""
+    is_eos = scored.cands == eos
+    row_min, row_max = min_lens.repeat_interleave(k), max_lens.repeat_interleave(k)
+    allow_eos = (row_min <= step).unsqueeze(1).expand_as(is_eos)
+    if eos_threshold > 0:
+        # SpeechBrain's rule on the token-dependent log-scores: eos only if close to the best
+        best = scored.token_part.max(dim=1, keepdim=True).values
+        allow_eos = allow_eos & (scored.token_part >= eos_threshold * best)
+    forced = (row_max <= step).unsqueeze(1)
+    ban = torch.where(forced, ~is_eos, is_eos & ~allow_eos)
+    total = (score.unsqueeze(1) + scored.total).masked_fill(ban, NEG_INF)
+    return total.nan_to_num(nan=NEG_INF, neginf=NEG_INF)
+
+
+def _top(total: torch.Tensor, b: int, k: int):
+    """Best min(2K, K*C) extensions per utterance: scores (B, M), parent rows, columns."""
+    c = total.shape[1]
+    flat = total.view(b, k * c)
+    top, idx = flat.topk(min(2 * k, k * c), dim=1)
+    rows = idx // c + torch.arange(b, device=total.device).unsqueeze(1) * k
+    return top, rows, idx % c
+
+
+def _rank_below(k: int, top: torch.Tensor) -> torch.Tensor:
+    return torch.arange(top.shape[1], device=top.device).unsqueeze(0) < k
+
+
+def _finish(beam, scored, final, rows, cols, tokens, top, k):
+    """Finished hypotheses of this step as tensors: (utt, tokens, score, raw)."""
+    utt, pos = final.nonzero(as_tuple=True)
+    r, c, t = rows[utt, pos], cols[utt, pos], tokens[utt, pos]
+    raw = beam.raw[r] + _pick_raw(scored, r, c, t)
+    return utt, beam.tokens[r, 1:], top[utt, pos], raw
+
+
+def _pick_raw(scored: _StepScores, rows, cols, tokens) -> torch.Tensor:
+    """Unweighted score of each chosen extension, per scorer: (M, S)."""
+    out = []
+    for r in scored.raw:
+        if r.shape[1] == 1:
+            out.append(r[rows, 0])
+        elif r.shape[1] == scored.cands.shape[1]:
+            out.append(r[rows, cols])  # candidate columns (or the whole vocabulary)
+        else:
+            out.append(r[rows, tokens])  # whole-vocabulary scores under a pre-beam
+    if not out:
+        return torch.zeros(rows.shape[0], 0, device=rows.device)
+    return torch.stack(out, dim=-1).float()
+
+
+def _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k):
+    """Next beam: per utterance the best K extensions that do not end in eos."""
+    m = top.shape[1]
+    rank = torch.arange(m, device=top.device).unsqueeze(0)
+    order = (rank + (tokens == eos) * m).argsort(dim=1)[:, :k]
+    if order.shape[1] < k:  # fewer than K extensions exist at all
+        order = torch.cat([order, order[:, :1].expand(-1, k - order.shape[1])], dim=1)
+    pick = lambda x: x.gather(1, order).reshape(-1)  # noqa: E731
+    new_rows, new_cols, new_tokens, new_top = pick(rows), pick(cols), pick(tokens), pick(top)
+    new_top = new_top.masked_fill(new_tokens == eos, NEG_INF)
+    raw = beam.raw[new_rows] + _pick_raw(scored, new_rows, new_cols, new_tokens)
+    seq = torch.cat([beam.tokens[new_rows], new_tokens.unsqueeze(1)], dim=1)
+    states = [ws.scorer.select_state(st, new_rows, new_tokens)
+              for ws, st in zip(scorers, scored.states)]
+    return _Beam(seq, new_top, raw), states
+
+
+def _collect(finished, beam, names, b, k, cfg) -> list[list[Hypothesis]]:
+    """Group finished hypotheses by utterance, rank them, keep the n-best."""
+    per_utt: list[list[Hypothesis]] = [[] for _ in range(b)]
+    for utt, toks, score, raw in finished:
+        for u, t, s, r in zip(utt.tolist(), toks.tolist(), score.tolist(), raw.tolist()):
+            per_utt[u].append(_hyp(t, s, r, names, cfg.length_normalize))
+    for u in range(b):
+        if not per_utt[u]:  # nothing reached eos (every path pruned): keep the top row
+            row = u * k
+            per_utt[u].append(_hyp(beam.tokens[row, 1:].tolist(), float(beam.score[row]),
+                                   beam.raw[row].tolist(), names, cfg.length_normalize))
+        per_utt[u].sort(key=lambda h: -h.score)
+        per_utt[u] = per_utt[u][: cfg.nbest]
+    return per_utt
+
+
+def _hyp(tokens, score, raw, names, normalize) -> Hypothesis:
+    if normalize:
+        score = score / (len(tokens) + 1)
+    return Hypothesis(tokens, score, dict(zip(names, raw)))

@@ -1,0 +1,206 @@
+"""Scorers: every source of evidence in beam search behind one small protocol.
+
+A scorer gives each live hypothesis (row) log-scores over candidate next tokens:
+``score(tokens, state, candidates, ctx) -> (scores, candidate_state)`` where scores are
+(N, V) over the whole vocabulary, (N, C) over given candidate ids (scorers with
+``partial = True`` only, e.g. CTC prefix scores), or (N, 1) when the score does not
+depend on the token (length bonus, coverage). After the search picks, for each new
+row, a parent row and a token, ``select_state(candidate_state, rows, tokens)`` gives
+the scorer's state for the new beam. The search combines scorers by weight and never
+names one; rows are utterance-major (b*K .. b*K+K-1) and never leave their utterance,
+so per-utterance inputs (encoder memory, CTC log-probs) are kept once, unmoved.
+
+A scorer with attention (the decoder) exposes this step's weights via ``attention()``;
+the search passes them to later scorers in ``StepContext`` (CTC window, coverage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from earshot.decoding import ctc_prefix
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class StepContext:
+    """What a scorer may know about the current step besides its own state."""
+
+    step: int  # tokens emitted so far (bos excluded)
+    attn: torch.Tensor | None = None  # (N, T') attention weights behind this step's scores
+
+
+class Scorer:
+    """Protocol (and defaults). ``partial``: can score a candidate subset (N, C)."""
+
+    partial = False
+
+    def init_state(self, batch: int, beam: int) -> Any:
+        """State of the empty hypothesis, ``beam`` rows per utterance."""
+        return None
+
+    def score(self, tokens: torch.Tensor, state: Any, candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, Any]:
+        """tokens (N, L) so far (bos first) -> scores (N, V | C | 1), candidate state."""
+        raise NotImplementedError
+
+    def select_state(self, state: Any, rows: torch.Tensor, tokens: torch.Tensor) -> Any:
+        """New beam state: row i continues parent ``rows[i]`` with ``tokens[i]``; (N,) each."""
+        return state
+
+    def attention(self, state: Any) -> torch.Tensor | None:
+        """Attention weights (N, T') of the step that produced ``state``, if any."""
+        return None
+
+
+@dataclass
+class _DecoderRows:
+    dec: Any  # DecoderState
+    memory: Any  # Memory repeated to N rows (never reordered)
+
+
+class DecoderScorer(Scorer):
+    """log p_att(y_t | y_<t, X) from the attentional decoder; temperature-scaled."""
+
+    def __init__(self, decoder, memory, temperature: float = 1.0):
+        self.decoder, self.memory, self.temperature = decoder, memory, temperature
+
+    def init_state(self, batch: int, beam: int) -> _DecoderRows:
+        memory = self.decoder.repeat_memory(self.memory, beam) if beam > 1 else self.memory
+        return _DecoderRows(self.decoder.init_state(memory), memory)
+
+    def score(self, tokens, state, candidates, ctx):
+        log_probs, dec = self.decoder.step(tokens[:, -1], state.dec, state.memory)
+        if self.temperature != 1.0:
+            log_probs = torch.log_softmax(log_probs / self.temperature, dim=-1)
+        return log_probs, _DecoderRows(dec, state.memory)
+
+    def select_state(self, state, rows, tokens):
+        return _DecoderRows(self.decoder.select_state(state.dec, rows), state.memory)
+
+    def attention(self, state):
+        return state.dec.attn
+
+
+@dataclass
+class _CTCCandidates:
+    prefix: ctc_prefix.PrefixState  # state of the parent prefixes (N rows)
+    psi: torch.Tensor  # (N, V | C) prefix scores of every candidate extension
+    candidates: torch.Tensor | None  # (N, C) ids, None for the whole vocabulary
+    window: torch.Tensor | None  # (N, T) frames where the new label may start
+
+
+class CTCPrefixScorer(Scorer):
+    """log psi(g c) - log psi(g): CTC prefix score increments, vectorised over candidates.
+
+    log_probs (B, T', V) from the CTC head, lens (B,). ``window`` > 0 lets a new label
+    start only within that many frames of the decoder's attention peak. ``exclude``: ids
+    CTC never emits (bos, pad: never CTC targets) get -inf, like the blank.
+    """
+
+    partial = True
+
+    def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, blank: int, eos: int,
+                 window: int = 0, exclude: tuple[int, ...] = ()):
+        self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
+        self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
+        self.exclude = torch.tensor(sorted(set(exclude)), dtype=torch.long, device=lens.device)
+
+    def init_state(self, batch, beam):
+        return ctc_prefix.initial_state(self.log_probs, self.blank, beam)
+
+    def score(self, tokens, state, candidates, ctx):
+        window = self._window(ctx.attn)
+        psi = ctc_prefix.candidate_scores(self.log_probs, self.lens, state, self.blank,
+                                          self.eos, candidates, window)
+        prev = state.psi.unsqueeze(1)
+        inc = torch.where(torch.isneginf(prev), NEG_INF, psi - prev)
+        if len(self.exclude):
+            ids = candidates if candidates is not None else \
+                torch.arange(psi.shape[1], device=psi.device)
+            inc = inc.masked_fill(torch.isin(ids, self.exclude).expand_as(inc), NEG_INF)
+        if len(self.exclude):
+            ids = candidates if candidates is not None else torch.arange(psi.shape[1], device=psi.device)
+            inc = inc.masked_fill(torch.isin(ids, self.exclude).expand_as(inc), NEG_INF)
+        return inc.float(), _CTCCandidates(state, psi, candidates, window)
+
+    def select_state(self, state, rows, tokens):
+        cols = tokens if state.candidates is None else \
+            (state.candidates[rows] == tokens.unsqueeze(1)).int().argmax(dim=1)
+        psi = state.psi[rows, cols]
+        window = None if state.window is None else state.window[rows]
+        parent = ctc_prefix.select(state.prefix, rows)
+        return ctc_prefix.extend(self.log_probs, self.lens, parent, tokens, psi, self.blank,
+                                 window)
+
+    def _window(self, attn: torch.Tensor | None) -> torch.Tensor | None:
+        if self.window <= 0 or attn is None:
+            return None
+        peak = attn.argmax(dim=1, keepdim=True)
+        frames = torch.arange(self.log_probs.shape[1], device=attn.device).unsqueeze(0)
+        return (frames - peak).abs() <= self.window
+
+
+class LMScorer(Scorer):
+    """log p_LM(y_t | y_<t) from a model with init_state / step / select_state (RNNLM)."""
+
+    def __init__(self, lm, device: torch.device):
+        self.lm, self.device = lm, device
+
+    def init_state(self, batch, beam):
+        return self.lm.init_state(batch * beam, self.device)
+
+    def score(self, tokens, state, candidates, ctx):
+        return self.lm.step(tokens[:, -1], state)
+
+    def select_state(self, state, rows, tokens):
+        return self.lm.select_state(state, rows)
+
+
+class LengthBonus(Scorer):
+    """+1 per emitted token (eos included): weight gamma rewards longer outputs."""
+
+    def score(self, tokens, state, candidates, ctx):
+        return tokens.new_ones(tokens.shape[0], 1, dtype=torch.float32), None
+
+
+class CoverageScorer(Scorer):
+    """Increase in the number of encoder frames whose cumulative attention exceeds
+    ``threshold`` (Chorowski & Jaitly, 2017): a bonus for covering the whole input."""
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+
+    def score(self, tokens, state, candidates, ctx):
+        if ctx.attn is None:
+            raise ValueError("CoverageScorer needs an attention scorer listed before it")
+        cov = ctx.attn if state is None else state + ctx.attn
+        before = 0 if state is None else (state > self.threshold).sum(1)
+        gain = (cov > self.threshold).sum(1) - before
+        return gain.float().unsqueeze(1), cov
+
+    def select_state(self, state, rows, tokens):
+        return state[rows]
+
+
+class AttentionShiftLimit(Scorer):
+    """-inf for hypotheses whose attention peak moves more than ``max_shift`` frames in a
+    step (use weight 1); keeps attention from jumping over or back across the input."""
+
+    def __init__(self, max_shift: int):
+        self.max_shift = max_shift
+
+    def score(self, tokens, state, candidates, ctx):
+        if ctx.attn is None:
+            raise ValueError("AttentionShiftLimit needs an attention scorer listed before it")
+        peak = ctx.attn.argmax(dim=1)
+        prev = torch.zeros_like(peak) if state is None else state
+        ok = (peak - prev).abs() <= self.max_shift
+        return torch.where(ok, 0.0, NEG_INF).unsqueeze(1), peak
+
+    def select_state(self, state, rows, tokens):
+        return state[rows]
