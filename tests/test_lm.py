@@ -64,6 +64,7 @@ def test_train_lm_learns_the_text(tmp_path, capsys):
     assert _logprob(lm, good) > _logprob(lm, bad) + 5
 
 
+@torch.no_grad()
 def _logprob(lm, seq):
     x = torch.tensor([seq[:-1]])
     lp = torch.log_softmax(lm(x, torch.tensor([len(seq) - 1])), dim=-1)[0]

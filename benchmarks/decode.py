@@ -1,0 +1,168 @@
+"""Decoding speed and memory: greedy vs beam 10 vs beam 10 + CTC vs beam 10 + CTC + LM.
+
+    python benchmarks/decode.py --model exp/an4/model --manifest data/an4/dev.jsonl.gz \
+        [--lm exp/an4/lm] [--json bench.json] [--batch-size 16] [--limit 200] [--threads 2]
+
+Audio is loaded into memory first; each mode then encodes and decodes the same batches
+(so every mode pays for the encoder, as a user does). Reported per mode: utterances per
+second, real-time factor (decode seconds / audio seconds), peak memory (CUDA: peak
+allocated; CPU: peak resident set size of the process while the mode ran, sampled
+every 2 ms), and the time relative to greedy. CTC and LM weights come from the
+model's decode section when set there, else 0.4 and 0.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from earshot.data.batching import load_cut_audio  # noqa: E402
+from earshot.decoding.api import decode_batch  # noqa: E402
+from earshot.modeldir import load_model_dir  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    device = torch.device(args.device)
+    cfg, tokenizer, model = load_model_dir(args.model, device=device)
+    model.eval()
+    lm = None
+    if args.lm:
+        from earshot.models.lm import load_lm
+
+        lm = load_lm(args.lm, device)
+    batches, audio_seconds = load_batches(args.manifest, cfg.model.features.sample_rate,
+                                          args.batch_size, args.limit, device)
+    rows = []
+    for name, decode, mode_lm in modes(cfg.decode, lm):
+        rows.append(measure(name, model, batches, decode, tokenizer, mode_lm, audio_seconds, device))
+    greedy = rows[0]["seconds"]
+    for row in rows:
+        row["relative_to_greedy"] = round(row["seconds"] / greedy, 3)
+    print_table(rows, audio_seconds, sum(len(b[0]) for b in batches))
+    if args.json:
+        keys = ("mode", "rtf", "utt_per_s", "relative_to_greedy", "peak_mem_mb")
+        Path(args.json).write_text(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+    return 0
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--manifest", required=True, help="CutSet manifest (.jsonl.gz)")
+    p.add_argument("--lm", default=None, help="language model directory (adds beam10+ctc+lm)")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = all)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def modes(base, lm):
+    """(name, DecodeConfig, lm) per benchmarked mode."""
+    ctc = base.ctc_weight or 0.4
+    lm_weight = base.lm_weight or 0.3
+    plain = replace(base, beam_size=1, ctc_weight=0.0, lm_weight=0.0, length_bonus=0.0,
+                    coverage_weight=0.0, max_attn_shift=0, temperature=1.0, nbest=1)
+    out = [("greedy", plain, None),
+           ("beam10", replace(plain, beam_size=10), None),
+           ("beam10+ctc", replace(plain, beam_size=10, ctc_weight=ctc), None)]
+    if lm is not None:
+        out.append(("beam10+ctc+lm", replace(plain, beam_size=10, ctc_weight=ctc,
+                                             lm_weight=lm_weight), lm))
+    return out
+
+
+def load_batches(manifest, sample_rate, batch_size, limit, device):
+    """Padded (wavs (B, S), wav_lens (B,)) batches of similar durations, and total seconds."""
+    from lhotse import CutSet
+
+    cuts = sorted(CutSet.from_file(manifest), key=lambda c: c.duration)
+    if limit:
+        cuts = cuts[:limit]
+    wavs = [load_cut_audio(c, sample_rate) for c in cuts]
+    batches = []
+    for start in range(0, len(wavs), batch_size):
+        chunk = wavs[start:start + batch_size]
+        lens = torch.tensor([len(w) for w in chunk])
+        padded = torch.zeros(len(chunk), int(lens.max()))
+        for i, w in enumerate(chunk):
+            padded[i, : len(w)] = w
+        batches.append((padded.to(device), lens.to(device)))
+    return batches, sum(len(w) for w in wavs) / sample_rate
+
+
+def measure(name, model, batches, decode, tokenizer, lm, audio_seconds, device) -> dict:
+    decode_batch(model, *batches[0], decode, tokenizer, lm=lm, mode="auto")  # warm-up
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        n = 0
+        for wavs, lens in batches:
+            n += len(decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto"))
+        seconds = time.perf_counter() - start
+    return {"mode": name, "seconds": seconds, "rtf": round(seconds / audio_seconds, 4),
+            "utt_per_s": round(n / seconds, 2), "peak_mem_mb": round(mem.peak_mb, 1)}
+
+
+class PeakMemory:
+    """Peak CUDA allocation, or peak process RSS (sampled) on CPU, in MB."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+            time.sleep(0.002)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def print_table(rows, audio_seconds, n_utts):
+    print(f"{n_utts} utterances, {audio_seconds:.1f} s of audio, torch threads "
+          f"{torch.get_num_threads()}")
+    header = f"{'mode':<16}{'utt/s':>10}{'RTF':>10}{'peak MB':>10}{'vs greedy':>11}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['mode']:<16}{r['utt_per_s']:>10.2f}{r['rtf']:>10.4f}{r['peak_mem_mb']:>10.1f}"
+              f"{r['relative_to_greedy']:>10.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
