@@ -111,6 +111,7 @@ def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepSco
     token_part = torch.zeros(n, vocab_size, device=tokens.device)
     row_part = torch.zeros(n, 1, device=tokens.device)
     raw, new_states = [None] * len(scorers), [None] * len(scorers)
+    ranked = False  # whether some full scorer ranks tokens (so a pre-beam means something)
     for i, ws in enumerate(scorers):
         if not ws.scorer.partial:
             raw[i], new_states[i] = ws.scorer.score(tokens, states[i], None, ctx)
@@ -118,10 +119,10 @@ def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepSco
             if raw[i].shape[1] == 1:
                 row_part = row_part + ws.weight * raw[i]
             else:
-                token_part = token_part + ws.weight * raw[i]
+                token_part, ranked = token_part + ws.weight * raw[i], True
     partial = [i for i, ws in enumerate(scorers) if ws.scorer.partial]
-    cands = _pre_beam(token_part, pre_beam, eos) if partial and 0 < pre_beam < vocab_size - 1 \
-        and len(partial) < len(scorers) else None
+    use_pre_beam = partial and ranked and 0 < pre_beam < vocab_size - 1
+    cands = _pre_beam(token_part, pre_beam, eos) if use_pre_beam else None
     if cands is not None:
         token_part = token_part.gather(1, cands)
     for i in partial:
