@@ -22,7 +22,6 @@ from earshot.errors import AudioError, EarshotError
 
 log = logging.getLogger("earshot")
 
-DECODE_MODES = ("auto", "greedy", "beam", "ctc_greedy", "ctc_beam", "rescore")
 
 
 # ---------------------------------------------------------------------------
@@ -41,7 +40,9 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(flag, dest=f"decode_{f.name}", type=tp, default=None,
                                metavar=f.name.upper())
-    group.add_argument("--mode", choices=DECODE_MODES, default="auto",
+    from earshot.decoding.api import MODES
+
+    group.add_argument("--mode", choices=sorted(MODES), default="auto",
                        help="auto: greedy for beam 1 without CTC/LM, else joint beam search")
     group.add_argument("--lm", type=Path, default=None, help="language model directory (train-lm)")
 

@@ -22,14 +22,14 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = {
     "model": {
         "features": {"kind": "fbank", "num_mel_bins": 40, "sample_rate": 16000},
-        "encoder": {"cnn_channels": [32, 64], "time_pool": [2, 2], "freq_pool": 2,
+        "encoder": {"cnn_channels": [16, 32], "time_pool": [2, 2], "freq_pool": 2,
                     "rnn_type": "gru", "rnn_layers": 2, "rnn_units": 128, "rnn_time_pool": 1,
-                    "dnn_layers": 1, "dnn_units": 192, "dropout": 0.1},
-        "decoder": {"rnn_type": "gru", "layers": 1, "units": 192, "embedding_dim": 64,
+                    "dnn_layers": 1, "dnn_units": 128, "dropout": 0.1},
+        "decoder": {"rnn_type": "gru", "layers": 1, "units": 128, "embedding_dim": 32,
                     "dropout": 0.1, "attention": {"type": "location", "dim": 128}},
     },
     "tokenizer": {"kind": "char", "case": "lower"},
-    "loss": {"ctc_weight": 0.3, "label_smoothing": 0.1},
+    "loss": {"ctc_weight": 0.4, "label_smoothing": 0.1},
     "optim": {"name": "adam", "lr": 0.002, "grad_clip": 5.0,
               "scheduler": {"type": "newbob", "factor": 0.6, "threshold": 0.01}},
     "data": {"max_duration": 60.0},
@@ -37,6 +37,7 @@ DEMO_RECIPE = {
     "decode": {"beam_size": 1, "ctc_weight": 0.0, "max_len_ratio": 1.0},
 }
 
+COLUMNS = ("wer", "cer", "utterances", "substitutions", "deletions", "insertions")
 QUICK_SIZES = {"num_train": 24, "num_dev": 6, "num_test": 6}
 
 
@@ -45,7 +46,7 @@ def demo_config(out_dir: Path, quick: bool = False, seed: int = 0) -> Experiment
     recipe = json.loads(json.dumps(DEMO_RECIPE))  # deep copy
     recipe["data"].update(train=str(data / "train.jsonl.gz"), dev=str(data / "dev.jsonl.gz"),
                           test=str(data / "test.jsonl.gz"))
-    recipe["train"].update(exp_dir=str(out_dir), seed=seed)
+    recipe["train"].update(exp_dir=str(out_dir / "train"), seed=seed)
     if quick:
         recipe["train"]["epochs"] = 1
     cfg = from_dict(ExperimentConfig, recipe)
@@ -69,7 +70,10 @@ def run_demo(out_dir: str | Path = "exp/demo", quick: bool = False, seed: int = 
 
     print("[2/3] training ...", flush=True)
     cfg = demo_config(out_dir, quick=quick, seed=seed)
-    model_dir = train(cfg, resume=False)
+    for old in (Path(cfg.train.exp_dir), out_dir / "model"):  # a rerun starts afresh
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(train(cfg, resume=False), out_dir / "model")
+    model_dir = out_dir / "model"
     t_train = time.perf_counter() - start - t_synth
 
     print("[3/3] evaluating ...", flush=True)
@@ -77,8 +81,8 @@ def run_demo(out_dir: str | Path = "exp/demo", quick: bool = False, seed: int = 
     for split in ("dev", "test"):
         rates = evaluate(model_dir, getattr(cfg.data, split), out_dir / f"eval_{split}",
                          cfg.decode)
-        rows.append({"set": f"{split} ({'held-out voices' if split == 'test' else 'seen voices'})",
-                     **rates.to_dict()})
+        voices = "held-out voices" if split == "test" else "seen voices"
+        rows.append({"set": f"{split} ({voices})", **{k: rates.to_dict()[k] for k in COLUMNS}})
     shutil.copyfile(out_dir / "eval_test" / "summary.json", out_dir / "summary.json")
     total = time.perf_counter() - start
     print(format_table(rows))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from earshot.config import (DecodeConfig, ExperimentConfig, from_dict, load_config,
+from earshot.config import (DecodeConfig, ExperimentConfig, LMExperimentConfig, from_dict, load_config,
                             save_config, to_dict)
 from earshot.errors import ConfigError
 
@@ -66,4 +66,4 @@ def test_recipes_are_valid():
     recipes = sorted(root.glob("*/*.yaml"))
     assert recipes, "no recipe found"
     for path in recipes:
-        load_config(path)
+        load_config(path, cls=LMExperimentConfig if path.stem.startswith("lm") else ExperimentConfig)

@@ -1,0 +1,99 @@
+"""End to end on synthesised speech: prepare -> train -> evaluate -> transcribe.
+
+Uses the CLI exactly as a user would, and the Python API.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import earshot
+from earshot.cli import main
+
+TEXTS = ["red cup", "blue hat", "go home", "big dog"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Four short espeak utterances and a CSV manifest for them."""
+    from earshot.data.espeak import speak
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("corpus")
+    rows = ["id,path,text"]
+    for i, text in enumerate(TEXTS):
+        audio, sr = speak(text, voice="en-us", rate=170, seed=i)
+        sf.write(root / f"u{i}.wav", audio, sr)
+        rows.append(f"u{i},u{i}.wav,{text}")
+    (root / "all.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def overfit_model(corpus, tmp_path_factory):
+    """A tiny model trained on the four utterances until it repeats them perfectly."""
+    out = tmp_path_factory.mktemp("exp")
+    assert main(["prepare", "csv", str(corpus / "all.csv"), "--out", str(out / "data")]) == 0
+    cuts = str(out / "data" / "cuts.jsonl.gz")
+    overrides = [
+        f"data.train={cuts}", f"data.dev={cuts}", "data.max_duration=100",
+        f"train.exp_dir={out / 'exp'}", "train.epochs=60", "train.keep_last=1",
+        "model.features.num_mel_bins=40", "model.encoder.cnn_channels=[8, 16]",
+        "model.encoder.rnn_layers=1", "model.encoder.rnn_units=64", "model.encoder.dnn_units=64",
+        "model.encoder.dropout=0.0", "model.decoder.units=64", "model.decoder.dropout=0.0",
+        "model.decoder.embedding_dim=16", "model.decoder.attention.dim=32",
+        "optim.lr=0.003", "optim.scheduler.type=none", "loss.label_smoothing=0.0",
+    ]
+    assert main(["train", "recipes/demo/none.yaml"] + overrides) == 2  # missing file: clear error
+    cfg = out / "tiny.yaml"
+    cfg.write_text("train: {log_every: 100}\n")
+    assert main(["train", str(cfg)] + overrides) == 0
+    return out
+
+
+def test_overfit_to_cer_zero_and_report_files(overfit_model, capsys):
+    out = overfit_model
+    cuts = out / "data" / "cuts.jsonl.gz"
+    assert main(["evaluate", "--model", str(out / "exp" / "model"), "--manifest", str(cuts),
+                 "--out", str(out / "eval")]) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    for key in ("wer", "cer", "utterances", "substitutions", "deletions", "insertions"):
+        assert key in summary
+    assert summary["utterances"] == len(TEXTS)
+    assert summary["cer"] == 0.0, (out / "eval" / "alignments.txt").read_text()
+    lines = (out / "exp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 60 and "dev_cer" in json.loads(lines[-1])
+
+
+def test_transcribe_cli_and_python_api_agree(overfit_model, corpus, capsys):
+    model_dir = overfit_model / "exp" / "model"
+    wavs = [str(corpus / f"u{i}.wav") for i in range(len(TEXTS))]
+    capsys.readouterr()
+    assert main(["transcribe", "--model", str(model_dir)] + wavs) == 0
+    printed = [line.split("\t")[1] for line in capsys.readouterr().out.strip().splitlines()]
+    assert printed == TEXTS
+    assert earshot.load_model(model_dir).transcribe(wavs) == TEXTS
+
+
+def test_transcribe_reports_bad_files_and_still_transcribes_good_ones(overfit_model, corpus,
+                                                                       tmp_path, capsys):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF not really a wav")
+    code = main(["transcribe", "--model", str(overfit_model / "exp" / "model"),
+                 str(corpus / "u0.wav"), str(bad), str(tmp_path / "missing.flac")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.wav" in captured.err and "missing.flac" in captured.err
+    assert captured.out.strip().endswith(TEXTS[0])
+
+
+def test_demo_quick_writes_model_data_and_summary(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    demo = tmp_path / "demo"
+    assert (demo / "model" / "config.yaml").is_file()
+    assert (demo / "model" / "model.safetensors").is_file()
+    assert (demo / "data" / "test.jsonl.gz").is_file()
+    summary = json.loads((demo / "summary.json").read_text())
+    assert {"wer", "cer", "utterances"} <= set(summary)
+    assert "held-out voices" in capsys.readouterr().out
