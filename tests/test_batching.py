@@ -16,6 +16,7 @@ from earshot.data.batching import (
     make_loader,
     restore_sampler,
     sampler_state,
+    speed_perturb,
 )
 from earshot.data.manifests import import_jsonl
 
@@ -142,3 +143,21 @@ def test_drop_long_cuts(corpus):
     cuts = import_jsonl(corpus / "m.jsonl")
     kept, dropped = drop_long_cuts(cuts, 0.48)
     assert dropped == 8 and len(kept) == 8 and all(c.duration <= 0.48 for c in kept)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_changes_duration_by_the_factor(factor):
+    wav = torch.sin(torch.arange(8000) * 0.05)
+    out = speed_perturb(wav, RATE, factor)
+    assert abs(out.numel() - 8000 / factor) <= 2
+    assert speed_perturb(wav, RATE, 1.0) is wav
+
+
+def test_loader_applies_speed_factors(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    plain = {i: int(n) for b in make_loader(cuts, FakeTokenizer(), RATE, 100.0, shuffle=False)
+             for i, n in zip(b.ids, b.wav_lens)}
+    slow = {i: int(n) for b in make_loader(cuts, FakeTokenizer(), RATE, 100.0, shuffle=False,
+                                           speed_factors=(0.8,))
+            for i, n in zip(b.ids, b.wav_lens)}
+    assert all(abs(slow[i] - plain[i] / 0.8) <= 2 for i in plain)

@@ -254,8 +254,6 @@ def load_data(cfg: ExperimentConfig):
     if dropped:
         log.warning("%s: left out %d cuts longer than data.max_utterance_duration=%gs",
                     cfg.data.train, dropped, cfg.data.max_utterance_duration)
-    if cfg.data.speed_perturb:
-        log.warning("data.speed_perturb is not applied by this trainer yet; ignoring it")
     return train_cuts, load_cuts(cfg.data.dev)
 
 
@@ -283,7 +281,7 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     rate, data = cfg.model.features.sample_rate, cfg.data
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
                                seed=cfg.train.seed, num_buckets=data.num_buckets,
-                               num_workers=data.num_workers)
+                               num_workers=data.num_workers, speed_factors=data.speed_perturb)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers)
     hours = sum(cut.duration for cut in train_cuts) / 3600
