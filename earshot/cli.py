@@ -1,4 +1,4 @@
-"""The ``earshot`` command: arguments -> config -> one library call.
+"""earshot: train and run joint CTC/attention speech recognisers.
 
     earshot demo --out exp/demo
     earshot prepare an4 ../shared/data/an4 --out data/an4
@@ -28,6 +28,25 @@ log = logging.getLogger("earshot")
 # decoding options: one flag per DecodeConfig field, generated from the dataclass
 
 
+DECODE_HELP = {
+    "max_len_ratio": "max output tokens per encoder frame",
+    "min_len_ratio": "min output tokens per encoder frame",
+    "beam_size": "hypotheses kept per utterance (1 with no CTC/LM weight = greedy)",
+    "ctc_weight": "lambda: weight of the CTC prefix score in [0, 1]",
+    "lm_weight": "beta: weight of the language model (needs --lm)",
+    "length_bonus": "gamma: score added per output token",
+    "length_normalize": "rank finished hypotheses by score per token",
+    "eos_threshold": "end only if log p(eos) >= this factor times the best log-score (<=0: off)",
+    "max_attn_shift": "max frames the attention peak may move per step (0: off)",
+    "coverage_weight": "weight of the attention coverage score",
+    "temperature": "softmax temperature of the attention decoder",
+    "nbest": "hypotheses returned per utterance",
+    "ctc_window": "CTC prefix scoring only within this many frames of the attention peak (0: all)",
+    "pre_beam": "CTC scores only the decoder's top-k tokens (0: the whole vocabulary)",
+    "batch_size": "utterances decoded together",
+}
+
+
 def add_decode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding (defaults: the model's decode section)")
     hints = typing.get_type_hints(DecodeConfig)
@@ -36,10 +55,10 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
         tp = hints[f.name]
         if tp is bool:
             group.add_argument(flag, dest=f"decode_{f.name}", action=argparse.BooleanOptionalAction,
-                               default=None)
+                               default=None, help=DECODE_HELP.get(f.name))
         else:
             group.add_argument(flag, dest=f"decode_{f.name}", type=tp, default=None,
-                               metavar=f.name.upper())
+                               metavar="N", help=DECODE_HELP.get(f.name))
     from earshot.decoding.api import MODES
 
     group.add_argument("--mode", choices=sorted(MODES), default="auto",

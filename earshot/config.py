@@ -34,6 +34,7 @@ class FeatureConfig:
     low_freq: float = 20.0
     high_freq: float = 0.0  # <= 0 means offset from Nyquist, as in Kaldi
     dither: float = 0.0  # Kaldi's default is 1.0; 0 keeps features deterministic
+    utterance_cmn: bool = False  # subtract each utterance's mean (channel/gain) before global CMVN
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,20 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class SpecAugmentConfig:
+    """Masks applied to normalised features in training only (Park et al., 2019)."""
+
+    freq_masks: int = 0  # 0 disables frequency masking
+    freq_width: int = 8  # maximum bins per frequency mask
+    time_masks: int = 0  # 0 disables time masking
+    time_width: int = 20  # maximum frames per time mask
+    max_time_fraction: float = 0.2  # a time mask never covers more of an utterance than this
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -145,7 +158,7 @@ class DecodeConfig:
     lm_weight: float = 0.0  # beta
     length_bonus: float = 0.0  # gamma
     length_normalize: bool = False
-    eos_threshold: float = 1.5
+    eos_threshold: float = 1.5  # eos only if its log-score >= this factor x the best one; <= 0 off
     max_attn_shift: int = 0  # 0 disables
     coverage_weight: float = 0.0
     temperature: float = 1.0

@@ -168,7 +168,10 @@ class FeatureExtractor(nn.Module):
             if self.delta_kernels:
                 feats = add_deltas(feats, feat_lens, self.delta_kernels)  # CPU weights: read as floats
             mask = lengths_to_mask(feat_lens, feats.shape[1]).unsqueeze(2)
-            return feats.masked_fill(~mask, 0.0), feat_lens
+            feats = feats.masked_fill(~mask, 0.0)
+            if self.cfg.utterance_cmn:
+                feats = utterance_mean_norm(feats, feat_lens, mask)
+            return feats, feat_lens
 
     def _log_mel(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, L) frames -> log mel energies (B, T, M) and raw log energy (B, T)."""
@@ -204,6 +207,13 @@ def _validate(cfg: FeatureConfig) -> None:
 
 # ---------------------------------------------------------------------------
 # global mean/variance normalisation
+
+
+def utterance_mean_norm(feats: torch.Tensor, lens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Subtract each utterance's mean over its valid frames: feats (B, T, D) with zero
+    padding, lens (B,), mask (B, T, 1). Removes channel and gain offsets per recording."""
+    mean = feats.sum(dim=1, keepdim=True) / lens.clamp(min=1).view(-1, 1, 1).to(feats.dtype)
+    return (feats - mean).masked_fill(~mask, 0.0)
 
 
 class GlobalCMVN(nn.Module):

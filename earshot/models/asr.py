@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from earshot.augment import spec_augment
 from earshot.config import LossConfig, ModelConfig
 from earshot.losses import ctc_loss, joint_loss, nll_loss
 from earshot.models.ctc import CTCHead
@@ -54,6 +55,8 @@ class EncoderDecoderASR(nn.Module):
         with torch.no_grad(), torch.autocast(device_type=wavs.device.type, enabled=False):
             feats, lens = self.features(wavs.float(), wav_lens)
             feats = self.normalizer(feats, lens)
+            if self.training:
+                feats = spec_augment(feats, lens, self.cfg.specaugment)
         return self.encoder(feats, lens)
 
     def forward(self, batch: Any, loss_cfg: LossConfig, sampling_prob: float = 0.0) -> LossOutput:
