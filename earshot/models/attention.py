@@ -61,15 +61,19 @@ class ContentAttention(nn.Module):
         prev_weights: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend with query (N, Q) over enc (N, T', H) -> (context (N, H), weights (N, T'))."""
-        hidden = keys + self.query_proj(query).unsqueeze(1) + self._location(prev_weights)
-        energies = self.energy(torch.tanh(hidden)).squeeze(-1) * self.scaling
+        # (N, T', A) is the largest tensor of a decoding step: add and squash it in place.
+        hidden = keys + self.query_proj(query).unsqueeze(1)
+        location = self._location(prev_weights)
+        if location is not None:
+            hidden += location
+        energies = (torch.tanh_(hidden) @ self.energy.weight.squeeze(0)) * self.scaling
         weights = masked_softmax(energies, enc_mask)
         context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
         return context, weights
 
-    def _location(self, prev_weights: torch.Tensor) -> torch.Tensor | float:
+    def _location(self, prev_weights: torch.Tensor) -> torch.Tensor | None:
         """Extra energy term from the previous alignment; none for pure content attention."""
-        return 0.0
+        return None
 
 
 class LocationAwareAttention(ContentAttention):
