@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from earshot.audio import load_audio
-from earshot.config import DecodeConfig, ExperimentConfig
+from earshot.config import DecodeConfig, ExperimentConfig, to_dict
 from earshot.decoding.api import Hypothesis, decode_batch
 from earshot.errors import AudioError, EarshotError
 from earshot.metrics import ErrorRates, write_report
@@ -147,7 +147,7 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
     write_nbest(out_dir / "hypotheses.jsonl", utts)
     extra = {"model": str(model_dir), "manifest": str(manifest), "mode": mode,
              "lm": str(lm_dir) if lm_dir else None, "decode_seconds": round(seconds, 3),
-             "decode": _decode_dict(decode)}
+             "decode": to_dict(decode)}
     return write_report(out_dir, [u.id for u in utts], [u.reference for u in utts],
                         [u.text for u in utts], extra=extra)
 
@@ -173,10 +173,3 @@ def write_nbest(path: Path, utts: list[Utterance]) -> None:
                               "scores": {k: float(v) for k, v in h.scores.items()}}
                              for h in u.hypotheses]}
             f.write(json.dumps(row) + "\n")
-
-
-def _decode_dict(decode: DecodeConfig) -> dict:
-    from earshot.config import to_dict
-
-    return to_dict(decode)
-
