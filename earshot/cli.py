@@ -98,9 +98,8 @@ def cmd_prepare(args) -> int:
     else:
         splits = manifests.prepare_csv(args.source, out, dev_fraction=args.dev_fraction,
                                        audio_root=args.audio_root)
-    for name, cuts in splits.items():
-        hours = sum(c.duration for c in cuts) / 3600
-        print(f"{name:>6}: {len(cuts):6d} utterances, {hours:6.2f} h -> {out / (name + '.jsonl.gz')}")
+    for name in splits:  # counts and hours are logged by the importer
+        print(f"wrote {out / (name + '.jsonl.gz')}")
     return 0
 
 

@@ -78,23 +78,15 @@ def test_matches_kaldi_on_synthetic_speech(sample_rate):
     assert_matches_kaldi(synthetic_speech(sample_rate), sample_rate)
 
 
-def test_matches_kaldi_on_fsdd_speech():
-    files = sorted((shared_data("fsdd") / "recordings").glob("*.wav"))[:3]
+@pytest.mark.parametrize("corpus, pattern, count, rate",
+                         [("fsdd", "recordings/*.wav", 3, 8000), ("an4", "**/*.wav", 2, 16000)])
+def test_matches_kaldi_on_real_speech(corpus, pattern, count, rate):
+    files = sorted(shared_data(corpus).glob(pattern))[:count]
     if not files:
-        pytest.skip("no FSDD recordings found")
+        pytest.skip(f"no {corpus} recordings found")
     for path in files:
-        wav, rate = sf.read(path, dtype="float32")
-        assert rate == 8000
-        assert_matches_kaldi(wav, rate)
-
-
-def test_matches_kaldi_on_an4_speech():
-    files = sorted(shared_data("an4").rglob("*.wav"))[:2]
-    if not files:
-        pytest.skip("no AN4 wav files found")
-    for path in files:
-        wav, rate = sf.read(path, dtype="float32")
-        assert rate == 16000
+        wav, file_rate = sf.read(path, dtype="float32")
+        assert file_rate == rate
         assert_matches_kaldi(wav, rate)
 
 

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from earshot.config import ExperimentConfig, OptimConfig, TrainConfig, load_config, save_config, validate
 from earshot.errors import ConfigError
+from earshot.losses import sampling_probability
 from earshot.modeldir import build_model, save_model_dir
 from earshot.train import checkpoint as ckpt
 from earshot.train.schedulers import build_scheduler
@@ -394,7 +395,7 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
                disable=not run.dist.is_main, dynamic_ncols=True)
     for batch in run.train_loader:
         # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
-        prob = sampling_probability(cfg, step, epoch - 1)
+        prob = sampling_probability(cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
         last_micro = pending + 1 == cfg.optim.accum_steps
         out = forward_backward(run, batch.to(run.device), prob, sync=last_micro)
         pending, batches = pending + 1, batches + 1
@@ -421,12 +422,6 @@ def reduce_sums(run: Run, sums: np.ndarray, utts: int) -> tuple[np.ndarray, int]
     totals = torch.tensor([*sums.tolist(), utts], dtype=torch.float64, device=run.device)
     dist.all_reduce(totals)
     return totals[:3].cpu().numpy(), int(totals[3])
-
-
-def sampling_probability(cfg: ExperimentConfig, step: int, epoch: int) -> float:
-    from earshot.losses import sampling_probability as schedule
-
-    return schedule(cfg.loss.scheduled_sampling, step=step, epoch=epoch)
 
 
 def expected_batches(run: Run, state: TrainState) -> int:
