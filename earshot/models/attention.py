@@ -8,7 +8,7 @@ weights) is passed in and returned, so a beam search can reorder it like any ten
 >>> att = LocationAwareAttention(AttentionConfig(dim=8), enc_dim=6, query_dim=5)
 >>> enc, lens = torch.randn(2, 7, 6), torch.tensor([7, 4])
 >>> weights = att.init_state(enc, lens)
->>> context, weights = att(torch.randn(2, 5), enc, att.precompute(enc), lens_mask(lens, 7), weights)
+>>> context, weights = att(torch.randn(2, 5), enc, att.precompute(enc), lengths_to_mask(lens, 7), weights)
 >>> context.shape, weights.shape, bool(weights[1, 4:].eq(0).all())
 (torch.Size([2, 6]), torch.Size([2, 7]), True)
 """
@@ -20,11 +20,6 @@ from torch import nn
 
 from earshot.config import AttentionConfig
 from earshot.masks import lengths_to_mask
-
-
-def lens_mask(lens: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Valid-frame mask (N, T') for encoder lengths (N,)."""
-    return lengths_to_mask(lens, max_len)
 
 
 def masked_softmax(energies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,7 +44,7 @@ class ContentAttention(nn.Module):
 
     def init_state(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
         """Initial weights (N, T'): uniform over the valid frames of each row."""
-        mask = lens_mask(enc_lens, enc.size(1)).to(enc.dtype)
+        mask = lengths_to_mask(enc_lens, enc.size(1)).to(enc.dtype)
         return mask / enc_lens.clamp(min=1).unsqueeze(1).to(enc.dtype)
 
     def forward(
