@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from earshot.config import DecodeConfig, DecoderConfig, LMConfig
+from earshot.decoding import scorers as sc
 from earshot.decoding.api import decode_encoded
 from earshot.decoding.ctc_beam import ctc_prefix_beam_search
 from earshot.models.ctc import CTCHead
@@ -139,6 +140,26 @@ def test_total_score_is_weighted_sum_of_scorer_scores():
             assert hyp.scores["length"] == len(hyp.tokens) + 1
             total = sum(w * hyp.scores[k] for k, w in weights.items())
             assert hyp.score == pytest.approx(total, abs=1e-4)
+
+
+@pytest.mark.parametrize("nbest", [1, 3])
+def test_early_stop_is_exact(monkeypatch, nbest):
+    """Stopping an utterance once no live hypothesis can overtake its finished ones
+    returns what the search gives when it runs until K hypotheses have finished."""
+    model, lm = make_model(), make_lm()
+    h, lens = encoder_output([11, 5, 8, 2])
+    kw = dict(beam_size=6, ctc_weight=0.3, lm_weight=0.2, length_bonus=0.1, nbest=nbest)
+    steps = []
+    step = model.decoder.step
+    monkeypatch.setattr(model.decoder, "step", lambda *a: steps.append(1) or step(*a))
+    early = run(model, h, lens, lm, **kw)
+    n_early = len(steps)
+    monkeypatch.setattr(sc.DecoderScorer, "max_step_score", None)  # no bound: no early stop
+    full = run(model, h, lens, lm, **kw)
+    assert n_early < len(steps)
+    for e, f in zip(early, full):
+        assert [x.tokens for x in e] == [x.tokens for x in f]
+        assert [x.score for x in e] == pytest.approx([x.score for x in f], abs=1e-6)
 
 
 def test_lm_fusion_changes_scores():

@@ -8,7 +8,10 @@ over the scorers it is given and never knows what they are (see scorers.py).
 Per step and utterance the best 2K of the K x C extensions are ranked; those ending
 in eos within the first K ranks are finished (kept per utterance), and the best K
 that do not end in eos form the next beam. An utterance stops once it has K finished
-hypotheses or reaches its maximum length (where eos is forced).
+hypotheses or reaches its maximum length (where eos is forced), or earlier, exactly:
+when every scorer bounds its per-step score (log-probabilities never exceed 0, the
+length bonus 1), an utterance whose n-th best finished score is at least the best any
+live hypothesis could still reach can gain nothing more and stops.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
     finished: list[tuple] = []
     n_finished = torch.zeros(b, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    step_bound = None if cfg.length_normalize else _step_bound(scorers)
+    best_final = torch.full((b, cfg.nbest), NEG_INF, device=device)
     for step in range(int(max_lens.max()) + 1):
         scored = _score(scorers, beam.tokens, states, vocab_size, cfg.pre_beam, eos, step)
         total = _constrain(scored, beam.score, step, min_lens, max_lens, eos, cfg.eos_threshold, k)
@@ -82,11 +87,26 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
         n_finished += final.sum(1)
         beam, states = _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k)
         done |= (n_finished >= k) | (max_lens <= step) | ~torch.isfinite(beam.score.view(b, k)).any(1)
+        if step_bound is not None:
+            best_final = torch.cat([best_final, top.masked_fill(~final, NEG_INF)], dim=1)
+            best_final = best_final.topk(cfg.nbest, dim=1).values
+            reach = beam.score.view(b, k).max(dim=1).values + step_bound * (max_lens - step)
+            done |= best_final[:, -1] >= reach
         if bool(done.all()):
             break
         beam.score.view(b, k).masked_fill_(done.unsqueeze(1), NEG_INF)
     names = [s.name for s in scorers]
     return _collect(finished, beam, names, b, k, cfg)
+
+
+def _step_bound(scorers: list[WeightedScorer]) -> float | None:
+    """Upper bound on one step's weighted score, or None if some scorer has none."""
+    bound = 0.0
+    for ws in scorers:
+        if ws.scorer.max_step_score is None or ws.weight < 0:
+            return None
+        bound += ws.weight * ws.scorer.max_step_score
+    return bound
 
 
 def length_limits(enc_lens: torch.Tensor, cfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:

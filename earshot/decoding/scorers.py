@@ -10,6 +10,10 @@ the scorer's state for the new beam. The search combines scorers by weight and n
 names one; rows are utterance-major (b*K .. b*K+K-1) and never leave their utterance,
 so per-utterance inputs (encoder memory, CTC log-probs) are kept once, unmoved.
 
+``max_step_score`` is an upper bound on one step's score (0 for log-probabilities), or
+None when there is none; when every weighted scorer has one, the search can stop an
+utterance as soon as no live hypothesis can overtake its finished ones.
+
 A scorer with attention (the decoder) exposes this step's weights via ``attention()``;
 the search passes them to later scorers in ``StepContext`` (CTC window, coverage).
 """
@@ -38,6 +42,7 @@ class Scorer:
     """Protocol (and defaults). ``partial``: can score a candidate subset (N, C)."""
 
     partial = False
+    max_step_score: float | None = None  # upper bound on one step's score; None: unknown
 
     def init_state(self, batch: int, beam: int) -> Any:
         """State of the empty hypothesis, ``beam`` rows per utterance."""
@@ -65,6 +70,8 @@ class _DecoderRows:
 
 class DecoderScorer(Scorer):
     """log p_att(y_t | y_<t, X) from the attentional decoder; temperature-scaled."""
+
+    max_step_score = 0.0
 
     def __init__(self, decoder, memory, temperature: float = 1.0):
         self.decoder, self.memory, self.temperature = decoder, memory, temperature
@@ -109,6 +116,8 @@ class CTCPrefixScorer(Scorer):
         self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
         self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
         self.exclude = torch.tensor(sorted(set(exclude)), dtype=torch.long, device=lens.device)
+        # A prefix's probability never grows as it is extended; a window breaks the bound.
+        self.max_step_score = 0.0 if window <= 0 else None
 
     def init_state(self, batch, beam):
         return ctc_prefix.initial_state(self.log_probs, self.blank, beam)
@@ -122,9 +131,6 @@ class CTCPrefixScorer(Scorer):
         if len(self.exclude):
             ids = candidates if candidates is not None else \
                 torch.arange(psi.shape[1], device=psi.device)
-            inc = inc.masked_fill(torch.isin(ids, self.exclude).expand_as(inc), NEG_INF)
-        if len(self.exclude):
-            ids = candidates if candidates is not None else torch.arange(psi.shape[1], device=psi.device)
             inc = inc.masked_fill(torch.isin(ids, self.exclude).expand_as(inc), NEG_INF)
         return inc.float(), _CTCCandidates(state, psi, candidates, window)
 
@@ -148,6 +154,8 @@ class CTCPrefixScorer(Scorer):
 class LMScorer(Scorer):
     """log p_LM(y_t | y_<t) from a model with init_state / step / select_state (RNNLM)."""
 
+    max_step_score = 0.0
+
     def __init__(self, lm, device: torch.device):
         self.lm, self.device = lm, device
 
@@ -163,6 +171,8 @@ class LMScorer(Scorer):
 
 class LengthBonus(Scorer):
     """+1 per emitted token (eos included): weight gamma rewards longer outputs."""
+
+    max_step_score = 1.0
 
     def score(self, tokens, state, candidates, ctx):
         return tokens.new_ones(tokens.shape[0], 1, dtype=torch.float32), None
@@ -190,6 +200,8 @@ class CoverageScorer(Scorer):
 class AttentionShiftLimit(Scorer):
     """-inf for hypotheses whose attention peak moves more than ``max_shift`` frames in a
     step (use weight 1); keeps attention from jumping over or back across the input."""
+
+    max_step_score = 0.0
 
     def __init__(self, max_shift: int):
         self.max_shift = max_shift
