@@ -33,7 +33,7 @@ def tiny_encoder(**kw) -> EncoderConfig:
 
 @pytest.mark.parametrize("factor", [1, 2, 3])
 def test_cnn_block_lengths_and_zero_padding(factor):
-    block = CNNBlock(2, 3, 3, time_pool=factor, freq_pool=2, dropout=0.0)
+    block = CNNBlock(2, 3, 3, time_pool=factor, freq_pool=2, dropout=0.0, freq=8)
     lens = torch.tensor([1, 2, 5, 7, 9])
     y, out = block(torch.randn(5, 9, 8, 2), lens)
     expected = [-(-n // factor) for n in lens.tolist()]

@@ -38,20 +38,21 @@ def _zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
 
 
 class CNNBlock(nn.Module):
-    """Two (conv 3x3 -> LayerNorm over channels -> LeakyReLU), then max-pool time and frequency.
+    """Two (conv 3x3 -> LayerNorm -> LeakyReLU), then max-pool time and frequency.
 
-    Works on (B, T, F, C) so that LayerNorm normalises each (frame, bin) over channels,
-    which keeps padded frames from leaking into statistics (BatchNorm would not).
+    Works on (B, T, F, C); LayerNorm normalises each frame over (frequency, channels)
+    jointly, which keeps the spectral envelope (normalising each bin over channels alone
+    would discard it) and keeps padded frames out of the statistics (BatchNorm would not).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, time_pool: int, freq_pool: int,
-                 dropout: float):
+                 dropout: float, freq: int):
         super().__init__()
         self.convs = nn.ModuleList(
             [nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2),
              nn.Conv2d(out_ch, out_ch, kernel, padding=kernel // 2)]
         )
-        self.norms = nn.ModuleList([nn.LayerNorm(out_ch), nn.LayerNorm(out_ch)])
+        self.norms = nn.ModuleList([nn.LayerNorm([freq, out_ch]), nn.LayerNorm([freq, out_ch])])
         self.act = nn.LeakyReLU()
         self.pool = (time_pool, freq_pool)
         self.dropout = nn.Dropout(dropout)
@@ -94,7 +95,7 @@ class CRDNN(nn.Module):
         channels, freq = 1, input_dim
         for out_ch, tp in zip(cfg.cnn_channels, cfg.time_pool):
             self.blocks.append(
-                CNNBlock(channels, out_ch, cfg.cnn_kernel, tp, cfg.freq_pool, cfg.dropout))
+                CNNBlock(channels, out_ch, cfg.cnn_kernel, tp, cfg.freq_pool, cfg.dropout, freq))
             channels, freq = out_ch, -(-freq // cfg.freq_pool)
         self.stack = cfg.rnn_time_pool
         self.rnn = _RNNS[cfg.rnn_type](
