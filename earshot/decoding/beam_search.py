@@ -72,31 +72,73 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
     device = max_lens.device
     beam = _start(b, k, bos, len(scorers), device)
     states = [s.scorer.init_state(b, k) for s in scorers]
+    live = _Live(torch.arange(b, device=device), min_lens, max_lens,
+                 torch.zeros(b, dtype=torch.long, device=device),
+                 torch.full((b, cfg.nbest), NEG_INF, device=device))
     finished: list[tuple] = []
-    n_finished = torch.zeros(b, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+    fallback: dict[int, tuple] = {}
     step_bound = None if cfg.length_normalize else _step_bound(scorers)
-    best_final = torch.full((b, cfg.nbest), NEG_INF, device=device)
     for step in range(int(max_lens.max()) + 1):
+        n = live.ids.shape[0]
         scored = _score(scorers, beam.tokens, states, vocab_size, cfg.pre_beam, eos, step)
-        total = _constrain(scored, beam.score, step, min_lens, max_lens, eos, cfg.eos_threshold, k)
-        top, rows, cols = _top(total, b, k)
+        total = _constrain(scored, beam.score, step, live.min_lens, live.max_lens, eos,
+                           cfg.eos_threshold, k)
+        top, rows, cols = _top(total, n, k)
         tokens = scored.cands[rows, cols]
         final = (tokens == eos) & _rank_below(k, top) & torch.isfinite(top)
-        finished.append(_finish(beam, scored, final, rows, cols, tokens, top, k))
-        n_finished += final.sum(1)
+        utt, toks, score, raw = _finish(beam, scored, final, rows, cols, tokens, top, k)
+        finished.append((live.ids[utt], toks, score, raw))
+        live.n_finished += final.sum(1)
         beam, states = _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k)
-        done |= (n_finished >= k) | (max_lens <= step) | ~torch.isfinite(beam.score.view(b, k)).any(1)
+        best = beam.score.view(n, k).max(dim=1).values
+        done = (live.n_finished >= k) | (live.max_lens <= step) | ~torch.isfinite(best)
         if step_bound is not None:
-            best_final = torch.cat([best_final, top.masked_fill(~final, NEG_INF)], dim=1)
-            best_final = best_final.topk(cfg.nbest, dim=1).values
-            reach = beam.score.view(b, k).max(dim=1).values + step_bound * (max_lens - step)
-            done |= best_final[:, -1] >= reach
-        if bool(done.all()):
-            break
-        beam.score.view(b, k).masked_fill_(done.unsqueeze(1), NEG_INF)
+            live.best_final = torch.cat([live.best_final, top.masked_fill(~final, NEG_INF)], 1)
+            live.best_final = live.best_final.topk(cfg.nbest, dim=1).values
+            done |= live.best_final[:, -1] >= best + step_bound * (live.max_lens - step)
+        if bool(done.any()):
+            fallback.update(_fallbacks(beam, live, done, k))
+            if bool(done.all()):
+                break
+            beam, states, live = _drop(beam, states, scorers, live, ~done, k)
+    else:
+        fallback.update(_fallbacks(beam, live, torch.ones_like(live.ids, dtype=torch.bool), k))
     names = [s.name for s in scorers]
-    return _collect(finished, beam, names, b, k, cfg)
+    return _collect(finished, fallback, names, b, cfg)
+
+
+@dataclass
+class _Live:
+    """The utterances still being searched: their ids in the batch and per-utterance limits."""
+
+    ids: torch.Tensor  # (B',)
+    min_lens: torch.Tensor  # (B',)
+    max_lens: torch.Tensor  # (B',)
+    n_finished: torch.Tensor  # (B',)
+    best_final: torch.Tensor  # (B', nbest) best finished scores so far
+
+
+def _fallbacks(beam, live, done, k) -> dict[int, tuple]:
+    """For finished utterances, the top row of the beam: their output if no hypothesis
+    ever reached eos (every path pruned)."""
+    out = {}
+    for u in done.nonzero(as_tuple=True)[0].tolist():
+        row = u * k
+        out[int(live.ids[u])] = (beam.tokens[row, 1:].tolist(), float(beam.score[row]),
+                                 beam.raw[row].tolist())
+    return out
+
+
+def _drop(beam, states, scorers, live, keep, k):
+    """Remove finished utterances from the beam, the scorers' states and ``live``, so
+    that later steps spend nothing on them."""
+    utts = keep.nonzero(as_tuple=True)[0]
+    rows = (utts.unsqueeze(1) * k + torch.arange(k, device=utts.device)).reshape(-1)
+    beam = _Beam(beam.tokens[rows], beam.score[rows], beam.raw[rows])
+    states = [ws.scorer.select_utterances(st, utts, rows) for ws, st in zip(scorers, states)]
+    live = _Live(live.ids[utts], live.min_lens[utts], live.max_lens[utts],
+                 live.n_finished[utts], live.best_final[utts])
+    return beam, states, live
 
 
 def _step_bound(scorers: list[WeightedScorer]) -> float | None:
@@ -233,7 +275,7 @@ def _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k):
     return _Beam(seq, new_top, raw), states
 
 
-def _collect(finished, beam, names, b, k, cfg) -> list[list[Hypothesis]]:
+def _collect(finished, fallback, names, b, cfg) -> list[list[Hypothesis]]:
     """Group finished hypotheses by utterance, rank them, keep the n-best."""
     per_utt: list[list[Hypothesis]] = [[] for _ in range(b)]
     for utt, toks, score, raw in finished:
@@ -241,9 +283,7 @@ def _collect(finished, beam, names, b, k, cfg) -> list[list[Hypothesis]]:
             per_utt[u].append(_hyp(t, s, r, names, cfg.length_normalize))
     for u in range(b):
         if not per_utt[u]:  # nothing reached eos (every path pruned): keep the top row
-            row = u * k
-            per_utt[u].append(_hyp(beam.tokens[row, 1:].tolist(), float(beam.score[row]),
-                                   beam.raw[row].tolist(), names, cfg.length_normalize))
+            per_utt[u].append(_hyp(*fallback[u], names, cfg.length_normalize))
         per_utt[u].sort(key=lambda h: -h.score)
         per_utt[u] = per_utt[u][: cfg.nbest]
     return per_utt

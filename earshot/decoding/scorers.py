@@ -8,7 +8,8 @@ depend on the token (length bonus, coverage). After the search picks, for each n
 row, a parent row and a token, ``select_state(candidate_state, rows, tokens)`` gives
 the scorer's state for the new beam. The search combines scorers by weight and never
 names one; rows are utterance-major (b*K .. b*K+K-1) and never leave their utterance,
-so per-utterance inputs (encoder memory, CTC log-probs) are kept once, unmoved.
+so per-utterance inputs (encoder memory, CTC log-probs) are kept once, unmoved, until
+``select_utterances(state, utts, rows)`` drops the utterances that have finished.
 
 ``max_step_score`` is an upper bound on one step's score (0 for log-probabilities), or
 None when there is none; when every weighted scorer has one, the search can stop an
@@ -61,6 +62,13 @@ class Scorer:
         """Attention weights (N, T') of the step that produced ``state``, if any."""
         return None
 
+    def select_utterances(self, state: Any, utts: torch.Tensor, rows: torch.Tensor) -> Any:
+        """Keep only utterances ``utts`` (B',) of those being decoded, whose rows are
+        ``rows`` (B'*K,): their state (a scorer's per-utterance inputs narrow too)."""
+        if state is None or isinstance(state, torch.Tensor):
+            return None if state is None else state[rows]
+        raise NotImplementedError(f"{type(self).__name__} cannot drop finished utterances")
+
 
 @dataclass
 class _DecoderRows:
@@ -91,6 +99,10 @@ class DecoderScorer(Scorer):
 
     def attention(self, state):
         return state.dec.attn
+
+    def select_utterances(self, state, utts, rows):
+        return _DecoderRows(self.decoder.select_state(state.dec, rows),
+                            self.decoder.select_memory(state.memory, rows))
 
 
 @dataclass
@@ -143,6 +155,10 @@ class CTCPrefixScorer(Scorer):
         return ctc_prefix.extend(self.log_probs, self.lens, parent, tokens, psi, self.blank,
                                  window)
 
+    def select_utterances(self, state, utts, rows):
+        self.log_probs, self.lens = self.log_probs[utts], self.lens[utts]
+        return ctc_prefix.select(state, rows)
+
     def _window(self, attn: torch.Tensor | None) -> torch.Tensor | None:
         if self.window <= 0 or attn is None:
             return None
@@ -166,6 +182,9 @@ class LMScorer(Scorer):
         return self.lm.step(tokens[:, -1], state)
 
     def select_state(self, state, rows, tokens):
+        return self.lm.select_state(state, rows)
+
+    def select_utterances(self, state, utts, rows):
         return self.lm.select_state(state, rows)
 
 

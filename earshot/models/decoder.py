@@ -82,6 +82,12 @@ class AttentionalDecoder(nn.Module):
                                  for x in (memory.enc, memory.enc_lens, memory.mask, memory.keys))
         return Memory(enc, lens, mask, keys)
 
+    @staticmethod
+    def select_memory(memory: Memory, index: torch.Tensor) -> Memory:
+        """Rows ``index`` (N',) of the memory, e.g. to drop finished utterances from a beam."""
+        return Memory(*(x.index_select(0, index)
+                        for x in (memory.enc, memory.enc_lens, memory.mask, memory.keys)))
+
     # -- state --------------------------------------------------------------------
 
     def init_state(self, memory: Memory) -> DecoderState:
