@@ -27,25 +27,31 @@ def greedy_attention(
     """Argmax decoding of all N rows of ``memory`` together; eos excluded from the output.
 
     A row stops at eos or after ceil(max_len_ratio * enc_len) tokens (at least 1);
-    eos is forbidden before ``min_len`` tokens (int or (N,) tensor).
+    eos is forbidden before ``min_len`` tokens (int or (N,) tensor). Finished rows
+    leave the batch, so later steps cost nothing for them.
     """
     enc_lens = memory.enc_lens
-    n = enc_lens.size(0)
+    n, device = enc_lens.size(0), enc_lens.device
     max_lens = torch.ceil(enc_lens.double() * max_len_ratio).long().clamp(min=1)
-    min_lens = torch.as_tensor(min_len, device=enc_lens.device).expand(n)
-    tokens = torch.full((n,), bos_id, dtype=torch.long, device=enc_lens.device)
+    min_lens = torch.as_tensor(min_len, device=device).expand(n)
+    out = torch.full((n, int(max_lens.max())), eos_id, dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)  # rows still decoding
+    tokens = torch.full((n,), bos_id, dtype=torch.long, device=device)
     state = decoder.init_state(memory)
-    done = torch.zeros(n, dtype=torch.bool, device=enc_lens.device)
-    out = []
-    for t in range(int(max_lens.max())):
+    for t in range(out.size(1)):
         log_probs, state = decoder.step(tokens, state, memory)
-        log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens > t, -math.inf)
+        log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens[rows] > t, -math.inf)
         tokens = log_probs.argmax(dim=-1)
-        out.append(tokens.masked_fill(done, eos_id))
-        done |= tokens.eq(eos_id) | (max_lens <= t + 1)
+        out[rows, t] = tokens
+        done = tokens.eq(eos_id) | (max_lens[rows] <= t + 1)
         if bool(done.all()):
             break
-    return _strip_eos(torch.stack(out, dim=1), eos_id, max_lens)
+        if bool(done.any()):
+            keep = (~done).nonzero(as_tuple=True)[0]
+            rows, tokens = rows[keep], tokens[keep]
+            state = decoder.select_state(state, keep)
+            memory = decoder.select_memory(memory, keep)
+    return _strip_eos(out, eos_id, max_lens)
 
 
 def _strip_eos(hyps: torch.Tensor, eos_id: int, max_lens: torch.Tensor) -> list[list[int]]:
