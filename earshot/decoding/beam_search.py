@@ -96,13 +96,11 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
             live.best_final = torch.cat([live.best_final, top.masked_fill(~final, NEG_INF)], 1)
             live.best_final = live.best_final.topk(cfg.nbest, dim=1).values
             done |= live.best_final[:, -1] >= best + step_bound * (live.max_lens - step)
-        if bool(done.any()):
-            fallback.update(_fallbacks(beam, live, done, k))
+        if bool(done.any()):  # always by step max(max_lens), where every utterance is done
+            fallback.update(_fallbacks(beam, live, done & (live.n_finished == 0), k))
             if bool(done.all()):
                 break
             beam, states, live = _drop(beam, states, scorers, live, ~done, k)
-    else:
-        fallback.update(_fallbacks(beam, live, torch.ones_like(live.ids, dtype=torch.bool), k))
     names = [s.name for s in scorers]
     return _collect(finished, fallback, names, b, cfg)
 
@@ -118,11 +116,11 @@ class _Live:
     best_final: torch.Tensor  # (B', nbest) best finished scores so far
 
 
-def _fallbacks(beam, live, done, k) -> dict[int, tuple]:
-    """For finished utterances, the top row of the beam: their output if no hypothesis
-    ever reached eos (every path pruned)."""
+def _fallbacks(beam, live, which, k) -> dict[int, tuple]:
+    """The top row of the beam for utterances ``which`` (B',) that end without any
+    hypothesis having reached eos (every path pruned): their output."""
     out = {}
-    for u in done.nonzero(as_tuple=True)[0].tolist():
+    for u in which.nonzero(as_tuple=True)[0].tolist():
         row = u * k
         out[int(live.ids[u])] = (beam.tokens[row, 1:].tolist(), float(beam.score[row]),
                                  beam.raw[row].tolist())
