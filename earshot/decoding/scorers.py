@@ -127,7 +127,8 @@ class CTCPrefixScorer(Scorer):
                  window: int = 0, exclude: tuple[int, ...] = ()):
         self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
         self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
-        self.exclude = torch.tensor(sorted(set(exclude)), dtype=torch.long, device=lens.device)
+        self.excluded = torch.zeros(log_probs.shape[-1], dtype=torch.bool, device=lens.device)
+        self.excluded[list(exclude)] = True  # (V,) ids this scorer gives -inf
         # A prefix's probability never grows as it is extended; a window breaks the bound.
         self.max_step_score = 0.0 if window <= 0 else None
 
@@ -140,10 +141,8 @@ class CTCPrefixScorer(Scorer):
                                           self.eos, candidates, window)
         prev = state.psi.unsqueeze(1)
         inc = torch.where(torch.isneginf(prev), NEG_INF, psi - prev)
-        if len(self.exclude):
-            ids = candidates if candidates is not None else \
-                torch.arange(psi.shape[1], device=psi.device)
-            inc = inc.masked_fill(torch.isin(ids, self.exclude).expand_as(inc), NEG_INF)
+        excluded = self.excluded if candidates is None else self.excluded[candidates]
+        inc = inc.masked_fill(excluded, NEG_INF)
         return inc.float(), _CTCCandidates(state, psi, candidates, window)
 
     def select_state(self, state, rows, tokens):

@@ -76,17 +76,16 @@ class AttentionalDecoder(nn.Module):
         return Memory(enc, enc_lens, mask, self.attention.precompute(enc))
 
     @staticmethod
-    def repeat_memory(memory: Memory, k: int) -> Memory:
-        """Repeat every row k times (rows b*k .. b*k+k-1 come from row b), e.g. for a beam."""
-        enc, lens, mask, keys = (x.repeat_interleave(k, dim=0)
-                                 for x in (memory.enc, memory.enc_lens, memory.mask, memory.keys))
-        return Memory(enc, lens, mask, keys)
-
-    @staticmethod
     def select_memory(memory: Memory, index: torch.Tensor) -> Memory:
         """Rows ``index`` (N',) of the memory, e.g. to drop finished utterances from a beam."""
         return Memory(*(x.index_select(0, index)
                         for x in (memory.enc, memory.enc_lens, memory.mask, memory.keys)))
+
+    @classmethod
+    def repeat_memory(cls, memory: Memory, k: int) -> Memory:
+        """Repeat every row k times (rows b*k .. b*k+k-1 come from row b), e.g. for a beam."""
+        rows = torch.arange(memory.enc.size(0), device=memory.enc.device).repeat_interleave(k)
+        return cls.select_memory(memory, rows)
 
     # -- state --------------------------------------------------------------------
 
