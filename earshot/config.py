@@ -11,6 +11,7 @@ type is a ``ConfigError`` that names the dotted key, raised before any work star
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any, Literal
 import yaml
 
 from earshot.errors import ConfigError
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     keep_last: int = 2  # epoch checkpoints kept
     average_best: int = 1  # export the average of the K best epochs (1 = best only)
+    init_from: str = ""  # a model directory whose weights start a fresh run (fine-tuning)
     select_metric: Literal["cer", "wer", "loss"] = "cer"
     flush_denormal: bool = True
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
@@ -254,6 +258,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)

@@ -16,8 +16,10 @@ tokenizer files and safetensors only: loading cannot run code (no pickle).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from earshot.config import ExperimentConfig, load_config, save_config
 from earshot.errors import ConfigError, EarshotError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -94,6 +98,11 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
     return cfg, tokenizer, model.to(device).eval()
 
 
+def check_model_dir(directory: str | Path) -> None:
+    """Raise a clear EarshotError unless ``directory`` is a complete model directory."""
+    _check_complete(Path(directory))
+
+
 def _check_complete(directory: Path) -> None:
     if not directory.is_dir():
         raise EarshotError(f"{directory}: model directory not found")
@@ -102,3 +111,49 @@ def _check_complete(directory: Path) -> None:
     if missing:
         raise EarshotError(f"{directory}: not a model directory, missing {', '.join(missing)} "
                            f"(expected {CONFIG_FILE}, {TOKENIZER_DIR}/, {WEIGHTS_FILE})")
+
+
+
+@torch.no_grad()
+def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer,
+                        directory: str | Path) -> dict[str, list[str]]:
+    """Start ``model`` (built for ``cfg`` and ``tokenizer``) from a trained model directory.
+
+    For fine-tuning and for moving a model to another corpus. A tensor is copied when the
+    pretrained model has one of the same name and shape. Token-indexed tensors (embedding,
+    output layer, CTC head) are copied row by row for the tokens both vocabularies share,
+    so the new tokenizer may hold other tokens. The CMVN statistics are not copied: they
+    belong to the new training set. Returns the names ``copied``, ``token_rows`` (copied in
+    part) and ``skipped`` (left at their fresh initialisation).
+    """
+    src_cfg, src_tokenizer, src_model = load_model_dir(directory)
+    changed = [f.name for f in fields(cfg.model.features)
+               if getattr(cfg.model.features, f.name) != getattr(src_cfg.model.features, f.name)]
+    if changed:
+        log.warning("%s: features differ (%s); the encoder will see other inputs than it was "
+                    "trained on", directory, ", ".join(changed))
+    src_row = {token: i for i, token in enumerate(src_tokenizer.tokens)}
+    shared = [(i, src_row[t]) for i, t in enumerate(tokenizer.tokens) if t in src_row]
+    dst_rows = torch.tensor([i for i, _ in shared], dtype=torch.long)
+    src_rows = torch.tensor([j for _, j in shared], dtype=torch.long)
+    same_vocab = list(src_tokenizer.tokens) == list(tokenizer.tokens)
+    by_token = set(getattr(model, "TOKEN_INDEXED", ()))
+    source = src_model.state_dict()
+    report: dict[str, list[str]] = {"copied": [], "token_rows": [], "skipped": []}
+    for name, value in model.state_dict().items():
+        old = source.get(name)
+        if name.startswith("normalizer.") or old is None:
+            kind = "skipped"
+        elif name in by_token and not same_vocab:
+            kind = "token_rows" if old.shape[1:] == value.shape[1:] and shared else "skipped"
+        else:
+            kind = "copied" if old.shape == value.shape else "skipped"
+        if kind == "copied":
+            value.copy_(old)
+        elif kind == "token_rows":
+            value[dst_rows] = old[src_rows].to(value)
+        report[kind].append(name)
+    log.info("initialised from %s: %d tensors copied, %d token-indexed ones for %d of %d tokens; "
+             "left fresh: %s", directory, len(report["copied"]), len(report["token_rows"]),
+             len(shared), len(tokenizer.tokens), ", ".join(report["skipped"]) or "none")
+    return report

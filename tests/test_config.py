@@ -16,7 +16,8 @@ def test_defaults_round_trip_through_yaml(tmp_path):
 def test_overrides_reach_nested_fields_and_parse_yaml_values(tmp_path):
     cfg = load_config(None, ["model.encoder.rnn_layers=3", "model.encoder.cnn_channels=[8, 16]",
                              "model.encoder.time_pool=[1, 2]", "loss.ctc_weight=0.5",
-                             "train.exp_dir=exp/x"])
+                             "train.exp_dir=exp/x", "optim.lr=1e-4"])
+    assert cfg.optim.lr == 1e-4  # YAML 1.1 alone would read "1e-4" as a string
     assert cfg.model.encoder.rnn_layers == 3
     assert cfg.model.encoder.cnn_channels == (8, 16)
     assert cfg.loss.ctc_weight == 0.5 and isinstance(cfg.loss.ctc_weight, float)

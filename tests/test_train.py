@@ -180,3 +180,40 @@ def test_unseen_dev_characters_are_named_in_a_warning(corpus, caplog):
     assert count > 0 and unseen
     assert "dev.csv" in caplog.text and "<unk>" in caplog.text
     assert all(repr(ch) in caplog.text for ch in list(unseen)[:3])
+
+
+def test_init_from_copies_weights_and_moves_token_rows_by_token(straight_run, tmp_path):
+    from earshot.config import TokenizerConfig
+    from earshot.modeldir import init_from_model_dir
+    from earshot.tokenizer import train_tokenizer
+
+    model_dir, _ = straight_run
+    cfg, src_tokenizer, src = load_model_dir(model_dir)
+    tokenizer = train_tokenizer(["b c", "cb"], TokenizerConfig())  # 'a' gone, 'c' new
+    model = build_model(cfg, tokenizer)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = init_from_model_dir(model, cfg, tokenizer, model_dir)
+
+    state, source = model.state_dict(), src.state_dict()
+    assert set(report["token_rows"]) == set(model.TOKEN_INDEXED)
+    assert "encoder.rnn.weight_hh_l0" in report["copied"]
+    assert all(torch.equal(state[k], source[k]) for k in report["copied"])
+    assert torch.equal(state["normalizer.mean"], fresh["normalizer.mean"])  # new corpus, new stats
+    rows = {t: i for i, t in enumerate(tokenizer.tokens)}
+    src_rows = {t: i for i, t in enumerate(src_tokenizer.tokens)}
+    for name in model.TOKEN_INDEXED:
+        for token in ("b", " ", "<eos>", "<blank>"):
+            assert torch.equal(state[name][rows[token]], source[name][src_rows[token]]), (name, token)
+        assert torch.equal(state[name][rows["c"]], fresh[name][rows["c"]]), name
+
+
+def test_training_from_a_model_dir_starts_at_its_weights(corpus, straight_run, tmp_path):
+    model_dir, _ = straight_run
+    with pytest.raises(EarshotError, match="model directory not found"):
+        train(_cfg(corpus, tmp_path / "bad", f"train.init_from={tmp_path / 'nowhere'}"))
+    out = train(_cfg(corpus, tmp_path / "tuned", f"train.init_from={model_dir}", "train.epochs=1",
+                     "optim.lr=1e-9", "loss.scheduled_sampling.max_prob=0"))
+    tuned, source = load_model_dir(out)[2].state_dict(), load_model_dir(model_dir)[2].state_dict()
+    for name, value in source.items():
+        if not name.startswith("normalizer."):
+            assert torch.allclose(tuned[name], value, atol=1e-6), name

@@ -33,6 +33,11 @@ class LossOutput:
 class EncoderDecoderASR(nn.Module):
     """Joint CTC/attention encoder-decoder. specials: dict(blank=, pad=, bos=, eos=) token ids."""
 
+    # Parameters whose first dimension is indexed by token id (moved row by row when a
+    # pretrained model meets another tokenizer; see modeldir.init_from_model_dir).
+    TOKEN_INDEXED = ("ctc.proj.weight", "ctc.proj.bias", "decoder.embedding.weight",
+                     "decoder.output.weight", "decoder.output.bias")
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, specials: dict[str, int]):
         super().__init__()
         # Imported here so that the model code only depends on features' contract.

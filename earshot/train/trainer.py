@@ -41,7 +41,7 @@ from tqdm import tqdm
 from earshot.config import ExperimentConfig, OptimConfig, TrainConfig, load_config, save_config, validate
 from earshot.errors import ConfigError
 from earshot.losses import sampling_probability
-from earshot.modeldir import build_model, save_model_dir
+from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
 from earshot.train import checkpoint as ckpt
 from earshot.train.schedulers import build_scheduler
 from earshot.train.state import TrainState
@@ -130,6 +130,8 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     check_precision(cfg.train.precision, device)
     exp_dir = Path(cfg.train.exp_dir)
     resume_from = prepare_exp_dir(cfg, exp_dir, resume, world)
+    if cfg.train.init_from and resume_from is None:
+        check_model_dir(cfg.train.init_from)  # before minutes of data loading
     seed_everything(cfg.train.seed)
     configure_torch(cfg.train)
     train_cuts, dev_cuts = load_data(cfg)
@@ -140,6 +142,8 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
         state = restore(run, resume_from)
     else:
         compute_cmvn(run, train_cuts)
+        if cfg.train.init_from:
+            init_from_model_dir(run.model, cfg, tokenizer, cfg.train.init_from)
         state = TrainState(lr=run.scheduler.lr)
     run.ddp_model = wrap_ddp(run.model, world, device, cfg.loss.ctc_weight)
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
