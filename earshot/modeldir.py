@@ -113,7 +113,6 @@ def _check_complete(directory: Path) -> None:
                            f"(expected {CONFIG_FILE}, {TOKENIZER_DIR}/, {WEIGHTS_FILE})")
 
 
-
 @torch.no_grad()
 def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer,
                         directory: str | Path) -> dict[str, list[str]]:
@@ -153,7 +152,7 @@ def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer
         elif kind == "token_rows":
             value[dst_rows] = old[src_rows].to(value)
         report[kind].append(name)
-    log.info("initialised from %s: %d tensors copied, %d token-indexed ones for %d of %d tokens; "
-             "left fresh: %s", directory, len(report["copied"]), len(report["token_rows"]),
+    log.info("initialised from %s: %d tensors copied whole, %d row by row (%d of %d tokens "
+             "shared); left fresh: %s", directory, len(report["copied"]), len(report["token_rows"]),
              len(shared), len(tokenizer.tokens), ", ".join(report["skipped"]) or "none")
     return report
