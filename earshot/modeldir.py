@@ -85,7 +85,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
     from earshot.tokenizer import load_tokenizer
 
     directory = Path(directory)
-    _check_complete(directory)
+    check_model_dir(directory)
     cfg = load_config(directory / CONFIG_FILE)
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     model = build_model(cfg, tokenizer)
@@ -100,10 +100,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
 
 def check_model_dir(directory: str | Path) -> None:
     """Raise a clear EarshotError unless ``directory`` is a complete model directory."""
-    _check_complete(Path(directory))
-
-
-def _check_complete(directory: Path) -> None:
+    directory = Path(directory)
     if not directory.is_dir():
         raise EarshotError(f"{directory}: model directory not found")
     wanted = [(CONFIG_FILE, Path.is_file), (TOKENIZER_DIR, Path.is_dir), (WEIGHTS_FILE, Path.is_file)]
@@ -135,7 +132,6 @@ def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer
     shared = [(i, src_row[t]) for i, t in enumerate(tokenizer.tokens) if t in src_row]
     dst_rows = torch.tensor([i for i, _ in shared], dtype=torch.long)
     src_rows = torch.tensor([j for _, j in shared], dtype=torch.long)
-    same_vocab = list(src_tokenizer.tokens) == list(tokenizer.tokens)
     by_token = set(getattr(model, "TOKEN_INDEXED", ()))
     source = src_model.state_dict()
     report: dict[str, list[str]] = {"copied": [], "token_rows": [], "skipped": []}
@@ -143,7 +139,7 @@ def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer
         old = source.get(name)
         if name.startswith("normalizer.") or old is None:
             kind = "skipped"
-        elif name in by_token and not same_vocab:
+        elif name in by_token:
             kind = "token_rows" if old.shape[1:] == value.shape[1:] and shared else "skipped"
         else:
             kind = "copied" if old.shape == value.shape else "skipped"
