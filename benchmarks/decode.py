@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from earshot.models.lm import load_lm
 
         lm = load_lm(args.lm, device)
-    batches, audio_seconds = load_batches(args.manifest, cfg.model.features.sample_rate,
+    batches, audio_seconds = load_batches(args.manifest, model.sample_rate,
                                           args.batch_size, args.limit, device)
     rows = []
     for name, decode, mode_lm in modes(cfg.decode, lm):

@@ -124,11 +124,12 @@ def cmd_train_lm(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from earshot.config import load_config
     from earshot.inference import evaluate
     from earshot.metrics import format_table
+    from earshot.modeldir import CONFIG_FILE, check_model_dir, read_description
 
-    base = load_config(Path(args.model) / "config.yaml").decode
+    check_model_dir(args.model)
+    base = read_description(Path(args.model) / CONFIG_FILE)[0].decode
     decode = decode_config(args, base)
     rates = evaluate(args.model, args.manifest, args.out, decode, lm_dir=args.lm,
                      mode=args.mode, device=args.device)

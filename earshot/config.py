@@ -27,7 +27,9 @@ _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    kind: Literal["fbank", "mfcc"] = "fbank"
+    """``model.features``: the front end (frontends.FRONTENDS[kind]) and its settings."""
+
+    kind: Literal["fbank", "mfcc", "waveform"] = "fbank"  # waveform: samples as they are
     sample_rate: int = 16000  # audio is resampled to this rate on load
     num_mel_bins: int = 80  # 80 by default; 40 is the other common choice
     num_ceps: int = 13  # MFCC only
@@ -38,6 +40,7 @@ class FeatureConfig:
     high_freq: float = 0.0  # <= 0 means offset from Nyquist, as in Kaldi
     dither: float = 0.0  # Kaldi's default is 1.0; 0 keeps features deterministic
     utterance_cmn: bool = False  # subtract each utterance's mean (channel/gain) before global CMVN
+    waveform_norm: Literal["utterance", "none"] = "utterance"  # waveform only: zero mean, unit variance
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,41 @@ class TokenizerConfig:
     case: Literal["lower", "upper", "keep"] = "lower"  # applied to every text, refs included
 
 
+class TaggedConfig:
+    """Base of a family of configs chosen by their ``type`` key (e.g. ``model.encoder``).
+
+    Each member is a frozen dataclass with a ``type`` field whose default is its name in
+    the family's table; ``from_dict`` picks the member from the mapping's ``type`` and
+    accepts only that member's keys.
+    """
+
+    FAMILY = "config"  # what the message calls the family ("encoder")
+    TYPES: dict[str, type] = {}
+
+
+class EncoderConfig(TaggedConfig):
+    """``model.encoder``: one dataclass per encoder type (CRDNNConfig, ConformerConfig)."""
+
+    FAMILY = "encoder"
+    TYPES: dict[str, type] = {}
+
+
+def _member(family: type):
+    """Class decorator: register a tagged config under its default ``type``."""
+
+    def register(cls: type) -> type:
+        family.TYPES[cls.__dataclass_fields__["type"].default] = cls
+        return cls
+
+    return register
+
+
+@_member(EncoderConfig)
 @dataclass(frozen=True)
-class EncoderConfig:
-    type: str = "crdnn"  # key of models.registry.ENCODERS
+class CRDNNConfig(EncoderConfig):
+    """Conv + recurrent + dense encoder (models/encoders/crdnn.py)."""
+
+    type: Literal["crdnn"] = "crdnn"
     cnn_channels: tuple[int, ...] = (64, 128)  # one CNN block per entry
     cnn_kernel: int = 3
     freq_pool: int = 2  # frequency pooling after each CNN block
@@ -65,10 +100,30 @@ class EncoderConfig:
     dropout: float = 0.15
 
 
+@_member(EncoderConfig)
+@dataclass(frozen=True)
+class ConformerConfig(EncoderConfig):
+    """Conformer (Gulati et al., 2020; models/encoders/conformer.py)."""
+
+    type: Literal["conformer"] = "conformer"
+    subsampling: Literal[4, 6, 8] = 4  # convolutional subsampling factor in time
+    subsampling_channels: int = 64  # channels of the subsampling convolutions
+    dim: int = 144  # model width
+    layers: int = 8
+    heads: int = 4
+    ffn_dim: int = 576  # each macaron feed-forward half: dim -> ffn_dim -> dim
+    conv_kernel: int = 15  # depthwise convolution kernel; odd
+    positional: Literal["rotary", "relative"] = "rotary"
+    dropout: float = 0.1  # on every residual branch and the subsampling output
+    attention_dropout: float = 0.0  # on the attention weights
+    stochastic_depth: float = 0.0  # layer drop probability, rising linearly to this at the top
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
-    type: Literal["content", "location"] = "location"
-    dim: int = 256
+    type: Literal["content", "location", "multihead_location"] = "location"
+    dim: int = 256  # multihead_location: split evenly over the heads
+    heads: int = 4  # multihead_location only
     location_channels: int = 10  # location-aware only
     location_kernel: int = 31  # location-aware only; odd
     scaling: float = 1.0  # sharpening factor applied to the energies before softmax
@@ -99,7 +154,7 @@ class SpecAugmentConfig:
 class ModelConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder: EncoderConfig = field(default_factory=CRDNNConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
 
@@ -142,6 +197,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    corpus: str = ""  # the training corpus's name for the model card; empty: train's folder name
     train: str = ""  # CutSet manifest (jsonl / jsonl.gz)
     dev: str = ""
     test: str = ""
@@ -198,6 +254,35 @@ class ExperimentConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model directory says about how its model was made."""
+
+    corpus: str = ""  # training corpus name
+    train_hours: float = 0.0
+    dev_wer: float | None = None  # greedy attention decoding of the exported weights, percent
+    dev_cer: float | None = None
+    epochs: int = 0  # epochs trained
+    exported_epochs: tuple[int, ...] = ()  # the epoch(s) whose (mean) weights were exported
+    parameters: int = 0
+
+
+MODEL_DIR_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A model directory's ``config.yaml``: the model, not the run that made it (no data
+    paths, no optimizer). Format 1 directories (earshot 0.1) held an ExperimentConfig."""
+
+    format: int = MODEL_DIR_FORMAT
+    earshot_version: str = ""  # the release that wrote it
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # default decoding settings
+    card: ModelCard = field(default_factory=ModelCard)
+
+
 # ---------------------------------------------------------------------------
 # dict <-> dataclass
 
@@ -224,6 +309,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, TaggedConfig) and not dataclasses.is_dataclass(tp):
+        return _tagged(tp, value, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
@@ -268,6 +355,29 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def _tagged(family: type, value: Any, key: str) -> Any:
+    """The member of a tagged family named by ``value['type']`` (default: the first)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+    name = value.get("type", next(iter(family.TYPES)))
+    cls = family.TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(f"config key '{key}.type': unknown {family.FAMILY} type {name!r} "
+                          f"(known: {', '.join(sorted(family.TYPES))})")
+    names = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(set(value) - names)
+    if foreign:
+        owners = [t for t, other in family.TYPES.items()
+                  if foreign[0] in {f.name for f in dataclasses.fields(other)}]
+        belongs = f"; it belongs to {family.FAMILY} type {', '.join(owners)}" if owners else ""
+        raise ConfigError(f"config key '{key}.{foreign[0]}' is not a key of {family.FAMILY} "
+                          f"type '{name}'{belongs} (valid keys for '{name}': "
+                          f"{', '.join(sorted(names))})")
+    return from_dict(cls, value, key)
 
 
 def to_dict(obj: Any) -> Any:
@@ -344,6 +454,8 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 def validate(cfg: Any) -> None:
     """Range checks that types alone cannot express."""
+    if isinstance(cfg, (ExperimentConfig, ModelDescription)):
+        _validate_model(cfg.model)
     if isinstance(cfg, ExperimentConfig):
         _check(0.0 <= cfg.loss.ctc_weight <= 1.0, "loss.ctc_weight", "must be in [0, 1]")
         _check(0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
@@ -353,18 +465,56 @@ def validate(cfg: Any) -> None:
         _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
         _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
         _check(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
-        enc = cfg.model.encoder
-        _check(len(enc.time_pool) == len(enc.cnn_channels), "model.encoder.time_pool",
-               "needs one entry per model.encoder.cnn_channels entry")
-        _check(cfg.model.decoder.attention.location_kernel % 2 == 1,
-               "model.decoder.attention.location_kernel", "must be odd")
-    if isinstance(cfg, (ExperimentConfig, DecodeConfig)):
-        dec = cfg.decode if isinstance(cfg, ExperimentConfig) else cfg
-        prefix = "decode." if isinstance(cfg, ExperimentConfig) else ""
+    if isinstance(cfg, (ExperimentConfig, ModelDescription, DecodeConfig)):
+        dec = cfg if isinstance(cfg, DecodeConfig) else cfg.decode
+        prefix = "" if isinstance(cfg, DecodeConfig) else "decode."
         _check(dec.beam_size >= 1, prefix + "beam_size", "must be >= 1")
         _check(0.0 <= dec.ctc_weight <= 1.0, prefix + "ctc_weight", "must be in [0, 1]")
         _check(dec.temperature > 0, prefix + "temperature", "must be positive")
         _check(1 <= dec.nbest, prefix + "nbest", "must be >= 1")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    validate_encoder(model.encoder, "model.encoder")
+    att = model.decoder.attention
+    _check(att.location_kernel % 2 == 1, "model.decoder.attention.location_kernel", "must be odd")
+    _check(att.heads >= 1 and (att.type != "multihead_location" or att.dim % att.heads == 0),
+           "model.decoder.attention.heads", "must be >= 1 and divide model.decoder.attention.dim")
+
+
+def validate_encoder(enc: EncoderConfig, where: str) -> None:
+    """Range checks of one encoder config, per type; ``where`` is its dotted key."""
+    checks = {
+        CRDNNConfig: lambda: [
+            (len(enc.cnn_channels) >= 1 and min(enc.cnn_channels) >= 1, "cnn_channels",
+             "needs at least one block, each with >= 1 channel"),
+            (len(enc.time_pool) == len(enc.cnn_channels), "time_pool",
+             f"needs one entry per {where}.cnn_channels entry"),
+            (min(enc.time_pool, default=1) >= 1 and enc.freq_pool >= 1 and enc.rnn_time_pool >= 1,
+             "time_pool", "pooling factors (time_pool, freq_pool, rnn_time_pool) must be >= 1"),
+            (enc.cnn_kernel >= 1 and enc.cnn_kernel % 2 == 1, "cnn_kernel", "must be odd and >= 1"),
+            (enc.rnn_layers >= 1, "rnn_layers", "must be >= 1"),
+            (enc.rnn_units >= 1, "rnn_units", "must be >= 1"),
+            (enc.dnn_layers >= 0, "dnn_layers", "must be >= 0"),
+            (enc.dnn_units >= 1, "dnn_units", "must be >= 1"),
+            (0.0 <= enc.dropout < 1.0, "dropout", "must be in [0, 1)"),
+        ],
+        ConformerConfig: lambda: [
+            (enc.dim >= 1 and enc.heads >= 1 and enc.dim % enc.heads == 0, "dim",
+             f"must be a positive multiple of {where}.heads"),
+            (enc.positional != "rotary" or (enc.dim // max(enc.heads, 1)) % 2 == 0, "dim",
+             "rotary positions need an even width per head (dim / heads)"),
+            (enc.layers >= 1, "layers", "must be >= 1"),
+            (enc.ffn_dim >= 1, "ffn_dim", "must be >= 1"),
+            (enc.subsampling_channels >= 1, "subsampling_channels", "must be >= 1"),
+            (enc.conv_kernel >= 1 and enc.conv_kernel % 2 == 1, "conv_kernel", "must be odd and >= 1"),
+            (0.0 <= enc.dropout < 1.0, "dropout", "must be in [0, 1)"),
+            (0.0 <= enc.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)"),
+            (0.0 <= enc.stochastic_depth < 1.0, "stochastic_depth", "must be in [0, 1)"),
+        ],
+    }
+    for ok, key, reason in checks[type(enc)]():
+        _check(ok, f"{where}.{key}", reason)
 
 
 def _check(ok: bool, key: str, reason: str) -> None:

@@ -268,6 +268,24 @@ class CMVNAccumulator:
         self.sum += valid.sum(dim=0)
         self.sum_sq += valid.pow(2).sum(dim=0)
 
+    def all_reduce(self) -> None:
+        """Sum counts and sums over the ranks of a torch.distributed job, so every rank
+        finalises the statistics of the whole data set (a no-op in a single process).
+        Averaging each rank's mean and std instead would be wrong for unequal shards,
+        and for the std even for equal ones."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        packed = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64),
+                            self.sum, self.sum_sq])
+        if dist.get_backend() == "nccl":
+            packed = packed.cuda()
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        self.count = int(round(packed[0].item()))
+        self.sum, self.sum_sq = packed[1:1 + self.dim].clone(), packed[1 + self.dim:].clone()
+
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean (D,), std (D,)) as float32; std is floored at ``STD_FLOOR``."""
         if self.count == 0:

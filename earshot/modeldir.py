@@ -3,15 +3,20 @@
 Layout::
 
     model/
-      config.yaml         the ExperimentConfig it was trained with
+      config.yaml         a ModelDescription: format, earshot_version, model (front end,
+                          encoder, decoder), tokenizer, default decoding, and a card
+                          (corpus, hours, dev WER/CER, epochs, parameters)
       tokenizer/          Tokenizer.save output
-      model.safetensors   weights, CMVN statistics included (they are buffers)
+      model.safetensors   weights, the front end's statistics included (they are buffers)
 
-``save_model_dir`` writes a complete new directory beside the target and renames it into
-place, so a reader never sees a half-written model. ``load_model_dir`` reads YAML, the
-tokenizer files and safetensors only: loading cannot run code (no pickle).
+It describes the model, not the run that made it: no data paths, no optimizer.
+Directories written by earshot 0.1 (format 1: an ExperimentConfig, front-end statistics
+at ``normalizer.*``) load unchanged. ``save_model_dir`` writes a complete new directory
+beside the target and renames it into place, so a reader never sees a half-written model.
+``load_model_dir`` reads YAML, the tokenizer files and safetensors only: loading cannot
+run code (no pickle).
 
->>> # cfg, tokenizer, model = load_model_dir("exp/run/model")
+>>> # description, tokenizer, model = load_model_dir("exp/run/model")
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from earshot.config import ExperimentConfig, load_config, save_config
+from earshot.config import (MODEL_DIR_FORMAT, ExperimentConfig, ModelCard, ModelDescription,
+                            load_config, read_yaml, save_config)
 from earshot.errors import ConfigError, EarshotError
 
 log = logging.getLogger(__name__)
@@ -34,26 +40,39 @@ CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 
+# Format 1 -> 2: the front end became a part of its own (``frontend.``).
+_RENAMED_V1 = {"normalizer.": "frontend.normalizer."}
+
 
 def tokenizer_specials(tokenizer) -> dict[str, int]:
     """The named special ids the model needs (blank, pad, unk, bos, eos)."""
     return dict(tokenizer.special_ids)
 
 
-def build_model(cfg: ExperimentConfig, tokenizer) -> torch.nn.Module:
+def build_model(cfg: ExperimentConfig | ModelDescription, tokenizer) -> torch.nn.Module:
     """A freshly initialised EncoderDecoderASR sized for ``tokenizer``."""
     from earshot.models.asr import EncoderDecoderASR
 
     return EncoderDecoderASR(cfg.model, tokenizer.vocab_size, tokenizer_specials(tokenizer))
 
 
-def save_model_dir(directory: str | Path, cfg: ExperimentConfig, tokenizer, model: torch.nn.Module) -> Path:
-    """Write config, tokenizer and weights to ``directory``, replacing it as a whole."""
+def describe(cfg: ExperimentConfig | ModelDescription, card: ModelCard | None = None) -> ModelDescription:
+    """The model-directory description of a training config (run settings left out)."""
+    import earshot
+
+    old_card = cfg.card if isinstance(cfg, ModelDescription) else ModelCard()
+    return ModelDescription(MODEL_DIR_FORMAT, earshot.__version__, cfg.model, cfg.tokenizer,
+                            cfg.decode, card if card is not None else old_card)
+
+
+def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescription, tokenizer,
+                   model: torch.nn.Module, card: ModelCard | None = None) -> Path:
+    """Write description, tokenizer and weights to ``directory``, replacing it as a whole."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_config(cfg, staging / CONFIG_FILE)
+        save_config(describe(cfg, card), staging / CONFIG_FILE)
         tokenizer.save(staging / TOKENIZER_DIR)
         save_file(_plain_weights(model), str(staging / WEIGHTS_FILE))
         _swap_into_place(staging, directory)
@@ -81,21 +100,47 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
 
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild ``(cfg, tokenizer, model)`` from a model directory; the model is in eval mode."""
+    """Rebuild ``(description, tokenizer, model)`` from a model directory (any format);
+    the model is in eval mode."""
     from earshot.tokenizer import load_tokenizer
 
     directory = Path(directory)
     check_model_dir(directory)
-    cfg = load_config(directory / CONFIG_FILE)
+    description, version = read_description(directory / CONFIG_FILE)
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
-    model = build_model(cfg, tokenizer)
-    weights = load_file(str(directory / WEIGHTS_FILE), device="cpu")
+    model = build_model(description, tokenizer)
+    weights = upgrade_weights(load_file(str(directory / WEIGHTS_FILE), device="cpu"), version)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise ConfigError(f"{directory / WEIGHTS_FILE}: weights do not fit the model described "
                           f"by {directory / CONFIG_FILE}: {err}") from None
-    return cfg, tokenizer, model.to(device).eval()
+    return description, tokenizer, model.to(device).eval()
+
+
+def read_description(path: Path) -> tuple[ModelDescription, int]:
+    """The ModelDescription in ``path`` and the format it was written in."""
+    data = read_yaml(path)
+    version = data.get("format", 1)
+    if version == 1:  # earshot 0.1: the whole ExperimentConfig of the run
+        return describe(load_config(path)), 1
+    if version != MODEL_DIR_FORMAT:
+        raise ConfigError(f"{path}: model directory format {version!r} is not one this earshot "
+                          f"reads (1 or {MODEL_DIR_FORMAT}); a newer release wrote it?")
+    return load_config(path, cls=ModelDescription), version
+
+
+def upgrade_weights(weights: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """State-dict names of an older format renamed to today's."""
+    if version >= MODEL_DIR_FORMAT:
+        return weights
+    out = {}
+    for name, value in weights.items():
+        for old, new in _RENAMED_V1.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+        out[name] = value
+    return out
 
 
 def check_model_dir(directory: str | Path) -> None:
@@ -116,10 +161,10 @@ def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer
     """Start ``model`` (built for ``cfg`` and ``tokenizer``) from a trained model directory.
 
     For fine-tuning and for moving a model to another corpus. A tensor is copied when the
-    pretrained model has one of the same name and shape. Token-indexed tensors (embedding,
-    output layer, CTC head) are copied row by row for the tokens both vocabularies share,
-    so the new tokenizer may hold other tokens. The CMVN statistics are not copied: they
-    belong to the new training set. Returns the names ``copied``, ``token_rows`` (copied in
+    pretrained model has one of the same name and shape. Token-indexed tensors (as the
+    model's parts declare them: embedding, output layer, CTC head) are copied row by row
+    for the tokens both vocabularies share, so the new tokenizer may hold other tokens.
+    The front end's corpus statistics are not copied: they belong to the new training set. Returns the names ``copied``, ``token_rows`` (copied in
     part) and ``skipped`` (left at their fresh initialisation).
     """
     src_cfg, src_tokenizer, src_model = load_model_dir(directory)
@@ -132,12 +177,12 @@ def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer
     shared = [(i, src_row[t]) for i, t in enumerate(tokenizer.tokens) if t in src_row]
     dst_rows = torch.tensor([i for i, _ in shared], dtype=torch.long)
     src_rows = torch.tensor([j for _, j in shared], dtype=torch.long)
-    by_token = set(getattr(model, "TOKEN_INDEXED", ()))
+    by_token, statistics = set(model.token_indexed_names), set(model.statistics_names)
     source = src_model.state_dict()
     report: dict[str, list[str]] = {"copied": [], "token_rows": [], "skipped": []}
     for name, value in model.state_dict().items():
         old = source.get(name)
-        if name.startswith("normalizer.") or old is None:
+        if name in statistics or old is None:
             kind = "skipped"
         elif name in by_token:
             kind = "token_rows" if old.shape[1:] == value.shape[1:] and shared else "skipped"

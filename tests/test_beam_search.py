@@ -2,7 +2,6 @@
 equivalence, LM weight 0, edge cases. Tiny random models on random encoder output."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from earshot.config import DecodeConfig, DecoderConfig, LMConfig
 from earshot.decoding import scorers as sc
 from earshot.decoding.api import decode_encoded
 from earshot.decoding.ctc_beam import ctc_prefix_beam_search
+from earshot.models.asr import Encoded
 from earshot.models.ctc import CTCHead
 from earshot.models.decoder import AttentionalDecoder
 from earshot.models.lm import RNNLM
@@ -38,7 +38,23 @@ def make_model(seed=0, sharp=4.0, vocab=V):
         ctc.proj.weight.mul_(sharp)
         ctc.proj.bias[BLANK] += 2.0
         ctc.proj.bias[[PAD, BOS, EOS]] -= 10.0  # never CTC targets, so never emitted
-    return SimpleNamespace(decoder=decoder, ctc=ctc)
+    return StubModel(decoder, ctc)
+
+
+class StubModel:
+    """The model's decoding interface over a bare decoder and CTC head (no encoder)."""
+
+    def __init__(self, decoder, ctc):
+        self.decoder, self.ctc, self.vocab_size = decoder, ctc, decoder.vocab_size
+
+    def __getattr__(self, name):  # init_state, step, select_state, select_memory, ...
+        return getattr(self.decoder, name)
+
+    def teacher_forced(self, memory, tokens_in):
+        return self.decoder(memory, tokens_in)
+
+    def encoded(self, h, lens):
+        return Encoded(self.decoder.memory(h, lens), self.ctc(h), lens)
 
 
 def make_lm(seed=1, vocab=V):
@@ -53,7 +69,8 @@ def encoder_output(lens, seed=2):
 
 
 def run(model, h, lens, lm=None, mode="beam", **kw):
-    return decode_encoded(model, h, lens, DecodeConfig(**kw), StubTokenizer(), lm=lm, mode=mode)
+    return decode_encoded(model, model.encoded(h, lens), DecodeConfig(**kw), StubTokenizer(),
+                          lm=lm, mode=mode)
 
 
 def test_beam_one_without_ctc_or_lm_equals_greedy():

@@ -68,3 +68,43 @@ def test_recipes_are_valid():
     assert recipes, "no recipe found"
     for path in recipes:
         load_config(path, cls=LMExperimentConfig if path.stem.startswith("lm") else ExperimentConfig)
+
+
+def test_encoder_configs_are_tagged_by_type(tmp_path):
+    from earshot.config import ConformerConfig, CRDNNConfig, EncoderConfig
+    from earshot.models.registry import ENCODERS
+
+    assert set(EncoderConfig.TYPES) == set(ENCODERS)  # one config dataclass per encoder
+    cfg = load_config(None, ["model.encoder.type=conformer", "model.encoder.layers=3"])
+    assert isinstance(cfg.model.encoder, ConformerConfig) and cfg.model.encoder.layers == 3
+    assert isinstance(ExperimentConfig().model.encoder, CRDNNConfig)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg  # the type travels with the keys
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["model.encoder.type=transformerx"],
+     r"'model\.encoder\.type': unknown encoder type 'transformerx' \(known: conformer, crdnn\)"),
+    (["model.encoder.type=conformer", "model.encoder.rnn_units=3"],
+     r"'model\.encoder\.rnn_units' is not a key of encoder type 'conformer'; it belongs to "
+     r"encoder type crdnn \(valid keys for 'conformer': .*heads"),
+    (["model.encoder.heads=2"], r"'model\.encoder\.heads' is not a key of encoder type 'crdnn'"),
+    (["model.encoder.type=conformer", "model.encoder.dim=100", "model.encoder.heads=3"],
+     r"'model\.encoder\.dim': must be a positive multiple of model\.encoder\.heads"),
+    (["model.encoder.type=conformer", "model.encoder.conv_kernel=4"], r"model\.encoder\.conv_kernel"),
+    (["model.encoder.type=conformer", "model.encoder.subsampling=5"], r"model\.encoder\.subsampling"),
+    (["model.encoder.rnn_units=0"], r"model\.encoder\.rnn_units"),
+    (["model.encoder.cnn_channels=[]", "model.encoder.time_pool=[]"], r"model\.encoder\.cnn_channels"),
+    (["model.decoder.attention.type=multihead_location", "model.decoder.attention.heads=3"],
+     r"model\.decoder\.attention\.heads"),
+])
+def test_encoder_config_errors_name_the_key_and_the_type(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, overrides)
+
+
+def test_unknown_encoder_type_in_a_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model:\n  encoder: {type: lstm9, layers: 2}\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: config key 'model\.encoder\.type'"):
+        load_config(path)

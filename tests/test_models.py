@@ -8,23 +8,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from earshot.config import (AttentionConfig, DecoderConfig, EncoderConfig, FeatureConfig,
+from earshot.config import (AttentionConfig, ConformerConfig, CRDNNConfig, DecoderConfig, FeatureConfig,
                             LossConfig, ModelConfig)
 from earshot.decoding.greedy import greedy_attention, greedy_ctc
 from earshot.masks import lengths_to_mask
-from earshot.models.attention import ContentAttention, LocationAwareAttention
-from earshot.models.crdnn import CRDNN, CNNBlock, pooled_lengths, stack_frames
+from earshot.models.attention import (ContentAttention, LocationAwareAttention,
+                                      MultiHeadLocationAttention)
+from earshot.models.encoders.conformer import Conformer
+from earshot.models.encoders.crdnn import CRDNN, CNNBlock, pooled_lengths, stack_frames
 from earshot.models.ctc import CTCHead
 from earshot.models.decoder import AttentionalDecoder
 
 V, ENC = 11, 12
 
 
-def tiny_encoder(**kw) -> EncoderConfig:
+def tiny_encoder(**kw) -> CRDNNConfig:
     base = dict(cnn_channels=(3, 4), time_pool=(2, 3), rnn_units=6, rnn_layers=2,
                 rnn_time_pool=2, dnn_units=7, dropout=0.3)
     base.update(kw)
-    return EncoderConfig(**base)
+    return CRDNNConfig(**base)
 
 
 # ---------------------------------------------------------------------------
@@ -91,23 +93,35 @@ def test_crdnn_trains_with_gradients():
 # attention
 
 
-@pytest.mark.parametrize("cls", [ContentAttention, LocationAwareAttention])
+@pytest.mark.parametrize("cls", [ContentAttention, LocationAwareAttention, MultiHeadLocationAttention])
 def test_attention_masks_padding_and_is_batch_invariant(cls):
     torch.manual_seed(0)
-    att = cls(AttentionConfig(dim=8, location_channels=3, location_kernel=5), ENC, 5)
+    att = cls(AttentionConfig(dim=8, heads=2, location_channels=3, location_kernel=5), ENC, 5)
     lens = torch.tensor([7, 3])
     enc = torch.randn(2, 7, ENC)
     mask = lengths_to_mask(lens, 7)
     prev = att.init_state(enc, lens)
-    torch.testing.assert_close(prev[1], torch.tensor([1 / 3] * 3 + [0.0] * 4))
+    torch.testing.assert_close(att.alignment(prev)[1], torch.tensor([1 / 3] * 3 + [0.0] * 4))
     query = torch.randn(2, 5)
     context, weights = att(query, enc, att.precompute(enc), mask, prev)
-    assert weights[1, 3:].eq(0).all()
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert context.shape == (2, ENC)
+    assert weights[1, ..., 3:].eq(0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
     e1 = enc[1:, :3]
-    c1, w1 = att(query[1:], e1, att.precompute(e1), mask[1:, :3], prev[1:, :3])
+    c1, w1 = att(query[1:], e1, att.precompute(e1), mask[1:, :3], prev[1:, ..., :3])
     torch.testing.assert_close(c1[0], context[1])
-    torch.testing.assert_close(w1[0], weights[1, :3])
+    torch.testing.assert_close(w1[0], weights[1, ..., :3])
+
+
+def test_multihead_location_attention_keeps_one_alignment_per_head():
+    torch.manual_seed(0)
+    att = MultiHeadLocationAttention(AttentionConfig(dim=12, heads=3, location_kernel=3), ENC, 5)
+    enc, lens = torch.randn(2, 6, ENC), torch.tensor([6, 4])
+    _, weights = att(torch.randn(2, 5), enc, att.precompute(enc), lengths_to_mask(lens),
+                     att.init_state(enc, lens))
+    assert weights.shape == (2, 3, 6)
+    assert not torch.allclose(weights[:, 0], weights[:, 1])  # the heads look at different frames
+    torch.testing.assert_close(att.alignment(weights), weights.mean(1))
 
 
 def test_location_attention_uses_previous_weights():
@@ -127,7 +141,7 @@ def test_location_attention_uses_previous_weights():
 
 
 def make_decoder(rnn_type="gru", attention="location", layers=1, dropout=0.0) -> AttentionalDecoder:
-    att = AttentionConfig(type=attention, dim=9, location_channels=3, location_kernel=5)
+    att = AttentionConfig(type=attention, dim=8, heads=2, location_channels=3, location_kernel=5)
     cfg = DecoderConfig(rnn_type=rnn_type, layers=layers, units=10, embedding_dim=6,
                         dropout=dropout, attention=att)
     return AttentionalDecoder(cfg, V, ENC, bos_id=1)
@@ -141,7 +155,8 @@ def make_memory(dec, lens=(8, 5, 3)):
 
 
 @pytest.mark.parametrize("rnn_type,attention,layers",
-                         list(itertools.product(["gru", "lstm"], ["content", "location"], [1, 2])))
+                         list(itertools.product(["gru", "lstm"],
+                                                ["content", "location", "multihead_location"], [1, 2])))
 def test_step_by_step_equals_teacher_forced_forward(rnn_type, attention, layers):
     torch.manual_seed(0)
     dec = make_decoder(rnn_type, attention, layers, dropout=0.3).eval()
@@ -225,14 +240,24 @@ def test_ctc_head_is_float32_under_autocast():
 # the whole model
 
 
-def tiny_model_config() -> ModelConfig:
+TINY_ENCODERS = {
+    "crdnn": CRDNNConfig(cnn_channels=(4,), time_pool=(2,), rnn_layers=1, rnn_units=32,
+                         rnn_time_pool=2, dnn_layers=1, dnn_units=32, dropout=0.0),
+    "conformer": ConformerConfig(dim=32, layers=2, heads=4, ffn_dim=64, conv_kernel=5,
+                                 subsampling_channels=8, dropout=0.0),
+    "conformer_relative": ConformerConfig(dim=32, layers=2, heads=4, ffn_dim=64, conv_kernel=5,
+                                          subsampling_channels=8, dropout=0.0,
+                                          positional="relative"),
+}
+
+
+def tiny_model_config(encoder: str = "crdnn", attention: str = "location") -> ModelConfig:
     return ModelConfig(
         features=FeatureConfig(num_mel_bins=16),
-        encoder=EncoderConfig(cnn_channels=(4,), time_pool=(2,), rnn_layers=1, rnn_units=32,
-                              rnn_time_pool=2, dnn_layers=1, dnn_units=32, dropout=0.0),
+        encoder=TINY_ENCODERS[encoder],
         decoder=DecoderConfig(units=32, embedding_dim=16, dropout=0.0,
-                              attention=AttentionConfig(dim=32, location_channels=4,
-                                                        location_kernel=5)),
+                              attention=AttentionConfig(type=attention, dim=32, heads=2,
+                                                        location_channels=4, location_kernel=5)),
     )
 
 
@@ -269,15 +294,18 @@ def test_model_forward_and_decoder_io():
     assert trained == []
 
 
-def test_model_overfits_two_utterances():
+@pytest.mark.parametrize("encoder,attention", [("crdnn", "location"), ("conformer", "location"),
+                                               ("conformer_relative", "content"),
+                                               ("crdnn", "multihead_location")])
+def test_model_overfits_two_utterances(encoder, attention):
     from earshot.models.asr import EncoderDecoderASR
 
     torch.manual_seed(0)
-    model = EncoderDecoderASR(tiny_model_config(), V, SPECIALS)
+    model = EncoderDecoderASR(tiny_model_config(encoder, attention), V, SPECIALS)
     batch, loss_cfg = tiny_batch(), LossConfig(ctc_weight=0.3, label_smoothing=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
-    for _ in range(40):
+    for _ in range(60):
         opt.zero_grad()
         out = model(batch, loss_cfg)
         out.loss.backward()
@@ -285,12 +313,114 @@ def test_model_overfits_two_utterances():
         first = first if first is not None else out.loss.item()
     assert out.loss.item() < 0.1 * first
     model.eval()
-    h, h_lens = model.encode(batch.wavs, batch.wav_lens)
-    hyps = greedy_attention(model.decoder, model.decoder.memory(h, h_lens), 2, 3, 2.0)
+    enc = model.encode(batch.wavs, batch.wav_lens)
+    hyps = greedy_attention(model, enc.memory, 2, 3, 2.0)
     assert hyps == [[4, 5, 6, 7], [8, 9, 10]]
-    assert greedy_ctc(model.ctc(h), h_lens, blank_id=0) == hyps
-    for i in range(2):  # features + CMVN + encoder: padding never changes an utterance
+    assert greedy_ctc(enc.ctc_log_probs, enc.lens, blank_id=0) == hyps
+    for i in range(2):  # front end + encoder: padding never changes an utterance
         wav, wav_len = batch.wavs[i:i + 1, : batch.wav_lens[i]], batch.wav_lens[i:i + 1]
-        alone, alone_lens = model.encode(wav, wav_len)
-        assert alone_lens.item() == h_lens[i].item()
-        torch.testing.assert_close(alone[0], h[i, : h_lens[i]], atol=1e-4, rtol=1e-4)
+        alone = model.encode(wav, wav_len)
+        assert alone.lens.item() == enc.lens[i].item()
+        torch.testing.assert_close(alone.memory.enc[0], enc.memory.enc[i, : enc.lens[i]],
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_model_parts_declare_their_tensors():
+    from earshot.models.asr import EncoderDecoderASR
+
+    model = EncoderDecoderASR(tiny_model_config(), V, SPECIALS)
+    state = model.state_dict()
+    assert set(model.statistics_names) == {"frontend.normalizer.mean", "frontend.normalizer.std"}
+    for name in model.token_indexed_names:
+        assert state[name].shape[0] == V, name
+    assert len(model.token_indexed_names) == 5
+
+
+def test_too_short_utterance_encodes_to_zero_frames():
+    from earshot.models.asr import EncoderDecoderASR
+
+    model = EncoderDecoderASR(tiny_model_config("conformer"), V, SPECIALS).eval()
+    wavs = torch.randn(3, 4000) * 0.1
+    lens = torch.tensor([4000, 10, 300])  # 10 samples: no 25 ms frame at all
+    assert model.encoded_lengths(lens).tolist()[1] == 0
+    enc = model.encode(wavs, lens)
+    assert enc.lens.tolist() == model.encoded_lengths(lens).tolist()
+    assert enc.lens[1] == 0 and enc.memory.enc[1].abs().sum() == 0
+    alone = model.encode(wavs[:1], lens[:1])
+    torch.testing.assert_close(alone.memory.enc[0], enc.memory.enc[0, : enc.lens[0]])
+
+
+# ---------------------------------------------------------------------------
+# Conformer
+
+
+def tiny_conformer(**kw) -> ConformerConfig:
+    base = dict(dim=16, layers=2, heads=2, ffn_dim=24, conv_kernel=5, subsampling_channels=4,
+                dropout=0.0)
+    base.update(kw)
+    return ConformerConfig(**base)
+
+
+@pytest.mark.parametrize("factor", [4, 6, 8])
+def test_conformer_output_lengths(factor):
+    enc = Conformer(tiny_conformer(subsampling=factor), input_dim=10).eval()
+    lens = torch.tensor([1, 2, 5, 13, 30, 47])
+    h, h_lens = enc(torch.randn(6, 47, 10), lens)
+    expected = lens.clone()
+    for stride in {4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}[factor]:
+        expected = -(-expected // stride)
+    assert h_lens.tolist() == expected.tolist() == enc.output_lengths(lens).tolist()
+    assert h.shape == (6, int(expected.max()), 16)
+    assert h[~lengths_to_mask(h_lens, h.size(1))].abs().sum() == 0
+    assert min(h_lens.tolist()) == 1  # never pooled to nothing
+
+
+@pytest.mark.parametrize("positional", ["rotary", "relative"])
+@pytest.mark.parametrize("factor", [4, 6])
+def test_conformer_padding_never_changes_an_utterance(positional, factor):
+    torch.manual_seed(0)
+    enc = Conformer(tiny_conformer(positional=positional, subsampling=factor), input_dim=10).eval()
+    lens = torch.tensor([41, 9, 23, 1])
+    feats = torch.randn(4, 41, 10)
+    feats[~lengths_to_mask(lens, 41)] = 0.0  # front ends give zero padding
+    h, h_lens = enc(feats, lens)
+    for i in range(4):
+        alone, alone_len = enc(feats[i:i + 1, : lens[i]], lens[i:i + 1])
+        assert alone_len.item() == h_lens[i].item()
+        torch.testing.assert_close(h[i, : h_lens[i]], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_conformer_positions_matter_and_all_parameters_train():
+    torch.manual_seed(0)
+    enc = Conformer(tiny_conformer(positional="relative"), input_dim=10)
+    x, lens = torch.randn(2, 20, 10), torch.tensor([20, 13])
+    enc.train()
+    h, _ = enc(x, lens)
+    h.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+    enc.eval()
+    block = enc.blocks[0].attn
+    y = torch.randn(1, 6, 16)
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    # Self-attention alone (no convolution) still tells positions apart: a reversed input
+    # does not give the reversed output.
+    for positional in ("rotary", "relative"):
+        block.positional = positional
+        if positional == "relative":
+            torch.nn.init.normal_(block.pos_bias_v)
+        out = block(y, mask)
+        assert not torch.allclose(block(y.flip(1), mask).flip(1), out, atol=1e-4)
+
+
+def test_conformer_stochastic_depth_skips_layers_only_in_training():
+    torch.manual_seed(0)
+    enc = Conformer(tiny_conformer(layers=4, stochastic_depth=0.9), input_dim=10)
+    x, lens = torch.randn(1, 12, 10), torch.tensor([12])
+    assert [round(b.drop_prob, 3) for b in enc.blocks] == [0.225, 0.45, 0.675, 0.9]
+    enc.eval()
+    a, _ = enc(x, lens)
+    b, _ = enc(x, lens)
+    assert torch.equal(a, b)
+    enc.train()
+    outs = {enc(x, lens)[0].sum().item() for _ in range(8)}
+    assert len(outs) > 1

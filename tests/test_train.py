@@ -106,23 +106,44 @@ def test_metrics_lines_config_and_exported_model(corpus, straight_run):
     assert tokenizer.decode(tokenizer.encode("a b")) == "a b"
     state = model.state_dict()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
-    assert not torch.equal(state["normalizer.mean"], torch.zeros_like(state["normalizer.mean"]))
+    assert not torch.equal(state["frontend.normalizer.mean"], torch.zeros_like(state["frontend.normalizer.mean"]))
+
+
+def test_model_dir_describes_the_model_not_the_run(corpus, straight_run):
+    import yaml
+
+    import earshot
+
+    model_dir, exp_dir = straight_run
+    written = yaml.safe_load((model_dir / "config.yaml").read_text())
+    assert set(written) == {"format", "earshot_version", "model", "tokenizer", "decode", "card"}
+    assert written["earshot_version"] == earshot.__version__
+    assert written["model"]["encoder"]["type"] == "crdnn"
+    assert str(exp_dir) not in (model_dir / "config.yaml").read_text()  # no run paths
+    card = written["card"]
+    rows = _rows(exp_dir)
+    assert card["corpus"] == corpus[0].parent.name
+    assert card["epochs"] == 2 and card["exported_epochs"] and card["parameters"] > 0
+    assert card["train_hours"] > 0 and 0 <= card["dev_cer"] and card["dev_wer"] is not None
+    if len(card["exported_epochs"]) == 1:  # one epoch exported: its dev result is the card's
+        (row,) = [r for r in rows if r["epoch"] == card["exported_epochs"][0]]
+        assert abs(row["dev_wer"] - card["dev_wer"]) < 1e-2
 
 
 def test_model_dir_round_trip_gives_the_same_outputs(corpus, straight_run, tmp_path):
     _, exp_dir = straight_run
     cfg, tokenizer, model = load_model_dir(exp_dir / "model")
     with torch.no_grad():
-        model.normalizer.set_stats(torch.rand(10), torch.rand(10) + 0.5)
+        model.state_dict()["frontend.normalizer.mean"].copy_(torch.rand(10))
     save_model_dir(tmp_path / "copy", cfg, tokenizer, model)
     save_model_dir(tmp_path / "copy", cfg, tokenizer, model)  # replacing an existing dir works
     _, _, again = load_model_dir(tmp_path / "copy")
     assert not again.training
     wavs, lens = torch.randn(2, 4000) * 0.1, torch.tensor([4000, 2500])
     with torch.no_grad():
-        h1, l1 = model.encode(wavs, lens)
-        h2, l2 = again.encode(wavs, lens)
-    assert torch.equal(h1, h2) and torch.equal(l1, l2)
+        a, b = model.encode(wavs, lens), again.encode(wavs, lens)
+    assert torch.equal(a.memory.enc, b.memory.enc) and torch.equal(a.lens, b.lens)
+    assert torch.equal(a.ctc_log_probs, b.ctc_log_probs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no staging dirs left
     (tmp_path / "copy" / "model.safetensors").unlink()
     with pytest.raises(EarshotError, match="model.safetensors"):
@@ -195,13 +216,13 @@ def test_init_from_copies_weights_and_moves_token_rows_by_token(straight_run, tm
     report = init_from_model_dir(model, cfg, tokenizer, model_dir)
 
     state, source = model.state_dict(), src.state_dict()
-    assert set(report["token_rows"]) == set(model.TOKEN_INDEXED)
+    assert set(report["token_rows"]) == set(model.token_indexed_names)
     assert "encoder.rnn.weight_hh_l0" in report["copied"]
     assert all(torch.equal(state[k], source[k]) for k in report["copied"])
-    assert torch.equal(state["normalizer.mean"], fresh["normalizer.mean"])  # new corpus, new stats
+    assert torch.equal(state["frontend.normalizer.mean"], fresh["frontend.normalizer.mean"])  # new corpus, new stats
     rows = {t: i for i, t in enumerate(tokenizer.tokens)}
     src_rows = {t: i for i, t in enumerate(src_tokenizer.tokens)}
-    for name in model.TOKEN_INDEXED:
+    for name in model.token_indexed_names:
         for token in ("b", " ", "<eos>", "<blank>"):
             assert torch.equal(state[name][rows[token]], source[name][src_rows[token]]), (name, token)
         assert torch.equal(state[name][rows["c"]], fresh[name][rows["c"]]), name
@@ -213,7 +234,40 @@ def test_training_from_a_model_dir_starts_at_its_weights(corpus, straight_run, t
         train(_cfg(corpus, tmp_path / "bad", f"train.init_from={tmp_path / 'nowhere'}"))
     out = train(_cfg(corpus, tmp_path / "tuned", f"train.init_from={model_dir}", "train.epochs=1",
                      "optim.lr=1e-9", "loss.scheduled_sampling.max_prob=0"))
-    tuned, source = load_model_dir(out)[2].state_dict(), load_model_dir(model_dir)[2].state_dict()
+    tuned_model = load_model_dir(out)[2]
+    model_statistics = set(tuned_model.statistics_names)
+    tuned, source = tuned_model.state_dict(), load_model_dir(model_dir)[2].state_dict()
     for name, value in source.items():
-        if not name.startswith("normalizer."):
+        if name not in model_statistics:
             assert torch.allclose(tuned[name], value, atol=1e-6), name
+
+
+def test_utterances_too_short_for_one_frame_are_skipped_in_training_and_dev(corpus, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus[0].parent, root)
+    sf.write(root / "click.wav", np.zeros(10, dtype=np.float32), RATE)  # 1.25 ms: no frame
+    for name in ("train.csv", "dev.csv"):
+        with open(root / name, "a") as f:
+            f.write(f"click_{name[:-4]},click.wav,a\n")
+    cfg = _cfg((root / "train.csv", root / "dev.csv"), tmp_path / "exp", "train.epochs=1")
+    with caplog.at_level("WARNING"):
+        model_dir = train(cfg)
+    assert (model_dir / "model.safetensors").is_file()
+    for uid in ("click_train", "click_dev"):
+        assert f"skipping utterance '{uid}': 10 samples give 0 encoder frames" in caplog.text
+
+
+def test_a_click_in_a_transcribe_batch_decodes_to_empty_text(straight_run, tmp_path):
+    import earshot
+
+    model_dir, _ = straight_run
+    sf.write(tmp_path / "click.wav", np.zeros(10, dtype=np.float32), RATE)
+    sf.write(tmp_path / "ab.wav", _utterance("ab", np.random.default_rng(1)), RATE)
+    model = earshot.load_model(model_dir)
+    texts = model.transcribe([tmp_path / "ab.wav", tmp_path / "click.wav"])
+    alone = model.transcribe([tmp_path / "ab.wav"])
+    assert texts[1] == "" and texts[0] == alone[0]
+    for mode in ("beam", "ctc_beam", "rescore", "ctc_greedy"):
+        assert model.transcribe([tmp_path / "click.wav"], mode=mode) == [""]

@@ -61,6 +61,19 @@ class Batch:
                 for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         return dataclasses.replace(self, **move)
 
+    def select(self, index: torch.Tensor) -> Batch:
+        """Rows ``index`` (B',) of the batch, order kept; padding trimmed to the longest."""
+        rows = index.tolist()
+        wav_lens, token_lens = self.wav_lens[index], self.token_lens[index]
+        return Batch(
+            ids=[self.ids[i] for i in rows],
+            wavs=self.wavs[index, : int(wav_lens.max())],
+            wav_lens=wav_lens,
+            texts=[self.texts[i] for i in rows],
+            tokens=self.tokens[index, : int(token_lens.max())],
+            token_lens=token_lens,
+        )
+
     def pin_memory(self) -> Batch:
         # Called by DataLoader(pin_memory=True) on custom batch types.
         pinned = {f.name: getattr(self, f.name).pin_memory()

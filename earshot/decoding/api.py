@@ -24,17 +24,18 @@ from earshot.decoding.beam_search import Hypothesis, WeightedScorer, beam_search
 from earshot.decoding.ctc_beam import attention_rescore, ctc_greedy, ctc_prefix_beam_search
 from earshot.decoding.greedy import greedy_attention
 from earshot.errors import ConfigError
+from earshot.models.asr import Encoded
 
 __all__ = ["Hypothesis", "decode_batch", "decode_encoded", "joint_scorers", "MODES"]
 
 
 @dataclass
-class Encoded:
-    """What every mode decodes from: encoder output and the model's special ids."""
+class _Search:
+    """What every mode decodes from: the model (its step interface), the encoded batch
+    and the special ids."""
 
-    h: torch.Tensor  # (B, T', H)
-    h_lens: torch.Tensor  # (B,), all >= 1
     model: object
+    enc: Encoded
     blank: int
     bos: int
     eos: int
@@ -47,21 +48,20 @@ def decode_batch(model, wavs: torch.Tensor, wav_lens: torch.Tensor, cfg: DecodeC
     """wavs (B, S), wav_lens (B,) -> per utterance its n-best list (best first), with
     text filled by ``tokenizer.decode``. An utterance too short to give one encoder
     frame gets one empty hypothesis."""
-    h, h_lens = model.encode(wavs, wav_lens)
-    return decode_encoded(model, h, h_lens, cfg, tokenizer, lm, mode)
+    return decode_encoded(model, model.encode(wavs, wav_lens), cfg, tokenizer, lm, mode)
 
 
-def decode_encoded(model, h: torch.Tensor, h_lens: torch.Tensor, cfg: DecodeConfig,
-                   tokenizer, lm=None, mode: str = "auto") -> list[list[Hypothesis]]:
-    """Decode encoder output h (B, T', H), h_lens (B,) with ``mode``."""
+def decode_encoded(model, enc: Encoded, cfg: DecodeConfig, tokenizer, lm=None,
+                   mode: str = "auto") -> list[list[Hypothesis]]:
+    """Decode an encoded batch (``model.encode``) with ``mode``."""
     if mode not in MODES:
         raise ConfigError(f"decoding mode '{mode}': not one of {sorted(MODES)}")
-    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, {})] for _ in range(h.shape[0])]
-    keep = (h_lens > 0).nonzero(as_tuple=True)[0]
+    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, {})] for _ in range(len(enc))]
+    keep = (enc.lens > 0).nonzero(as_tuple=True)[0]
     if len(keep):
-        enc = Encoded(h.index_select(0, keep), h_lens.index_select(0, keep), model,
-                      tokenizer.blank_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
-        for i, hyps in zip(keep.tolist(), MODES[mode](enc, cfg, lm)):
+        search = _Search(model, enc if len(keep) == len(enc) else enc.select(keep),
+                         tokenizer.blank_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        for i, hyps in zip(keep.tolist(), MODES[mode](search, cfg, lm)):
             results[i] = hyps
     for hyps in results:
         for hyp in hyps:
@@ -69,20 +69,21 @@ def decode_encoded(model, h: torch.Tensor, h_lens: torch.Tensor, cfg: DecodeConf
     return results
 
 
-def joint_scorers(enc: Encoded, cfg: DecodeConfig, lm=None) -> list[WeightedScorer]:
+def joint_scorers(search: _Search, cfg: DecodeConfig, lm=None) -> list[WeightedScorer]:
     """The weighted scorers of (1 - lambda) att + lambda CTC + beta LM + gamma |Y| (+ coverage)."""
-    decoder = enc.model.decoder
-    memory = decoder.memory(enc.h, enc.h_lens)
+    enc = search.enc
     att_weight = 1.0 - cfg.ctc_weight
     scorers = [
-        WeightedScorer("attention", sc.DecoderScorer(decoder, memory, cfg.temperature), att_weight),
-        WeightedScorer("ctc", sc.CTCPrefixScorer(enc.model.ctc(enc.h), enc.h_lens, enc.blank,
-                                                 enc.eos, cfg.ctc_window, (enc.bos, enc.pad)),
+        WeightedScorer("attention", sc.DecoderScorer(search.model, enc.memory, cfg.temperature),
+                       att_weight),
+        WeightedScorer("ctc", sc.CTCPrefixScorer(enc.ctc_log_probs, enc.lens, search.blank,
+                                                 search.eos, cfg.ctc_window,
+                                                 (search.bos, search.pad)),
                        cfg.ctc_weight),
         WeightedScorer("length", sc.LengthBonus(), cfg.length_bonus),
     ]
     if lm is not None:
-        scorers.append(WeightedScorer("lm", sc.LMScorer(lm, enc.h.device), cfg.lm_weight))
+        scorers.append(WeightedScorer("lm", sc.LMScorer(lm, enc.lens.device), cfg.lm_weight))
     if att_weight > 0:  # these read the decoder's attention
         scorers.append(WeightedScorer("coverage", sc.CoverageScorer(), cfg.coverage_weight))
         if cfg.max_attn_shift > 0:
@@ -91,44 +92,41 @@ def joint_scorers(enc: Encoded, cfg: DecodeConfig, lm=None) -> list[WeightedScor
     return scorers
 
 
-def _beam(enc: Encoded, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
-    min_lens, max_lens = length_limits(enc.h_lens, cfg)
-    vocab = enc.model.decoder.vocab_size
-    return beam_search(joint_scorers(enc, cfg, lm), vocab, min_lens, max_lens, enc.bos,
-                       enc.eos, cfg)
+def _beam(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+    min_lens, max_lens = length_limits(search.enc.lens, cfg)
+    return beam_search(joint_scorers(search, cfg, lm), search.model.vocab_size, min_lens,
+                       max_lens, search.bos, search.eos, cfg)
 
 
-def _greedy(enc: Encoded, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
-    decoder = enc.model.decoder
-    min_lens, _ = length_limits(enc.h_lens, cfg)
-    tokens = greedy_attention(decoder, decoder.memory(enc.h, enc.h_lens), enc.bos, enc.eos,
+def _greedy(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+    min_lens, _ = length_limits(search.enc.lens, cfg)
+    tokens = greedy_attention(search.model, search.enc.memory, search.bos, search.eos,
                               cfg.max_len_ratio, min_len=min_lens)
     return [[Hypothesis(t, 0.0, {})] for t in tokens]
 
 
-def _ctc_greedy(enc: Encoded, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
-    return ctc_greedy(enc.model.ctc(enc.h), enc.h_lens, enc.blank)
+def _ctc_greedy(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+    return ctc_greedy(search.enc.ctc_log_probs, search.enc.lens, search.blank)
 
 
-def _ctc_beam(enc: Encoded, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
-    return ctc_prefix_beam_search(enc.model.ctc(enc.h), enc.h_lens, enc.blank,
-                                  cfg.beam_size, cfg.nbest, (enc.bos, enc.eos, enc.pad))
+def _ctc_beam(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+    return ctc_prefix_beam_search(search.enc.ctc_log_probs, search.enc.lens, search.blank,
+                                  cfg.beam_size, cfg.nbest, (search.bos, search.eos, search.pad))
 
 
-def _rescore(enc: Encoded, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
-    nbest = ctc_prefix_beam_search(enc.model.ctc(enc.h), enc.h_lens, enc.blank, cfg.beam_size,
-                                   exclude=(enc.bos, enc.eos, enc.pad))
-    decoder = enc.model.decoder
-    ranked = attention_rescore(decoder, decoder.memory(enc.h, enc.h_lens), nbest, enc.bos,
-                               enc.eos, enc.pad, cfg.ctc_weight, cfg.length_bonus)
+def _rescore(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+    nbest = ctc_prefix_beam_search(search.enc.ctc_log_probs, search.enc.lens, search.blank,
+                                   cfg.beam_size, exclude=(search.bos, search.eos, search.pad))
+    ranked = attention_rescore(search.model, search.enc.memory, nbest, search.bos, search.eos,
+                               search.pad, cfg.ctc_weight, cfg.length_bonus)
     return [hyps[: cfg.nbest] for hyps in ranked]
 
 
-def _auto(enc: Encoded, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def _auto(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
     plain = (cfg.beam_size == 1 and cfg.ctc_weight == 0 and (lm is None or cfg.lm_weight == 0)
              and cfg.length_bonus == 0 and cfg.coverage_weight == 0 and cfg.temperature == 1.0
              and cfg.max_attn_shift == 0)
-    return (_greedy if plain else _beam)(enc, cfg, lm)
+    return (_greedy if plain else _beam)(search, cfg, lm)
 
 
 MODES = {

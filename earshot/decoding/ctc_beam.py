@@ -113,13 +113,13 @@ def _attention_log_probs(decoder, memory, utt, seqs, bos, eos, pad) -> torch.Ten
     """log p_att(Y + eos | X) for each sequence (M,), rows of memory picked by ``utt``."""
     device = memory.enc.device
     idx = torch.tensor(utt, device=device)
-    mem = decoder.memory(memory.enc.index_select(0, idx), memory.enc_lens.index_select(0, idx))
+    mem = decoder.select_memory(memory, idx)
     width = max(len(s) for s in seqs) + 1
     tokens_in = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
     targets = torch.full_like(tokens_in, pad)
     for i, s in enumerate(seqs):
         tokens_in[i, : len(s) + 1] = torch.tensor([bos] + s)
         targets[i, : len(s) + 1] = torch.tensor(s + [eos])
-    log_probs = torch.log_softmax(decoder(mem, tokens_in).float(), dim=-1)
+    log_probs = torch.log_softmax(decoder.teacher_forced(mem, tokens_in).float(), dim=-1)
     picked = log_probs.gather(2, targets.unsqueeze(-1)).squeeze(-1)
     return picked.masked_fill(targets == pad, 0.0).sum(dim=1)

@@ -98,7 +98,7 @@ class DecoderScorer(Scorer):
         return _DecoderRows(self.decoder.select_state(state.dec, rows), state.memory)
 
     def attention(self, state):
-        return state.dec.attn
+        return self.decoder.alignment(state.dec)
 
     def select_utterances(self, state, utts, rows):
         return _DecoderRows(self.decoder.select_state(state.dec, rows),

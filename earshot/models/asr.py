@@ -1,7 +1,18 @@
-"""The whole recogniser: features -> CMVN -> encoder -> (CTC head, attentional decoder).
+"""The whole recogniser: a composition of parts that meet at narrow interfaces.
 
-``forward`` returns the joint training loss L = alpha * CTC + (1 - alpha) * NLL;
-decoding (greedy or beam search) drives ``encode`` and the decoder's step interface.
+    front end (frontends.FRONTENDS)   waveforms -> normalised features (owns its statistics)
+    encoder   (registry.ENCODERS)     features -> h (B, T', H), exact lengths
+    CTC head                          h -> log-probs (B, T', V)
+    decoder                           attentional GRU/LSTM over h
+
+``forward`` returns the joint training loss L = alpha * CTC + (1 - alpha) * NLL. Code
+outside ``models/`` talks to the model through methods only: ``encode`` gives an
+``Encoded`` batch (decoder memory, CTC log-probs, lengths) and the step interface
+(``init_state``, ``step``, ``select_state``, ``select_memory``, ``repeat_memory``,
+``alignment``, ``teacher_forced``) drives the decoder for greedy and beam search. The
+parts declare which tensors are indexed by token (``token_indexed_names``) and which
+hold corpus statistics (``statistics_names``); the trainer gathers those statistics with
+``new_statistics`` / ``accumulate_statistics`` / ``set_statistics``.
 """
 
 from __future__ import annotations
@@ -14,9 +25,10 @@ from torch import nn
 
 from earshot.augment import spec_augment
 from earshot.config import LossConfig, ModelConfig
+from earshot.frontends import build_frontend
 from earshot.losses import ctc_loss, joint_loss, nll_loss
 from earshot.models.ctc import CTCHead
-from earshot.models.decoder import AttentionalDecoder
+from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
 from earshot.models.registry import ENCODERS
 
 
@@ -30,49 +42,117 @@ class LossOutput:
     ntokens: int
 
 
+@dataclass
+class Encoded:
+    """An encoded batch: what every decoding mode starts from.
+
+    memory: the decoder's view of the encoder output (enc (B, T', H), lengths, mask, keys);
+    ctc_log_probs (B, T', V) float32; lens (B,) encoder frames (0 for an utterance too
+    short to give one).
+    """
+
+    memory: Memory
+    ctc_log_probs: torch.Tensor
+    lens: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> "Encoded":
+        """Rows ``index`` (B',) of the batch."""
+        return Encoded(AttentionalDecoder.select_memory(self.memory, index),
+                       self.ctc_log_probs.index_select(0, index), self.lens.index_select(0, index))
+
+    def __len__(self) -> int:
+        return self.lens.numel()
+
+
 class EncoderDecoderASR(nn.Module):
     """Joint CTC/attention encoder-decoder. specials: dict(blank=, pad=, bos=, eos=) token ids."""
 
-    # Parameters whose first dimension is indexed by token id (moved row by row when a
-    # pretrained model meets another tokenizer; see modeldir.init_from_model_dir).
-    TOKEN_INDEXED = ("ctc.proj.weight", "ctc.proj.bias", "decoder.embedding.weight",
-                     "decoder.output.weight", "decoder.output.bias")
-
     def __init__(self, cfg: ModelConfig, vocab_size: int, specials: dict[str, int]):
         super().__init__()
-        # Imported here so that the model code only depends on features' contract.
-        from earshot.features import FeatureExtractor, GlobalCMVN
-
         self.cfg = cfg
         self.specials = dict(specials)
-        self.features = FeatureExtractor(cfg.features)
-        self.normalizer = GlobalCMVN(self.features.out_dim)
-        self.encoder = ENCODERS[cfg.encoder.type](cfg.encoder, self.features.out_dim)
+        self.vocab_size = vocab_size
+        self.frontend = build_frontend(cfg.features)
+        self.encoder = ENCODERS[cfg.encoder.type](cfg.encoder, self.frontend.out_dim)
         self.ctc = CTCHead(self.encoder.output_dim, vocab_size)
         self.decoder = AttentionalDecoder(cfg.decoder, vocab_size, self.encoder.output_dim,
                                           specials["bos"])
 
-    def encode(
-        self, wavs: torch.Tensor, wav_lens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """wavs (B, S), wav_lens (B,) -> h (B, T', H), h_lens (B,)."""
-        # Features are fixed signal processing: no gradient, and always float32.
-        with torch.no_grad(), torch.autocast(device_type=wavs.device.type, enabled=False):
-            feats, lens = self.features(wavs.float(), wav_lens)
-            feats = self.normalizer(feats, lens)
-            if self.training:
-                feats = spec_augment(feats, lens, self.cfg.specaugment)
-        return self.encoder(feats, lens)
+    # -- what the parts declare ---------------------------------------------------
+
+    @property
+    def token_indexed_names(self) -> tuple[str, ...]:
+        """State-dict names whose first dimension is indexed by token id."""
+        return (*(f"ctc.{n}" for n in self.ctc.TOKEN_INDEXED),
+                *(f"decoder.{n}" for n in self.decoder.TOKEN_INDEXED))
+
+    @property
+    def statistics_names(self) -> tuple[str, ...]:
+        """State-dict names of corpus statistics (estimated on each new training set)."""
+        return tuple(f"frontend.{n}" for n in self.frontend.STATISTICS)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
+
+    def new_statistics(self):
+        """An empty accumulator for the front end's statistics, or None if it has none."""
+        return self.frontend.new_statistics()
+
+    def accumulate_statistics(self, acc, wavs: torch.Tensor, wav_lens: torch.Tensor) -> None:
+        self.frontend.accumulate(acc, wavs, wav_lens)
+
+    def set_statistics(self, acc) -> None:
+        self.frontend.set_statistics(acc)
+
+    def encoded_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
+        """Encoder frames for waveform lengths (B,), without running the network."""
+        frames = self.frontend.num_frames(wav_lens)
+        return torch.where(frames > 0, self.encoder.output_lengths(frames), 0)
+
+    # -- encoding -----------------------------------------------------------------
+
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Encoded:
+        """wavs (B, S), wav_lens (B,) -> Encoded. An utterance too short for one feature
+        frame gets zero encoder frames (and all-zero outputs) instead of an error."""
+        with torch.autograd.profiler.record_function("frontend"):
+            feats, lens = self.frontend(wavs, wav_lens)
+            if self.training and self.frontend.spectral:
+                with torch.no_grad():
+                    feats = spec_augment(feats, lens, self.cfg.specaugment)
+        with torch.autograd.profiler.record_function("encoder"):
+            h, h_lens = self._encode_features(feats, lens)
+        with torch.autograd.profiler.record_function("ctc"):
+            log_probs = self.ctc(h)
+        return Encoded(self.decoder.memory(h, h_lens), log_probs, h_lens)
+
+    def _encode_features(self, feats: torch.Tensor, lens: torch.Tensor):
+        valid = lens > 0
+        if bool(valid.all()):
+            return self.encoder(feats, lens)
+        b = feats.size(0)
+        out_lens = torch.zeros_like(lens)
+        if not bool(valid.any()):
+            return feats.new_zeros(b, 0, self.encoder.output_dim), out_lens
+        rows = valid.nonzero(as_tuple=True)[0]
+        h_rows, lens_rows = self.encoder(feats[rows, : int(lens[rows].max())], lens[rows])
+        h = h_rows.new_zeros(b, h_rows.size(1), h_rows.size(2))
+        h[rows], out_lens[rows] = h_rows, lens_rows
+        return h, out_lens
+
+    # -- training -----------------------------------------------------------------
 
     def forward(self, batch: Any, loss_cfg: LossConfig, sampling_prob: float = 0.0) -> LossOutput:
-        """Joint loss for a Batch (wavs, wav_lens, tokens (B, U) padded with pad, token_lens)."""
-        # 1. encoder
-        h, h_lens = self.encode(batch.wavs, batch.wav_lens)
-        # 2a. CTC branch
-        ctc = ctc_loss(self.ctc(h), h_lens, batch.tokens, batch.token_lens, self.specials["blank"])
-        # 2b. attention branch: [bos] + y -> y + [eos]
+        """Joint loss for a Batch (wavs, wav_lens, tokens (B, U) padded with pad, token_lens).
+        Every utterance must give at least one encoder frame (see ``encoded_lengths``)."""
+        enc = self.encode(batch.wavs, batch.wav_lens)
+        with torch.autograd.profiler.record_function("ctc_loss"):
+            ctc = ctc_loss(enc.ctc_log_probs, enc.lens, batch.tokens, batch.token_lens,
+                           self.specials["blank"])
+        # attention branch: [bos] + y -> y + [eos]
         tokens_in, targets = self.decoder_io(batch.tokens, batch.token_lens)
-        logits = self.decoder(self.decoder.memory(h, h_lens), tokens_in, sampling_prob)
+        with torch.autograd.profiler.record_function("decoder"):
+            logits = self.decoder(enc.memory, tokens_in, sampling_prob)
         nll = nll_loss(logits, targets, batch.token_lens + 1, self.specials["pad"],
                        loss_cfg.label_smoothing)
         loss = joint_loss(ctc, nll, loss_cfg.ctc_weight)
@@ -90,3 +170,29 @@ class EncoderDecoderASR(nn.Module):
         targets = torch.cat([tokens, pad], dim=1)
         targets[torch.arange(b, device=tokens.device), token_lens] = self.specials["eos"]
         return tokens_in, targets
+
+    # -- the decoder's step interface (greedy and beam search drive these) ---------
+
+    def init_state(self, memory: Memory) -> DecoderState:
+        return self.decoder.init_state(memory)
+
+    def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory):
+        """Previous tokens (N,) -> (log_probs (N, V) float32, new state)."""
+        return self.decoder.step(tokens, state, memory)
+
+    def select_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
+        return self.decoder.select_state(state, index)
+
+    def select_memory(self, memory: Memory, index: torch.Tensor) -> Memory:
+        return self.decoder.select_memory(memory, index)
+
+    def repeat_memory(self, memory: Memory, k: int) -> Memory:
+        return self.decoder.repeat_memory(memory, k)
+
+    def alignment(self, state: DecoderState) -> torch.Tensor:
+        """Attention weights over frames (N, T') of the last step."""
+        return self.decoder.alignment(state)
+
+    def teacher_forced(self, memory: Memory, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Logits (N, U, V) for whole token sequences tokens_in (N, U) starting with bos."""
+        return self.decoder(memory, tokens_in)

@@ -1,7 +1,9 @@
-"""Additive attention for the RNN decoder: content-based and location-aware.
+"""Additive attention for the RNN decoder: content-based, location-aware, and
+multi-head location-aware.
 
-Both kinds share one interface, and their only state (the previous attention
+All kinds share one interface, and their only state (the previous attention
 weights) is passed in and returned, so a beam search can reorder it like any tensor.
+``alignment(state)`` gives the (N, T') weights over frames that scorers and plots read.
 
 >>> import torch
 >>> from earshot.config import AttentionConfig
@@ -70,6 +72,11 @@ class ContentAttention(nn.Module):
         """Extra energy term from the previous alignment; none for pure content attention."""
         return None
 
+    @staticmethod
+    def alignment(weights: torch.Tensor) -> torch.Tensor:
+        """The state as weights over frames (N, T')."""
+        return weights
+
 
 class LocationAwareAttention(ContentAttention):
     """Chorowski et al. (2015): adds conv1d features of the previous weights to the energy.
@@ -87,3 +94,60 @@ class LocationAwareAttention(ContentAttention):
     def _location(self, prev_weights: torch.Tensor) -> torch.Tensor:
         feats = self.conv(prev_weights.unsqueeze(1)).transpose(1, 2)  # (N, T', C)
         return self.location_proj(feats)
+
+
+class MultiHeadLocationAttention(nn.Module):
+    """Several location-aware heads side by side (as ESPnet's multi-head location
+    attention): each head has its own key, value and query projections, its own
+    convolution over its own previous weights, and its own energy vector. The heads'
+    contexts are concatenated and projected back to the encoder width.
+
+    State: the previous weights of every head, (N, heads, T').
+    """
+
+    def __init__(self, cfg: AttentionConfig, enc_dim: int, query_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
+        self.scaling = cfg.scaling
+        self.key_proj = nn.Linear(enc_dim, cfg.dim)
+        self.value_proj = nn.Linear(enc_dim, cfg.dim)
+        self.query_proj = nn.Linear(query_dim, cfg.dim, bias=False)
+        kernel, channels = cfg.location_kernel, cfg.location_channels
+        self.conv = nn.Conv1d(self.heads, self.heads * channels, kernel, padding=kernel // 2,
+                              groups=self.heads, bias=False)
+        self.location_proj = nn.Parameter(torch.empty(self.heads, channels, self.head_dim))
+        self.energy = nn.Parameter(torch.empty(self.heads, self.head_dim))
+        self.out_proj = nn.Linear(cfg.dim, enc_dim)
+        bound = channels ** -0.5
+        nn.init.uniform_(self.location_proj, -bound, bound)
+        nn.init.uniform_(self.energy, -self.head_dim ** -0.5, self.head_dim ** -0.5)
+
+    def precompute(self, enc: torch.Tensor) -> torch.Tensor:
+        """Keys and values of every head, once per utterance: (N, T', 2, heads, head_dim)."""
+        n, t, _ = enc.shape
+        keys = self.key_proj(enc).view(n, t, self.heads, self.head_dim)
+        values = self.value_proj(enc).view(n, t, self.heads, self.head_dim)
+        return torch.stack([keys, values], dim=2)
+
+    def init_state(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
+        """Initial weights (N, heads, T'): uniform over the valid frames, every head."""
+        mask = lengths_to_mask(enc_lens, enc.size(1)).to(enc.dtype)
+        uniform = mask / enc_lens.clamp(min=1).unsqueeze(1).to(enc.dtype)
+        return uniform.unsqueeze(1).expand(-1, self.heads, -1).contiguous()
+
+    def forward(self, query, enc, keys, enc_mask, prev_weights):
+        """query (N, Q), keys (N, T', 2, heads, dh), prev (N, heads, T') ->
+        (context (N, H_enc), weights (N, heads, T'))."""
+        n, t = prev_weights.shape[0], prev_weights.shape[2]
+        location = self.conv(prev_weights).view(n, self.heads, -1, t)  # (N, heads, C, T')
+        hidden = keys[:, :, 0] + torch.einsum("nhct,hcd->nthd", location, self.location_proj)
+        hidden += self.query_proj(query).view(n, 1, self.heads, self.head_dim)
+        energies = torch.einsum("nthd,hd->nht", torch.tanh_(hidden), self.energy) * self.scaling
+        weights = masked_softmax(energies, enc_mask.unsqueeze(1))
+        context = torch.einsum("nht,nthd->nhd", weights, keys[:, :, 1]).reshape(n, -1)
+        return self.out_proj(context), weights
+
+    @staticmethod
+    def alignment(weights: torch.Tensor) -> torch.Tensor:
+        """The heads' mean weights over frames (N, T')."""
+        return weights.mean(dim=1)

@@ -19,6 +19,8 @@ from torch import nn
 class CTCHead(nn.Module):
     """Linear + log_softmax in float32: h (B, T', H) -> log_probs (B, T', V)."""
 
+    TOKEN_INDEXED = ("proj.weight", "proj.bias")  # first dimension indexed by token id
+
     def __init__(self, enc_dim: int, vocab_size: int):
         super().__init__()
         self.proj = nn.Linear(enc_dim, vocab_size)

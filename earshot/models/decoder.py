@@ -46,14 +46,18 @@ class DecoderState:
     hidden: torch.Tensor
     cell: torch.Tensor | None
     context: torch.Tensor
-    attn: torch.Tensor
+    attn: torch.Tensor  # multi-head attention: (N, heads, T')
 
 
 _CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
 
 
 class AttentionalDecoder(nn.Module):
-    """GRU/LSTM decoder with content or location-aware attention over the encoder output."""
+    """GRU/LSTM decoder with content, location-aware or multi-head location-aware
+    attention over the encoder output."""
+
+    # Tensors whose first dimension is indexed by token id.
+    TOKEN_INDEXED = ("embedding.weight", "output.weight", "output.bias")
 
     def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_dim: int, bos_id: int):
         super().__init__()
@@ -108,6 +112,11 @@ class AttentionalDecoder(nn.Module):
             state.context.index_select(0, index),
             state.attn.index_select(0, index),
         )
+
+    def alignment(self, state: DecoderState) -> torch.Tensor:
+        """The last attention weights over frames (N, T') (the mean of the heads for
+        multi-head attention)."""
+        return self.attention.alignment(state.attn)
 
     # -- one step -----------------------------------------------------------------
 

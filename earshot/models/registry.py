@@ -1,7 +1,14 @@
-"""Name -> class tables, so configs choose modules by name and code never branches on names."""
+"""Name -> class tables, so configs choose modules by name and code never branches on names.
 
-from earshot.models.attention import ContentAttention, LocationAwareAttention
-from earshot.models.crdnn import CRDNN
+``ENCODERS`` must name the same types as ``config.EncoderConfig.TYPES`` (a test checks):
+a new encoder is one module, one config dataclass and one entry in each table.
+"""
 
-ENCODERS = {"crdnn": CRDNN}
-ATTENTIONS = {"content": ContentAttention, "location": LocationAwareAttention}
+from earshot.models.attention import (ContentAttention, LocationAwareAttention,
+                                      MultiHeadLocationAttention)
+from earshot.models.encoders.conformer import Conformer
+from earshot.models.encoders.crdnn import CRDNN
+
+ENCODERS = {"crdnn": CRDNN, "conformer": Conformer}
+ATTENTIONS = {"content": ContentAttention, "location": LocationAwareAttention,
+              "multihead_location": MultiHeadLocationAttention}

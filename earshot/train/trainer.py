@@ -1,7 +1,7 @@
 """The training loop: config in, exported model directory out.
 
 ``train(cfg)`` reads like a table of contents: seed, load data, fit the tokenizer,
-build the model, estimate global CMVN statistics, then per epoch train (mixed precision,
+build the model, estimate the front end's statistics (global CMVN), then per epoch train (mixed precision,
 gradient accumulation, clipping, scheduled sampling), evaluate on dev (loss and greedy
 attention WER/CER), log a JSON line to ``<exp_dir>/metrics.jsonl`` and write an atomic
 checkpoint. At the end the best epoch (or the average of the best K) is exported as
@@ -38,7 +38,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from earshot.config import ExperimentConfig, OptimConfig, TrainConfig, load_config, save_config, validate
+from earshot.config import (ExperimentConfig, ModelCard, OptimConfig, TrainConfig, load_config,
+                            save_config, validate)
 from earshot.errors import ConfigError
 from earshot.losses import sampling_probability
 from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
@@ -141,16 +142,14 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     if resume_from is not None:
         state = restore(run, resume_from)
     else:
-        compute_cmvn(run, train_cuts)
+        compute_statistics(run, train_cuts)
         if cfg.train.init_from:
             init_from_model_dir(run.model, cfg, tokenizer, cfg.train.init_from)
         state = TrainState(lr=run.scheduler.lr)
     run.ddp_model = wrap_ddp(run.model, world, device, cfg.loss.ctc_weight)
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
         state = run_epoch(run, state, epoch)
-    model_dir = export_model(run, state) if world.is_main else exp_dir / MODEL_DIR
-    barrier(world)
-    return model_dir
+    return export_model(run, state)
 
 
 # ---------------------------------------------------------------------------
@@ -302,7 +301,7 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    rate, data = cfg.model.features.sample_rate, cfg.data
+    rate, data = model.sample_rate, cfg.data
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
                                seed=cfg.train.seed, num_buckets=data.num_buckets,
                                num_workers=data.num_workers, speed_factors=data.speed_perturb)
@@ -327,24 +326,36 @@ def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, ctc_weig
 
 
 @torch.no_grad()
-def compute_cmvn(run: Run, train_cuts) -> None:
-    """Global feature mean/std over the training set, stored in the model's CMVN buffers."""
+def compute_statistics(run: Run, train_cuts) -> None:
+    """The front end's corpus statistics (global CMVN for fbank/MFCC) over the training
+    set. Each rank reads its shard; sums and counts are added over ranks before the
+    mean and std are taken."""
     from earshot.data.batching import make_loader
-    from earshot.features import CMVNAccumulator
 
     model, data = run.model, run.cfg.data
-    loader = make_loader(train_cuts, run.tokenizer, run.cfg.model.features.sample_rate,
-                         data.max_duration, shuffle=False,
-                         num_buckets=data.num_buckets, num_workers=data.num_workers)
-    acc = CMVNAccumulator(model.features.out_dim)
-    for batch in tqdm(loader, desc="CMVN statistics", unit="batch", disable=not run.dist.is_main):
-        acc.update(*model.features(batch.wavs.to(run.device), batch.wav_lens.to(run.device)))
-    mean, std = acc.finalize()
-    if run.dist.world_size > 1:  # each rank saw its shard; the mean of the ranks' stats
-        stats = torch.stack([mean, std]).to(run.device)
-        dist.all_reduce(stats)
-        mean, std = (stats / run.dist.world_size).cpu()
-    model.normalizer.set_stats(mean, std)
+    acc = model.new_statistics()
+    if acc is None:
+        return
+    loader = make_loader(train_cuts, run.tokenizer, model.sample_rate, data.max_duration,
+                         shuffle=False, num_buckets=data.num_buckets, num_workers=data.num_workers)
+    for batch in tqdm(loader, desc="feature statistics", unit="batch", disable=not run.dist.is_main):
+        model.accumulate_statistics(acc, batch.wavs.to(run.device), batch.wav_lens.to(run.device))
+    acc.all_reduce()
+    model.set_statistics(acc)
+
+
+def drop_short_utterances(model: torch.nn.Module, batch):
+    """The batch without utterances too short to give one encoder frame (warned about,
+    naming each and its length); None when none is left."""
+    lens = model.encoded_lengths(batch.wav_lens)
+    short = (lens <= 0).nonzero(as_tuple=True)[0].tolist()
+    if not short:
+        return batch
+    for i in short:
+        log.warning("skipping utterance '%s': %d samples give %d encoder frames (too short)",
+                    batch.ids[i], int(batch.wav_lens[i]), int(lens[i]))
+    keep = (lens > 0).nonzero(as_tuple=True)[0]
+    return batch.select(keep) if len(keep) else None
 
 
 def restore(run: Run, path: Path) -> TrainState:
@@ -398,6 +409,10 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     bar = tqdm(total=expected_batches(run, state), desc=f"epoch {epoch}", unit="batch",
                disable=not run.dist.is_main, dynamic_ncols=True)
     for batch in run.train_loader:
+        batch = drop_short_utterances(run.model, batch)
+        if batch is None:
+            bar.update()
+            continue
         # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
         prob = sampling_probability(cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
         last_micro = pending + 1 == cfg.optim.accum_steps
@@ -478,12 +493,14 @@ def evaluate(run: Run) -> DevResult:
     model.eval()
     loss_sum, utts, refs, hyps = 0.0, 0, [], []
     for batch in run.dev_loader:
+        batch = drop_short_utterances(model, batch)
+        if batch is None:
+            continue
         batch = batch.to(run.device)
         with autocast(run):
             loss_sum += model(batch, run.cfg.loss, 0.0).loss.item() * len(batch)
-            h, h_lens = model.encode(batch.wavs, batch.wav_lens)
-            ids = greedy_attention(model.decoder, model.decoder.memory(h, h_lens), tok.bos_id,
-                                   tok.eos_id, run.cfg.decode.max_len_ratio)
+            ids = greedy_attention(model, model.encode(batch.wavs, batch.wav_lens).memory,
+                                   tok.bos_id, tok.eos_id, run.cfg.decode.max_len_ratio)
         utts += len(batch)
         refs += [tok.normalize(text) for text in batch.texts]
         hyps += [tok.decode(row) for row in ids]
@@ -536,15 +553,30 @@ def save_epoch_checkpoint(run: Run, state: TrainState) -> None:
 
 
 def export_model(run: Run, state: TrainState) -> Path:
-    """Write the best epoch (or the mean of the best ``average_best``) as ``<exp_dir>/model``."""
+    """Write the best epoch (or the mean of the best ``average_best``) as ``<exp_dir>/model``,
+    with a card holding the dev WER/CER of exactly those weights (every rank evaluates its
+    dev shard; rank 0 writes)."""
     available = ckpt.list_checkpoints(run.ckpt_dir)
     epochs = [e for e in state.best_epochs(run.cfg.train.average_best) if e in available]
     if not epochs:
         raise ConfigError(f"{run.ckpt_dir}: no checkpoint of the best epochs to export")
     paths = [available[e] for e in epochs]
     weights = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_checkpoint(paths[0]).model
-    model = copy.deepcopy(run.model).cpu()
-    model.load_state_dict(weights)
-    out = save_model_dir(run.exp_dir / MODEL_DIR, run.cfg, run.tokenizer, model)
-    log.info("exported epoch(s) %s to %s", ", ".join(map(str, epochs)), out)
+    run.model.load_state_dict(weights)
+    dev = evaluate(run)
+    out = run.exp_dir / MODEL_DIR
+    if run.dist.is_main:
+        card = ModelCard(corpus=corpus_name(run.cfg.data), train_hours=round(run.train_hours, 3),
+                         dev_wer=round(dev.wer, 3), dev_cer=round(dev.cer, 3), epochs=state.epoch,
+                         exported_epochs=tuple(epochs),
+                         parameters=sum(p.numel() for p in run.model.parameters()))
+        save_model_dir(out, run.cfg, run.tokenizer, copy.deepcopy(run.model).cpu(), card)
+        log.info("exported epoch(s) %s to %s (dev WER %.2f CER %.2f)",
+                 ", ".join(map(str, epochs)), out, dev.wer, dev.cer)
+    barrier(run.dist)
     return out
+
+
+def corpus_name(data) -> str:
+    """``data.corpus``, else the folder holding the training manifest (data/an4/... -> an4)."""
+    return data.corpus or Path(data.train).parent.name

@@ -6,8 +6,8 @@ runs on packed sequences. Each time-changing layer uses ceil(len / factor), so a
 utterance is never pooled to zero frames. Output lengths are absolute.
 
 >>> import torch
->>> from earshot.config import EncoderConfig
->>> cfg = EncoderConfig(cnn_channels=(4, 8), rnn_units=8, dnn_units=8)
+>>> from earshot.config import CRDNNConfig
+>>> cfg = CRDNNConfig(cnn_channels=(4, 8), rnn_units=8, dnn_units=8)
 >>> enc = CRDNN(cfg, input_dim=20).eval()
 >>> h, h_lens = enc(torch.randn(2, 17, 20), torch.tensor([17, 9]))
 >>> h.shape, h_lens.tolist()
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from earshot.config import EncoderConfig
-from earshot.masks import lengths_to_mask
+from earshot.config import CRDNNConfig
+from earshot.masks import lengths_to_mask, zero_padding
 
 _RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -29,12 +29,6 @@ _RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 def pooled_lengths(lens: torch.Tensor, factor: int) -> torch.Tensor:
     """Lengths after pooling/stacking time by ``factor``: ceil(lens / factor)."""
     return (lens + factor - 1) // factor
-
-
-def _zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """Zero frames past each length; x is (B, T, ...)."""
-    mask = lengths_to_mask(lens, x.size(1))
-    return x.masked_fill(~mask.view(*mask.shape, *([1] * (x.dim() - 2))), 0.0)
 
 
 class CNNBlock(nn.Module):
@@ -60,7 +54,7 @@ class CNNBlock(nn.Module):
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, F, C_in) -> (B, ceil(T/tp), ceil(F/fp), C_out), new lengths (B,)."""
         for conv, norm in zip(self.convs, self.norms):
-            x = _zero_padding(x, lens)
+            x = zero_padding(x, lens)
             x = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             x = self.act(norm(x))
         x, lens = self._pool(x, lens)
@@ -75,21 +69,21 @@ class CNNBlock(nn.Module):
         x = x.masked_fill(~mask, torch.finfo(x.dtype).min)
         x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool, ceil_mode=True)
         lens = pooled_lengths(lens, self.pool[0])
-        return _zero_padding(x.permute(0, 2, 3, 1), lens), lens
+        return zero_padding(x.permute(0, 2, 3, 1), lens), lens
 
 
 def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate k consecutive frames: (B, T, D) -> (B, ceil(T/k), k*D), zero-padding the end."""
     b, t, d = x.shape
     pad = (-t) % k
-    x = nn.functional.pad(_zero_padding(x, lens), (0, 0, 0, pad))
+    x = nn.functional.pad(zero_padding(x, lens), (0, 0, 0, pad))
     return x.reshape(b, (t + pad) // k, k * d), pooled_lengths(lens, k)
 
 
 class CRDNN(nn.Module):
     """Conv + recurrent + dense encoder: (feats (B, T, D), lens) -> (h (B, T', H), h_lens)."""
 
-    def __init__(self, cfg: EncoderConfig, input_dim: int):
+    def __init__(self, cfg: CRDNNConfig, input_dim: int):
         super().__init__()
         self.blocks = nn.ModuleList()
         channels, freq = 1, input_dim
@@ -126,7 +120,7 @@ class CRDNN(nn.Module):
             x, lens = block(x, lens)
         x, lens = stack_frames(x.flatten(2), lens, self.stack)
         x = self._rnn(x, lens)
-        return _zero_padding(self.dnn(x), lens), lens
+        return zero_padding(self.dnn(x), lens), lens
 
     def _rnn(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         # Packing keeps the backward direction from starting in the padding.
