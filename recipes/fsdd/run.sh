@@ -17,5 +17,7 @@ if [[ "${1:-}" == --pretrain-an4 ]]; then
     train.exp_dir=exp/fsdd_an4pre
   set -- train.init_from=exp/fsdd_an4pre/model optim.lr=0.001 train.epochs=30 "$@"
 fi
+exp=exp/fsdd
+for arg in "$@"; do [[ $arg == train.exp_dir=* ]] && exp=${arg#train.exp_dir=}; done
 $earshot train recipes/fsdd/crdnn.yaml "$@"
-$earshot evaluate --model exp/fsdd/model --manifest data/fsdd/test.jsonl.gz --out exp/fsdd/test
+$earshot evaluate --model "$exp/model" --manifest data/fsdd/test.jsonl.gz --out "$exp/test"
