@@ -2,10 +2,10 @@
 
 >>> import earshot
 >>> earshot.__version__
-'0.1.0'
+'0.2.0'
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load_model(model_dir, device: str = "cpu"):
