@@ -122,7 +122,7 @@ def test_two_ranks_get_the_statistics_of_the_whole_set(tmp_path):
     mean, std = acc.finalize()
     per_rank = []
     for rank in range(2):
-        got = torch.load(tmp_path / f"{rank}.pt")
+        got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
         torch.testing.assert_close(got["mean"], mean)
         torch.testing.assert_close(got["std"], std)
         single = fe.new_statistics()

@@ -1,22 +1,29 @@
-"""A model directory written by earshot 0.1.0 (format 1) still loads and decodes identically.
+"""A model directory in earshot 0.1's layout (format 1) still loads and decodes identically.
 
-``tests/data/model_v0_1`` was made by the 0.1.0 code (before the front end became a part
-of its own); ``model_v0_1_expected.json`` holds what 0.1.0 decoded from three fixed
-signals.
+The test writes one as 0.1.0 did: ``config.yaml`` holding the whole ExperimentConfig of the
+run (data paths, optimizer and all), ``tokenizer/``, and ``model.safetensors`` with the
+front end's statistics at ``normalizer.*`` (before the front end became a part of its own).
 """
 
-import json
 import math
-import shutil
-from pathlib import Path
 
 import torch
+import yaml
+from safetensors.torch import save_file
 
-from earshot.config import DecodeConfig
+from earshot.config import DecodeConfig, load_config, save_config
 from earshot.decoding.api import decode_batch
-from earshot.modeldir import load_model_dir, save_model_dir
+from earshot.modeldir import build_model, load_model_dir, save_model_dir
+from earshot.tokenizer import train_tokenizer
 
-DATA = Path(__file__).parent / "data"
+TINY = [
+    "model.features.sample_rate=8000", "model.features.num_mel_bins=10",
+    "model.encoder.cnn_channels=[2]", "model.encoder.time_pool=[2]", "model.encoder.rnn_layers=1",
+    "model.encoder.rnn_units=8", "model.encoder.dnn_units=8", "model.decoder.units=8",
+    "model.decoder.embedding_dim=4", "model.decoder.attention.dim=8",
+    "model.decoder.attention.location_channels=2", "model.decoder.attention.location_kernel=3",
+    "train.exp_dir=exp/old", "data.train=data/old/train.jsonl.gz", "data.dev=data/old/dev.jsonl.gz",
+]
 
 
 def _signals():
@@ -41,24 +48,49 @@ def _decoded(model, tokenizer):
         out[name] = [nbest[0].tokens for nbest in decode_batch(model, batch, lens, cfg, tokenizer,
                                                                 mode=mode)]
     with torch.no_grad():
-        enc = model.encode(batch, lens)
-    out["encoder_sum"] = float(enc.memory.enc.double().sum())
-    out["encoder_lens"] = enc.lens.tolist()
+        out["encoder"] = model.encode(batch, lens).memory.enc
     return out
 
 
-def test_format_1_directory_decodes_as_0_1_did(tmp_path):
-    expected = json.loads((DATA / "model_v0_1_expected.json").read_text())
-    description, tokenizer, model = load_model_dir(DATA / "model_v0_1")
-    assert description.model.encoder.type == "crdnn"
-    got = _decoded(model, tokenizer)
-    for key in ("greedy", "joint", "ctc_greedy", "encoder_lens"):
+def _write_format_1(directory, cfg, tokenizer, model):
+    """The 0.1.0 writer: run config, tokenizer, weights with the statistics at normalizer.*."""
+    directory.mkdir()
+    save_config(cfg, directory / "config.yaml")
+    tokenizer.save(directory / "tokenizer")
+    weights = {name.replace("frontend.normalizer.", "normalizer."): t.contiguous()
+               for name, t in model.state_dict().items()}
+    save_file(weights, str(directory / "model.safetensors"))
+
+
+def _model():
+    cfg = load_config(None, TINY)
+    tokenizer = train_tokenizer(["abc def", "ghi"], cfg.tokenizer)
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer).eval()
+    with torch.no_grad():  # statistics and an eos that does not win at once: non-trivial output
+        model.state_dict()["frontend.normalizer.mean"].copy_(torch.linspace(5, 9, 10))
+        model.state_dict()["frontend.normalizer.std"].copy_(torch.linspace(1, 2, 10))
+        model.state_dict()["decoder.output.bias"][tokenizer.eos_id] -= 3.0
+    return cfg, tokenizer, model
+
+
+def test_format_1_directory_decodes_as_the_model_that_wrote_it(tmp_path):
+    cfg, tokenizer, model = _model()
+    expected = _decoded(model, tokenizer)
+    assert any(expected["greedy"]) and any(expected["ctc_greedy"])
+    _write_format_1(tmp_path / "old", cfg, tokenizer, model)
+    assert "format" not in yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+
+    description, tokenizer1, model1 = load_model_dir(tmp_path / "old")
+    assert description.model == cfg.model and description.decode == cfg.decode
+    got = _decoded(model1, tokenizer1)
+    for key in ("greedy", "joint", "ctc_greedy"):
         assert got[key] == expected[key], key
-    assert abs(got["encoder_sum"] - expected["encoder_sum"]) < 1e-4
-    # Saved again, it is a format 2 directory with the same behaviour.
-    shutil.copytree(DATA / "model_v0_1", tmp_path / "old")
-    save_model_dir(tmp_path / "new", description, tokenizer, model)
-    assert "format: 2" in (tmp_path / "new" / "config.yaml").read_text()
+    assert torch.equal(got["encoder"], expected["encoder"])
+    # Saved again, it is a format 2 directory with the same behaviour and no run settings.
+    save_model_dir(tmp_path / "new", description, tokenizer1, model1)
+    written = yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())
+    assert written["format"] == 2 and "data" not in written and "optim" not in written
     _, tokenizer2, model2 = load_model_dir(tmp_path / "new")
     again = _decoded(model2, tokenizer2)
     assert again["greedy"] == expected["greedy"] and again["joint"] == expected["joint"]

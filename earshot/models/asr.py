@@ -117,9 +117,8 @@ class EncoderDecoderASR(nn.Module):
         frame gets zero encoder frames (and all-zero outputs) instead of an error."""
         with torch.autograd.profiler.record_function("frontend"):
             feats, lens = self.frontend(wavs, wav_lens)
-            if self.training and self.frontend.spectral:
-                with torch.no_grad():
-                    feats = spec_augment(feats, lens, self.cfg.specaugment)
+            if self.training and self.frontend.spectral:  # the front end's output has no grad
+                feats = spec_augment(feats, lens, self.cfg.specaugment)
         with torch.autograd.profiler.record_function("encoder"):
             h, h_lens = self._encode_features(feats, lens)
         with torch.autograd.profiler.record_function("ctc"):
