@@ -175,14 +175,17 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    type: Literal["none", "newbob", "warmup"] = "newbob"
+    type: Literal["none", "newbob", "warmup", "cosine"] = "newbob"
     # newbob: multiply lr by `factor` when the dev metric improves by less than `threshold` (relative)
     factor: float = 0.5
     threshold: float = 0.0025
     patience: int = 0
     metric: Literal["loss", "cer", "wer"] = "loss"  # newbob: the dev metric it watches
     # warmup: linear warmup over warmup_steps, then inverse-square-root decay
+    # cosine: linear warmup over warmup_steps, then cosine decay to min_lr_ratio * lr at the
+    # run's last step (counted from the sampler: epochs x batches per epoch / accum_steps)
     warmup_steps: int = 1000
+    min_lr_ratio: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -463,6 +466,10 @@ def validate(cfg: Any) -> None:
                "loss.scheduled_sampling.max_prob", "must be in [0, 1]")
         _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
         _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
+        sched = cfg.optim.scheduler
+        _check(sched.type not in ("warmup", "cosine") or sched.warmup_steps >= 1,
+               "optim.scheduler.warmup_steps", "must be >= 1")
+        _check(0.0 <= sched.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
         _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
         _check(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
     if isinstance(cfg, (ExperimentConfig, ModelDescription, DecodeConfig)):

@@ -1,4 +1,4 @@
-"""Learning-rate schedulers: NewBob, warmup + inverse-sqrt decay, none; state round trips."""
+"""Learning-rate schedulers: NewBob, warmup + inverse-sqrt or cosine decay, none; state round trips."""
 
 import math
 import typing
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from earshot.config import SchedulerConfig
-from earshot.train.schedulers import SCHEDULERS, ConstantLR, NewBob, WarmupDecay, build_scheduler
+from earshot.train.schedulers import (SCHEDULERS, ConstantLR, NewBob, WarmupCosine, WarmupDecay,
+                                      build_scheduler)
 
 
 def _optimizer(lr=1.0):
@@ -59,18 +60,35 @@ def test_warmup_rises_linearly_peaks_then_decays_as_inverse_sqrt():
     assert sched.step_epoch({"loss": 1.0}) == lrs[-1]  # epochs do not move it
 
 
+def test_cosine_warms_up_then_anneals_to_the_floor_at_the_last_step():
+    opt = _optimizer()
+    cfg = SchedulerConfig(type="cosine", warmup_steps=2, min_lr_ratio=0.1)
+    sched = build_scheduler(cfg, opt, 2.0, total_steps=12)
+    assert isinstance(sched, WarmupCosine)
+    lrs = [_lr(opt)] + [sched.step_batch() for _ in range(14)]  # lr used by steps 1..15
+    assert lrs[:2] == pytest.approx([1.0, 2.0])
+    assert lrs[6] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))  # step 7: half way through the decay
+    assert all(a > b for a, b in zip(lrs[1:11], lrs[2:12]))
+    assert lrs[11:] == pytest.approx([0.2] * 4)  # step 12 = total_steps, and after it
+
+
+def test_cosine_without_a_total_is_refused():
+    with pytest.raises(ValueError, match="total number of optimizer steps"):
+        build_scheduler(SchedulerConfig(type="cosine"), _optimizer(), 1.0)
+
+
 @pytest.mark.parametrize("kind", sorted(SCHEDULERS))
 def test_state_round_trip_continues_identically(kind):
     cfg = SchedulerConfig(type=kind, warmup_steps=3, threshold=0.05)
     metrics = [{"loss": m} for m in (4.0, 3.0, 2.95, 2.9, 2.0)]
     ref_opt = _optimizer()
-    ref = build_scheduler(cfg, ref_opt, 0.5)
-    first = build_scheduler(cfg, _optimizer(), 0.5)
+    ref = build_scheduler(cfg, ref_opt, 0.5, total_steps=8)
+    first = build_scheduler(cfg, _optimizer(), 0.5, total_steps=8)
     for m in metrics[:2]:
         for sch in (ref, first):
             sch.step_batch(), sch.step_batch(), sch.step_epoch(m)
     resumed_opt = _optimizer(lr=123.0)
-    resumed = build_scheduler(cfg, resumed_opt, 0.5)
+    resumed = build_scheduler(cfg, resumed_opt, 0.5, total_steps=99)  # the saved total wins
     resumed.load_state_dict(dict(first.state_dict()))
     for m in metrics[2:]:
         for sch in (ref, resumed):

@@ -271,3 +271,13 @@ def test_a_click_in_a_transcribe_batch_decodes_to_empty_text(straight_run, tmp_p
     assert texts[1] == "" and texts[0] == alone[0]
     for mode in ("beam", "ctc_beam", "rescore", "ctc_greedy"):
         assert model.transcribe([tmp_path / "click.wav"], mode=mode) == [""]
+
+
+def test_cosine_schedule_spans_the_whole_run(corpus, tmp_path):
+    train(_cfg(corpus, tmp_path, "optim.scheduler.type=cosine", "optim.scheduler.warmup_steps=1",
+               "optim.scheduler.min_lr_ratio=0.1"))
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoints" / "epoch-0002.pt").scheduler
+    steps = _rows(tmp_path)[-1]["step"]
+    # total = 2 epochs x the first epoch's optimizer steps: the run ends at the floor, 0.1 x lr
+    assert saved["total_steps"] == steps == saved["steps_done"]  # this tiny set: equal epochs
+    assert saved["lr"] == pytest.approx(0.001)

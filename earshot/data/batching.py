@@ -204,6 +204,15 @@ def restore_sampler(loader: DataLoader, state: dict) -> None:
     loader.sampler.load_state_dict(copy.deepcopy(state))
 
 
+def batches_in_epoch(loader: DataLoader, epoch: int) -> int:
+    """How many batches ``loader`` yields in ``epoch`` (this rank's share), counted by
+    running a copy of its sampler over the cut metadata; no audio is read. Batches whose
+    every cut then fails to load are skipped at run time, so the real count can be lower."""
+    sampler = copy.deepcopy(loader.sampler)
+    sampler.set_epoch(epoch)
+    return sum(1 for _ in sampler)
+
+
 def drop_long_cuts(cuts: CutSet, max_seconds: float) -> tuple[CutSet, int]:
     """Cuts of at most ``max_seconds``, and how many longer ones were left out."""
     kept = CutSet.from_cuts(c for c in cuts if c.duration <= max_seconds)

@@ -1,10 +1,12 @@
-"""Learning-rate schedules: NewBob (driven by the dev metric), warmup + inverse-sqrt decay, none.
+"""Learning-rate schedules: NewBob (driven by the dev metric), warmup + inverse-sqrt decay,
+warmup + cosine decay over the whole run, none.
 
 Every scheduler owns the learning rate of one optimizer and is told about two events:
 ``step_batch()`` after each optimizer step and ``step_epoch(metrics)`` after each dev
 evaluation; each returns the learning rate now in force. ``state_dict()`` holds plain
 numbers so it can sit in a ``weights_only`` checkpoint. Pick one with ``build_scheduler``,
-which looks ``SchedulerConfig.type`` up in ``SCHEDULERS``.
+which looks ``SchedulerConfig.type`` up in ``SCHEDULERS``; a schedule whose class sets
+``NEEDS_TOTAL_STEPS`` is told how many optimizer steps the whole run will take.
 
 >>> import torch
 >>> from earshot.config import SchedulerConfig
@@ -126,9 +128,48 @@ class WarmupDecay:
         self.lr = _set_lr(self.optimizer, float(state["lr"]))
 
 
-SCHEDULERS = {"none": ConstantLR, "newbob": NewBob, "warmup": WarmupDecay}
+class WarmupCosine(WarmupDecay):
+    """Linear warmup to ``base_lr`` over ``warmup_steps``, then half a cosine down to
+    ``min_lr_ratio * base_lr`` at ``total_steps``, where it stays.
+
+    Annealing to a small rate by the last epoch lets the final checkpoints settle, which
+    is what checkpoint averaging wants; inverse-sqrt decay leaves the rate high to the end.
+    """
+
+    NEEDS_TOTAL_STEPS = True
+
+    def __init__(self, cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, base_lr: float,
+                 total_steps: int = 0):
+        if total_steps < 1:
+            raise ValueError("the cosine schedule needs the run's total number of optimizer steps")
+        self.total = total_steps
+        self.floor = cfg.min_lr_ratio
+        super().__init__(cfg, optimizer, base_lr)
+
+    def lr_at(self, step: int) -> float:
+        if step <= self.warmup:
+            return self.base_lr * step / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        scale = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.base_lr * scale
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "total_steps": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.total = int(state["total_steps"])
 
 
-def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, base_lr: float):
-    """The scheduler named by ``cfg.type``; it sets the optimizer's lr right away."""
-    return SCHEDULERS[cfg.type](cfg, optimizer, base_lr)
+SCHEDULERS = {"none": ConstantLR, "newbob": NewBob, "warmup": WarmupDecay, "cosine": WarmupCosine}
+
+
+def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, base_lr: float,
+                    total_steps: int = 0):
+    """The scheduler named by ``cfg.type``; it sets the optimizer's lr right away.
+    ``total_steps`` (the optimizer steps of the whole run) is passed on to the schedules
+    that need it."""
+    cls = SCHEDULERS[cfg.type]
+    if getattr(cls, "NEEDS_TOTAL_STEPS", False):
+        return cls(cfg, optimizer, base_lr, total_steps)
+    return cls(cfg, optimizer, base_lr)

@@ -44,7 +44,7 @@ from earshot.errors import ConfigError
 from earshot.losses import sampling_probability
 from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
 from earshot.train import checkpoint as ckpt
-from earshot.train.schedulers import build_scheduler
+from earshot.train.schedulers import SCHEDULERS, build_scheduler
 from earshot.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,6 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
 
     model = build_model(cfg, tokenizer).to(device)
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
-    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     rate, data = model.sample_rate, cfg.data
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
@@ -307,12 +306,25 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
                                num_workers=data.num_workers, speed_factors=data.speed_perturb)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers)
+    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
+                                total_steps=total_optimizer_steps(cfg, train_loader))
     hours = sum(cut.duration for cut in train_cuts) / 3600
     log.info("model: %.2fM parameters; train: %d cuts (%.2f h); dev: %d cuts; device %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_cuts), hours,
              len(dev_cuts), device)
     return Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
                scaler, train_loader, dev_loader, hours)
+
+
+def total_optimizer_steps(cfg, train_loader) -> int:
+    """Optimizer steps of the whole run, for schedules that end at the last one: epochs x
+    batches of the first epoch / accum_steps (epochs of a bucketed sampler differ by a few)."""
+    if not getattr(SCHEDULERS[cfg.optim.scheduler.type], "NEEDS_TOTAL_STEPS", False):
+        return 0
+    from earshot.data.batching import batches_in_epoch
+
+    per_epoch = math.ceil(batches_in_epoch(train_loader, 1) / cfg.optim.accum_steps)
+    return max(1, cfg.train.epochs * per_epoch)
 
 
 def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, ctc_weight: float):

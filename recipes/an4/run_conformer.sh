@@ -20,9 +20,9 @@ stamp lm
 dev=data/an4/dev.jsonl.gz
 $earshot evaluate --model "$exp/model" --manifest $dev --out "$exp/dev_greedy" --beam-size 1 --ctc-weight 0
 $earshot evaluate --model "$exp/model" --manifest $dev --out "$exp/dev_beam" --beam-size 10 --ctc-weight 0
-$earshot evaluate --model "$exp/model" --manifest $dev --out "$exp/dev_joint" --beam-size 10 --ctc-weight 0.4
+$earshot evaluate --model "$exp/model" --manifest $dev --out "$exp/dev_joint" --beam-size 10 --ctc-weight 0.3
 $earshot evaluate --model "$exp/model" --manifest $dev --out "$exp/dev_joint_lm" --beam-size 10 \
-  --ctc-weight 0.4 --lm "$exp/lm" --lm-weight 0.3
+  --ctc-weight 0.3 --lm "$exp/lm" --lm-weight 0.5
 stamp evaluated
 python3 - "$exp" <<'PY'
 import json, sys
