@@ -3,6 +3,7 @@
     earshot demo --out exp/demo
     earshot prepare an4 ../shared/data/an4 --out data/an4
     earshot train recipes/an4/crdnn.yaml train.epochs=30 [--resume]
+    earshot average exp/an4 --best 5         earshot plot exp/an4
     earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev
     earshot transcribe --model exp/an4/model a.wav b.flac
 """
@@ -113,6 +114,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from earshot.train.trainer import average_experiment
+
+    print(f"model: {average_experiment(args.exp_dir, args.best, args.last, args.out, args.device)}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from earshot.train.monitor import plot_curves
+
+    print(plot_curves(args.exp_dir, args.out))
+    return 0
+
+
 def cmd_train_lm(args) -> int:
     from earshot.config import LMExperimentConfig, load_config
     from earshot.train.lm_trainer import train_lm
@@ -195,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("average", help="average a run's saved epoch checkpoints into a model directory")
+    p.add_argument("exp_dir", type=Path, help="the run's train.exp_dir")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", type=int, default=0, help="the N epochs with the best dev metric")
+    which.add_argument("--last", type=int, default=0, help="the last N epochs")
+    p.add_argument("--out", type=Path, default=None, help="default: EXP_DIR/model-bestN or -lastN")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("plot", help="draw loss / WER / lr curves of a run to EXP_DIR/plots/curves.png")
+    p.add_argument("exp_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: EXP_DIR/plots/curves.png")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("train-lm", help="train an RNN language model with a model's tokenizer")
     p.add_argument("config", type=Path)

@@ -11,6 +11,7 @@ type is a ``ConfigError`` that names the dotted key, raised before any work star
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -175,7 +176,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    type: Literal["none", "newbob", "warmup", "cosine"] = "newbob"
+    type: Literal["none", "newbob", "warmup", "cosine", "noam"] = "newbob"
     # newbob: multiply lr by `factor` when the dev metric improves by less than `threshold` (relative)
     factor: float = 0.5
     threshold: float = 0.0025
@@ -184,15 +185,29 @@ class SchedulerConfig:
     # warmup: linear warmup over warmup_steps, then inverse-square-root decay
     # cosine: linear warmup over warmup_steps, then cosine decay to min_lr_ratio * lr at the
     # run's last step (counted from the sampler: epochs x batches per epoch / accum_steps)
+    # noam (Vaswani et al. 2017): optim.lr * model_dim^-0.5 * min(s^-0.5, s * warmup_steps^-1.5);
+    # optim.lr is then a scale factor (peak = lr / sqrt(model_dim * warmup_steps))
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.02
+    model_dim: int = 256
+
+
+@dataclass(frozen=True)
+class ParamGroupConfig:
+    """Parameters whose names start with ``prefix`` (e.g. "encoder.") train at their own
+    rate: ``lr`` where optim.lr would be; the schedule moves both alike."""
+
+    prefix: str = ""
+    lr: float = 1e-3
+    weight_decay: float | None = None  # None: optim.weight_decay
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["adam", "adadelta"] = "adam"
+    name: Literal["adam", "adamw", "adadelta"] = "adam"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 for adam/adadelta, decoupled for adamw
+    param_groups: tuple[ParamGroupConfig, ...] = ()  # first matching prefix wins; the rest: lr
     grad_clip: float = 5.0  # max global grad norm; <= 0 disables
     accum_steps: int = 1  # gradient accumulation
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -237,13 +252,19 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    keep_last: int = 2  # epoch checkpoints kept
+    keep_last: int = 2  # epoch checkpoints kept (and mid-epoch ones since the last epoch end)
+    save_every_steps: int = 0  # also checkpoint inside an epoch every N optimizer steps; 0 off
+    save_every_minutes: float = 0.0  # ... and/or every N minutes; 0 off
+    max_bad_steps: int = 20  # stop after this many updates in a row skipped for inf/nan
+    dist_timeout: float = 600.0  # seconds a rank waits for the others before the job ends
     average_best: int = 1  # export the average of the K best epochs (1 = best only)
     init_from: str = ""  # a model directory whose weights start a fresh run (fine-tuning)
     select_metric: Literal["cer", "wer", "loss"] = "cer"
     flush_denormal: bool = True
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    log_every: int = 10
+    log_every: int = 10  # a "step" row in metrics.jsonl (and TensorBoard) every N steps
+    tensorboard: bool = True  # also write EXP_DIR/tensorboard/ when tensorboard is installed
+    plot_alignments: int = 3  # attention plots of this many dev utterances per epoch; 0 off
 
 
 @dataclass(frozen=True)
@@ -464,7 +485,12 @@ def validate(cfg: Any) -> None:
         _check(0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         _check(0.0 <= cfg.loss.scheduled_sampling.max_prob <= 1.0,
                "loss.scheduled_sampling.max_prob", "must be in [0, 1]")
-        _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
+        _check(math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", "must be a positive number")
+        for i, group in enumerate(cfg.optim.param_groups):
+            _check(bool(group.prefix), f"optim.param_groups[{i}].prefix", "must name a parameter prefix")
+            _check(math.isfinite(group.lr) and group.lr >= 0, f"optim.param_groups[{i}].lr",
+                   "must be a number >= 0 (0 freezes the group)")
+        _check(cfg.optim.scheduler.model_dim >= 1, "optim.scheduler.model_dim", "must be >= 1")
         _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
         sched = cfg.optim.scheduler
         _check(sched.type not in ("warmup", "cosine") or sched.warmup_steps >= 1,
@@ -472,6 +498,14 @@ def validate(cfg: Any) -> None:
         _check(0.0 <= sched.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
         _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
         _check(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _check(cfg.train.average_best >= 1, "train.average_best", "must be >= 1")
+        _check(cfg.train.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: off)")
+        _check(cfg.train.save_every_minutes >= 0, "train.save_every_minutes", "must be >= 0 (0: off)")
+        _check(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        _check(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(cfg.train.plot_alignments >= 0, "train.plot_alignments", "must be >= 0 (0: off)")
+        _check(cfg.train.dist_timeout > 0, "train.dist_timeout", "must be positive (seconds)")
     if isinstance(cfg, (ExperimentConfig, ModelDescription, DecodeConfig)):
         dec = cfg if isinstance(cfg, DecodeConfig) else cfg.decode
         prefix = "" if isinstance(cfg, DecodeConfig) else "decode."

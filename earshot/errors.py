@@ -24,3 +24,7 @@ class ManifestError(EarshotError):
 
 class TokenizerError(EarshotError):
     """Text cannot be tokenized, or a tokenizer directory is invalid."""
+
+
+class TrainingError(EarshotError):
+    """Training cannot go on (diverged, or another rank stopped answering); says what to try."""

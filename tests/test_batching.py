@@ -1,4 +1,5 @@
-"""Duration-bucketed batching: limits, absolute lengths, bad audio, resumable sampling."""
+"""Duration-bucketed batching: limits, absolute lengths, bad audio, resumable sampling,
+batches dealt to ranks."""
 
 import json
 import logging
@@ -13,9 +14,9 @@ from earshot.data.batching import (
     Batch,
     drop_long_cuts,
     load_cut_audio,
+    batches_in_epoch,
     make_loader,
-    restore_sampler,
-    sampler_state,
+    set_epoch,
     speed_perturb,
 )
 from earshot.data.manifests import import_jsonl
@@ -97,32 +98,50 @@ def _ids(batches) -> list[list[str]]:
     return [list(b.ids) for b in batches]
 
 
-def test_resumed_sampler_yields_the_remaining_batches(corpus):
+def test_an_epoch_started_part_way_yields_the_remaining_batches(corpus):
     cuts = import_jsonl(corpus / "m.jsonl")
 
-    def loader():
+    def loader(workers=0):
         return make_loader(cuts, FakeTokenizer(), RATE, max_duration=1.0, shuffle=True, seed=3,
-                           num_buckets=2)
+                           num_buckets=2, num_workers=workers, speed_factors=(0.9, 1.0, 1.1))
 
     full = loader()
-    full.sampler.set_epoch(1)
-    it = iter(full)
-    head = _ids(next(it) for _ in range(3))
-    state = sampler_state(full)
-    tail = _ids(it)
-    assert len(tail) >= 2
-
-    resumed = loader()
-    restore_sampler(resumed, state)
-    resumed.sampler.set_epoch(1)  # the training loop does this again on resume: no reset
-    assert _ids(resumed) == tail
-    # The next epoch is complete again, and equals a fresh loader's epoch 2.
-    resumed.sampler.set_epoch(2)
+    set_epoch(full, 1)
+    batches = list(full)
+    assert batches_in_epoch(full, 1) == len(batches) >= 5
+    resumed = loader(workers=1)  # workers prefetch; the position is counted by the consumer
+    set_epoch(resumed, 1, skip=3)
+    tail = list(resumed)
+    assert _ids(tail) == _ids(batches[3:])
+    assert all(torch.equal(a.wavs, b.wavs) for a, b in zip(tail, batches[3:]))  # same speed factors
+    assert sorted(sum(_ids(batches), [])) == sorted(cuts.ids)
+    # the next epoch is whole again, reshuffled, and equals a fresh loader's epoch 2
+    set_epoch(resumed, 2)
     fresh = loader()
-    fresh.sampler.set_epoch(2)
-    assert _ids(resumed) == _ids(fresh)
-    assert sorted(sum(head + tail, [])) == sorted(cuts.ids)
+    set_epoch(fresh, 2)
+    assert _ids(resumed) == _ids(fresh) != _ids(batches)
 
+
+def test_ranks_get_disjoint_equal_shares_of_the_global_batches(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+
+    def loader(world_size=1, rank=0, even=True):
+        return make_loader(cuts, FakeTokenizer(), RATE, max_duration=1.0, shuffle=True, seed=3,
+                           num_buckets=2, world_size=world_size, rank=rank, even=even)
+
+    single = loader()
+    set_epoch(single, 1)
+    everything = _ids(single)
+    shares = []
+    for rank in range(3):
+        part = loader(3, rank)
+        set_epoch(part, 1)
+        shares.append(_ids(part))
+    rounds = len(everything) // 3
+    assert [len(s) for s in shares] == [rounds] * 3  # the last, incomplete round is dropped
+    assert [shares[i % 3][i // 3] for i in range(3 * rounds)] == everything[: 3 * rounds]
+    uneven = [len(_ids(p)) for p in (loader(3, r, even=False) for r in range(3))]
+    assert sum(uneven) == len(everything)  # evaluation: nothing dropped
 
 def test_sub_segment_cut_loads_only_its_span(corpus):
     cut = import_jsonl(corpus / "m.jsonl")["u10"]  # 0.6 s

@@ -1,10 +1,10 @@
-"""Training checkpoints: round trip, atomic save under a crash, keep-last/best-K, averaging."""
+"""Training checkpoints: round trip, atomic save under a crash, keep-last/best-K, mid-epoch
+files, fallback past a damaged checkpoint, averaging."""
 
+import dataclasses
 import os
 import pickle
-import random
 
-import numpy as np
 import pytest
 import torch
 
@@ -25,16 +25,16 @@ def _parts(seed=0):
     return model, opt, sched
 
 
-def _save(path, model, opt, sched, state=None, sampler=None):
+def _save(path, model, opt, sched, state=None):
     state = state or TrainState(epoch=1, global_step=7, lr=0.01)
-    ckpt.save_checkpoint(path, model, opt, sched, None, sampler, state, ckpt.capture_rng())
+    ckpt.save_checkpoint(path, model, opt, sched, None, state)
 
 
 def test_round_trip_restores_everything(tmp_path):
     model, opt, sched = _parts()
     state = TrainState(epoch=2, global_step=9, lr=0.01).record(2, 12.5, 9)
-    sampler = {"epoch": 2, "seed": 0, "stats": {1: {"kept": 3}}, "max": float("inf"), "cuts": None}
-    _save(tmp_path / "a.pt", model, opt, sched, state, sampler)
+    state = dataclasses.replace(state, epoch_batches=4, epoch_sums=(1.5, 1.0, 2.0, 3.0))
+    _save(tmp_path / "a.pt", model, opt, sched, state)
     loaded = ckpt.load_checkpoint(tmp_path / "a.pt")
     fresh, fresh_opt, fresh_sched = _parts(seed=1)
     fresh.load_state_dict(loaded.model)
@@ -43,17 +43,7 @@ def test_round_trip_restores_everything(tmp_path):
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
     assert fresh_opt.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
-    assert loaded.train_state == state and loaded.sampler == sampler and loaded.scaler is None
-
-
-def test_rng_capture_and_restore_replays_every_generator():
-    random.random(), np.random.normal(), torch.randn(1)
-    rng = ckpt.capture_rng()
-    first = (random.random(), random.gauss(0, 1), np.random.normal(size=3).tolist(), torch.randn(3).tolist())
-    ckpt.restore_rng(rng)
-    again = (random.random(), random.gauss(0, 1), np.random.normal(size=3).tolist(), torch.randn(3).tolist())
-    assert first == again
-    assert all(isinstance(v, torch.Tensor) for v in rng.values())
+    assert loaded.train_state == state and loaded.scaler is None
 
 
 def test_crash_mid_save_keeps_the_old_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -103,6 +93,37 @@ def test_keep_last_k_plus_best_k(tmp_path):
     assert list(ckpt.list_checkpoints(tmp_path)) == [2, 3, 5, 6]
     assert ckpt.latest_checkpoint(tmp_path).name == "epoch-0006.pt"
     assert state.best_epoch == 2 and state.best_epochs(3) == [2, 3, 4]
+
+
+def test_mid_epoch_files_sort_after_their_epoch_and_are_pruned_at_the_next_epoch_end(tmp_path):
+    model, opt, sched = _parts()
+    for epoch, batches in [(1, 0), (2, 40), (2, 80), (2, 120)]:
+        _save(ckpt.checkpoint_path(tmp_path, epoch, batches), model, opt, sched)
+    assert ckpt.latest_checkpoint(tmp_path).name == "epoch-0002-batch-000120.pt"
+    assert list(ckpt.list_checkpoints(tmp_path)) == [1]  # end-of-epoch files only
+    ckpt.prune_mid_epoch(tmp_path, keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.pt", "epoch-0002-batch-000080.pt",
+                                           "epoch-0002-batch-000120.pt"]
+    _save(ckpt.checkpoint_path(tmp_path, 2), model, opt, sched)
+    ckpt.prune_mid_epoch(tmp_path, keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+
+def test_resume_falls_back_past_a_truncated_or_foreign_newest_checkpoint(tmp_path, caplog):
+    model, opt, sched = _parts()
+    _save(ckpt.checkpoint_path(tmp_path, 1), model, opt, sched)
+    good = ckpt.checkpoint_path(tmp_path, 2, 10)
+    _save(good, model, opt, sched)
+    newest = ckpt.checkpoint_path(tmp_path, 2, 20)
+    newest.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # truncated
+    torch.save({"format": 99}, ckpt.checkpoint_path(tmp_path, 2, 30))  # someone else's file
+    path, loaded = ckpt.load_latest(tmp_path)
+    assert path == good and loaded.train_state.global_step == 7
+    assert "epoch-0002-batch-000030.pt" in caplog.text and "epoch-0002-batch-000020.pt" in caplog.text
+    for p in tmp_path.iterdir():
+        p.write_bytes(b"junk")
+    with pytest.raises(EarshotError, match="no checkpoint can be read"):
+        ckpt.load_latest(tmp_path)
 
 
 def test_average_checkpoints_is_the_elementwise_mean(tmp_path):

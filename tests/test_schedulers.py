@@ -96,3 +96,23 @@ def test_state_round_trip_continues_identically(kind):
         assert resumed.lr == ref.lr
     assert _lr(resumed_opt) == _lr(ref_opt)
     assert all(isinstance(v, (int, float)) for v in resumed.state_dict().values())
+
+
+def test_noam_peaks_at_warmup_with_the_transformer_formula():
+    opt = _optimizer()
+    sched = build_scheduler(SchedulerConfig(type="noam", warmup_steps=4, model_dim=16), opt, 2.0)
+    lrs = [_lr(opt)] + [sched.step_batch() for _ in range(15)]  # steps 1..16
+    peak = 2.0 / math.sqrt(16 * 4)
+    assert lrs[3] == pytest.approx(peak) and max(lrs) == pytest.approx(peak)
+    assert lrs[0] == pytest.approx(peak / 4)
+    assert lrs[15] == pytest.approx(2.0 / 4 / 4)  # 16^-0.5 * 16^-0.5
+
+
+def test_parameter_groups_keep_their_ratio_to_the_scheduled_rate():
+    params = [torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)]
+    opt = torch.optim.SGD([{"params": [params[0]], "lr_scale": 0.1}, {"params": [params[1]]}], lr=1.0)
+    sched = build_scheduler(SchedulerConfig(type="warmup", warmup_steps=2), opt, 1.0)
+    for _ in range(3):
+        sched.step_batch()
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * sched.lr)
+        assert opt.param_groups[1]["lr"] == pytest.approx(sched.lr)

@@ -11,6 +11,7 @@ from earshot.config import load_config
 from earshot.errors import ConfigError, EarshotError
 from earshot.modeldir import build_model, load_model_dir, save_model_dir
 from earshot.train import checkpoint as ckpt
+from earshot.tokenizer import load_tokenizer
 from earshot.train.trainer import train
 
 # lhotse's bucket-size heuristic averages an empty list of bins for a 2-cut dev set.
@@ -61,7 +62,8 @@ def _cfg(corpus, exp_dir, *extra):
         f"data.train={train_csv}", f"data.dev={dev_csv}", "data.max_duration=1.0",
         f"train.exp_dir={exp_dir}", "train.device=cpu", "train.epochs=2", "train.keep_last=1",
         "train.average_best=2", "optim.lr=0.01", "optim.accum_steps=2", "optim.grad_clip=1.0",
-        "optim.scheduler.type=newbob", "loss.scheduled_sampling.max_prob=0.3", *extra])
+        "optim.scheduler.type=newbob", "loss.scheduled_sampling.max_prob=0.3", "train.log_every=1",
+        *extra])
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,16 @@ def straight_run(corpus, tmp_path_factory):
     return train(_cfg(corpus, exp_dir)), exp_dir
 
 
-def _rows(exp_dir):
-    return [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+def _rows(exp_dir, kind="epoch"):
+    lines = (exp_dir / "metrics.jsonl").read_text().splitlines()
+    return [row for line in lines if (row := json.loads(line))["kind"] == kind]
+
+
+TIMING = {"seconds", "audio_seconds_per_second", "utterances_per_second", "max_rss_mb"}
+
+
+def _untimed(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def test_resumed_run_ends_with_exactly_the_same_parameters(corpus, straight_run, tmp_path):
@@ -87,16 +97,21 @@ def test_resumed_run_ends_with_exactly_the_same_parameters(corpus, straight_run,
         assert torch.equal(a.model[name], b.model[name]), name
     assert a.optimizer["state"][0]["exp_avg"].equal(b.optimizer["state"][0]["exp_avg"])
     assert a.train_state == b.train_state and a.scheduler == b.scheduler
-    drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(tmp_path)]
-    assert drop_time == [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(straight_dir)]
+    for kind in ("epoch", "step"):
+        assert _untimed(_rows(tmp_path, kind)) == _untimed(_rows(straight_dir, kind))
 
 
 def test_metrics_lines_config_and_exported_model(corpus, straight_run):
     model_dir, exp_dir = straight_run
     rows = _rows(exp_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
-    keys = {"epoch", "step", "train_loss", "ctc", "nll", "dev_loss", "dev_wer", "dev_cer", "lr", "seconds"}
+    keys = {"kind", "epoch", "step", "train_loss", "ctc", "nll", "dev_loss", "dev_wer", "dev_cer",
+            "lr", "skipped_steps", "seconds"}
     assert all(set(r) == keys for r in rows)
+    steps = _rows(exp_dir, "step")
+    assert [r["step"] for r in steps] == list(range(1, rows[-1]["step"] + 1))  # log_every=1
+    assert all(r["audio_seconds_per_second"] > 0 and r["grad_norm"] >= 0 and r["max_rss_mb"] > 0
+               and np.isfinite(r["ctc"]) and np.isfinite(r["nll"]) for r in steps)
     assert rows[1]["step"] > rows[0]["step"] > 0
     assert all(np.isfinite(r["train_loss"]) and r["dev_loss"] > 0 and 0 <= r["dev_cer"] for r in rows)
     assert load_config(exp_dir / "config.yaml") == _cfg(corpus, exp_dir)
@@ -281,3 +296,76 @@ def test_cosine_schedule_spans_the_whole_run(corpus, tmp_path):
     # total = 2 epochs x the first epoch's optimizer steps: the run ends at the floor, 0.1 x lr
     assert saved["total_steps"] == steps == saved["steps_done"]  # this tiny set: equal epochs
     assert saved["lr"] == pytest.approx(0.001)
+
+
+def test_adamw_with_a_frozen_parameter_group_leaves_those_weights_alone(corpus, tmp_path):
+    train(_cfg(corpus, tmp_path, "train.epochs=1", "optim.name=adamw", "optim.weight_decay=0.01",
+               "optim.param_groups=[{prefix: encoder., lr: 0.0}, {prefix: ctc., lr: 0.001}]"))
+    first = ckpt.load_checkpoint(tmp_path / "checkpoints" / "epoch-0001.pt")
+    torch.manual_seed(1234)  # train.seed: the trainer's initial weights
+    init = build_model(_cfg(corpus, tmp_path), load_tokenizer(tmp_path / "tokenizer")).state_dict()
+    enc = [k for k in first.model if k.startswith("encoder.") and "running_" not in k
+           and "num_batches" not in k]
+    assert enc and all(torch.equal(first.model[k], init[k]) for k in enc)
+    assert not torch.equal(first.model["decoder.embedding.weight"], init["decoder.embedding.weight"])
+    frozen = first.optimizer["param_groups"][0]["params"]
+    assert frozen and not set(frozen) & set(first.optimizer["state"])  # no Adam moments either
+    scales = [g["lr_scale"] for g in first.optimizer["param_groups"]]
+    assert scales == pytest.approx([0.0, 0.1, 1.0])
+
+
+def test_a_parameter_group_matching_nothing_names_the_key(corpus, tmp_path):
+    with pytest.raises(ConfigError, match=r"optim.param_groups\[0\].prefix.*encoder\."):
+        train(_cfg(corpus, tmp_path, "optim.param_groups=[{prefix: enocder., lr: 0.1}]"))
+
+
+def test_mid_epoch_checkpoints_are_pruned_once_the_epoch_is_saved(corpus, tmp_path):
+    train(_cfg(corpus, tmp_path, "train.save_every_steps=1", "optim.accum_steps=1"))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["epoch-0001.pt", "epoch-0002.pt"]  # the mid-epoch ones were pruned
+
+
+def test_repeated_non_finite_updates_stop_the_run_naming_the_batch(corpus, tmp_path, monkeypatch):
+    from earshot.errors import TrainingError
+    from earshot.train import trainer
+
+    monkeypatch.setattr(trainer, "optimizer_step", lambda run: float("nan"))
+    with pytest.raises(TrainingError, match=r"2 updates in a row.*train.max_bad_steps=2.*(train\d)"):
+        train(_cfg(corpus, tmp_path, "train.max_bad_steps=2"))
+
+
+def test_average_plot_tensorboard_and_alignment_plots(corpus, straight_run, tmp_path):
+    from earshot.cli import main
+
+    _, exp_dir = straight_run
+    assert main(["average", str(exp_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 0
+    paths = sorted(ckpt.list_checkpoints(exp_dir / "checkpoints").values())
+    expected = ckpt.average_checkpoints(paths)
+    desc, _, model = load_model_dir(tmp_path / "avg")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    assert desc.card.exported_epochs == (1, 2) and desc.card.dev_wer is not None
+    assert main(["average", str(exp_dir), "--best", "5"]) == 2  # only 2 epochs are kept
+    assert main(["plot", str(exp_dir)]) == 0
+    assert (exp_dir / "plots" / "curves.png").stat().st_size > 1000
+    aligned = sorted(p.name for p in (exp_dir / "plots").glob("align-e002-*.png"))
+    assert len(aligned) == 2  # the dev set has two utterances
+    assert list((exp_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_an_out_of_memory_batch_is_split_and_a_hopeless_utterance_skipped(corpus, tmp_path,
+                                                                          monkeypatch, caplog):
+    from earshot.train import trainer
+
+    real = trainer.forward_backward
+
+    def tight_memory(run, batch, *args, **kwargs):
+        if len(batch) > 1 or batch.ids == ["train3"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(run, batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "forward_backward", tight_memory)
+    train(_cfg(corpus, tmp_path, "train.epochs=1"))
+    assert "retrying it in two halves" in caplog.text
+    assert "skipping utterance 'train3'" in caplog.text and "out of memory even alone" in caplog.text
+    (row,) = _rows(tmp_path)
+    assert np.isfinite(row["train_loss"]) and row["step"] > 0

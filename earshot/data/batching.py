@@ -1,19 +1,24 @@
 """CutSets -> padded batches of waveforms and token ids, bucketed by duration.
 
 A lhotse ``DynamicBucketingSampler`` groups cuts of similar length into CutSets of at
-most ``max_duration`` seconds; ``CutDataset`` turns each CutSet into a ``Batch``. Audio
-that fails to load at run time is warned about and dropped from its batch; a batch
+most ``max_duration`` seconds; ``EpochBatches`` deals those batches out to the ranks of a
+data-parallel job (global batch ``i`` goes to rank ``i % world_size``; a last round that
+would leave some rank without a batch is dropped, so every rank steps equally often) and
+can start an epoch part-way through. ``CutDataset`` turns each CutSet into a ``Batch``.
+Audio that fails to load at run time is warned about and dropped from its batch; a batch
 left empty is skipped by the loader itself, so consumers never see ``None``.
 
 >>> loader = make_loader(cuts, tokenizer, 16000, max_duration=60.0, shuffle=True)  # doctest: +SKIP
->>> loader.sampler.set_epoch(epoch)  # doctest: +SKIP
+>>> set_epoch(loader, epoch)  # doctest: +SKIP
 >>> for batch in loader:  # doctest: +SKIP
 ...     batch = batch.to("cuda")
 
-Resuming mid-epoch: save ``sampler_state(loader)`` with the checkpoint and call
-``restore_sampler(loader, state)`` on a fresh loader; it yields the remaining batches.
-The state is exact with ``num_workers=0``; with workers the sampler runs ahead by the
-prefetched batches, which a resumed run then skips.
+Resuming mid-epoch: ``set_epoch(loader, epoch, skip=n)`` on a fresh loader yields that
+epoch from its ``n``-th batch on; the skipped batches are drawn from the sampler (cut
+metadata only), never loaded. The same holds with loader workers, because the position
+is counted where batches are consumed, not where workers prefetch them. Speed
+perturbation draws each cut's factor from (seed, epoch, cut id), so a resumed epoch
+perturbs exactly as the uninterrupted one did, in any worker.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.utils import compute_num_samples
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from earshot.audio import load_audio
 from earshot.errors import AudioError
@@ -112,14 +117,17 @@ def speed_perturb(wav: torch.Tensor, sample_rate: int, factor: float) -> torch.T
 class CutDataset(Dataset):
     """Map-style dataset indexed by a CutSet (from the sampler); returns Batch or None.
 
-    With ``speed_factors`` each loaded cut is played at a factor drawn from them (the
-    draw uses Python's ``random``, whose state training checkpoints keep).
+    With ``speed_factors`` each loaded cut is played at a factor drawn from them by a
+    generator seeded with (seed, epoch, cut id): the same in every run, worker and resume.
     """
 
-    def __init__(self, tokenizer, sample_rate: int, speed_factors: tuple[float, ...] = ()):
+    def __init__(self, tokenizer, sample_rate: int, speed_factors: tuple[float, ...] = (),
+                 seed: int = 0):
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.speed_factors = tuple(speed_factors)
+        self.seed = seed
+        self.epoch = 0
 
     def __getitem__(self, cuts: CutSet) -> Batch | None:
         loaded = [(cut, wav) for cut in cuts if (wav := self._load(cut)) is not None]
@@ -129,15 +137,63 @@ class CutDataset(Dataset):
         return collate([c.id for c, _ in loaded], [w for _, w in loaded],
                        [c.supervisions[0].text for c, _ in loaded], self.tokenizer)
 
+    def speed_factor(self, cut_id: str) -> float:
+        # random.Random hashes a str seed with SHA-512: the same in every process.
+        return random.Random(f"{self.seed}/{self.epoch}/{cut_id}").choice(self.speed_factors)
+
     def _load(self, cut: Cut) -> torch.Tensor | None:
         try:
             wav = load_cut_audio(cut, self.sample_rate)
             if self.speed_factors:
-                wav = speed_perturb(wav, self.sample_rate, random.choice(self.speed_factors))
+                wav = speed_perturb(wav, self.sample_rate, self.speed_factor(cut.id))
             return wav
         except AudioError as err:
             logger.warning("dropping cut '%s' from its batch: %s: %s", cut.id, err.path, err.reason)
             return None
+
+
+class EpochBatches(Sampler):
+    """This rank's batches (CutSets) of one epoch, drawn from a corpus-wide ``inner`` sampler.
+
+    Global batch ``i`` goes to rank ``i % world_size``. With ``even=True`` (training) a
+    last round of fewer than ``world_size`` batches is dropped, so every rank yields the
+    same number and no rank waits at the epoch end for a gradient that never comes; the
+    dropped cuts differ from epoch to epoch with the shuffle. ``set_epoch(e, skip=n)``
+    makes the next iteration start at this rank's ``n``-th batch of epoch ``e``.
+    """
+
+    def __init__(self, inner, world_size: int = 1, rank: int = 0, even: bool = True):
+        self.inner = inner
+        self.world_size, self.rank, self.even = world_size, rank, even
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+        self.inner.set_epoch(epoch)
+
+    def _mine(self):
+        round_ = []
+        for cuts in self.inner:
+            round_.append(cuts)
+            if len(round_) == self.world_size:
+                yield round_[self.rank]
+                round_ = []
+        if round_ and not self.even and self.rank < len(round_):
+            yield round_[self.rank]
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, cuts in enumerate(self._mine()):
+            if i >= skip:
+                yield cuts
+
+    def num_batches(self, epoch: int) -> int:
+        """How many batches this rank gets in ``epoch`` (a pass over the cut metadata; no
+        audio is read). Leaves the sampler at the start of ``epoch``."""
+        self.set_epoch(epoch)
+        count = sum(1 for _ in self._mine())
+        self.set_epoch(epoch)
+        return count
 
 
 def collate(ids: list[str], wavs: list[torch.Tensor], texts: list[str], tokenizer) -> Batch:
@@ -166,51 +222,51 @@ def _as_is(item):
 
 def make_loader(cuts: CutSet, tokenizer, sample_rate: int, max_duration: float,
                 shuffle: bool, seed: int = 0, num_buckets: int = 10, num_workers: int = 0,
-                drop_last: bool = False, speed_factors: tuple[float, ...] = ()) -> DataLoader:
+                drop_last: bool = False, speed_factors: tuple[float, ...] = (),
+                world_size: int = 1, rank: int = 0, even: bool = True) -> DataLoader:
     """A DataLoader of ``Batch`` with at most ``max_duration`` seconds of audio each.
 
-    The sampler (``loader.sampler``) is a ``DynamicBucketingSampler``: call
-    ``set_epoch(e)`` before each epoch for a new shuffle. A cut longer than
+    The sampler (``loader.sampler``) is an ``EpochBatches`` over a duration-bucketed lhotse
+    sampler of the whole CutSet, dealing batches to ``rank`` of ``world_size``: call
+    ``set_epoch(loader, e)`` before each epoch for a new shuffle. A cut longer than
     ``max_duration`` comes alone in its batch (filter them first: ``drop_long_cuts``).
     """
     with warnings.catch_warnings():
         # Manifests here fit in memory; lhotse's advice to read them lazily is noise.
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
-        sampler = _sampler(cuts, max_duration, shuffle, seed, num_buckets, drop_last)
-    dataset = CutDataset(tokenizer, sample_rate, speed_factors)
-    return _SkipEmptyLoader(dataset, sampler=sampler,
-                            batch_size=None, collate_fn=_as_is, num_workers=num_workers)
+        inner = _sampler(cuts, max_duration, shuffle, seed, num_buckets, drop_last)
+    dataset = CutDataset(tokenizer, sample_rate, speed_factors, seed)
+    # Workers draw nothing at random (speed factors are seeded per cut); the generator
+    # only pins the base seed torch hands them.
+    return _SkipEmptyLoader(dataset, sampler=EpochBatches(inner, world_size, rank, even),
+                            batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(seed))
 
 
 def _sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int,
              drop_last: bool):
-    """Duration-bucketed sampler; lhotse needs 2 <= buckets <= cuts, so tiny sets get one
+    """Duration-bucketed sampler over every cut (EpochBatches deals batches to ranks, so
+    lhotse is told world size 1); lhotse needs 2 <= buckets <= cuts, so tiny sets get one
     plain duration-budgeted sampler instead."""
     if len(cuts) < 2 or num_buckets < 2:
         return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last)
+                                drop_last=drop_last, world_size=1, rank=0)
     return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
-                                   num_buckets=min(num_buckets, len(cuts)), drop_last=drop_last)
+                                   num_buckets=min(num_buckets, len(cuts)), drop_last=drop_last,
+                                   world_size=1, rank=0)
 
 
-def sampler_state(loader: DataLoader) -> dict:
-    """The sampler's position (epoch and batches drawn), to store in a checkpoint."""
-    return loader.sampler.state_dict()
-
-
-def restore_sampler(loader: DataLoader, state: dict) -> None:
-    """Make ``loader`` continue from ``state``: its next iteration yields the rest of that
-    epoch. (``state`` is copied: lhotse consumes the dict it is given.)"""
-    loader.sampler.load_state_dict(copy.deepcopy(state))
+def set_epoch(loader: DataLoader, epoch: int, skip: int = 0) -> None:
+    """Start ``epoch`` (its shuffle and speed factors) at this rank's batch ``skip``."""
+    loader.sampler.set_epoch(epoch, skip)
+    loader.dataset.epoch = epoch
 
 
 def batches_in_epoch(loader: DataLoader, epoch: int) -> int:
-    """How many batches ``loader`` yields in ``epoch`` (this rank's share), counted by
-    running a copy of its sampler over the cut metadata; no audio is read. Batches whose
-    every cut then fails to load are skipped at run time, so the real count can be lower."""
-    sampler = copy.deepcopy(loader.sampler)
-    sampler.set_epoch(epoch)
-    return sum(1 for _ in sampler)
+    """How many batches ``loader`` yields this rank in ``epoch``, counted from the cut
+    metadata (no audio is read). Batches whose every cut then fails to load are skipped
+    at run time, so the real count can be lower."""
+    return loader.sampler.num_batches(epoch)
 
 
 def drop_long_cuts(cuts: CutSet, max_seconds: float) -> tuple[CutSet, int]:

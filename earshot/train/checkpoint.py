@@ -1,26 +1,29 @@
-"""Training checkpoints: atomic save, keep-last/best-K, resume, and weight averaging.
+"""Training checkpoints: atomic save, keep-last/best-K, resume with fallback, averaging.
 
 A checkpoint holds everything needed to continue a run exactly: model, optimizer,
-scheduler, grad scaler, sampler and RNG states and the TrainState. It is written to a
-temporary file in the same directory, fsynced and renamed over the target, so a crash
-leaves either the old file or the new one, never half of one. Loading uses
-``torch.load(weights_only=True)``: the file holds tensors and plain Python values only
-(RNG states are stored as tensors; the sampler state is lhotse's dict of plain values),
-so a checkpoint cannot run code when it is read.
+scheduler and grad scaler states and the TrainState, whose ``epoch_batches`` says how far
+into the next epoch it was written. No generator state is stored: every random draw of
+a training step comes from generators seeded by (seed, rank, epoch, batch) (see
+``earshot.train.trainer.seed_step``), so the position alone replays the randomness.
 
-Epoch checkpoints live in ``<exp_dir>/checkpoints/epoch-0003.pt``.
+A checkpoint is written to a temporary file in the same directory, fsynced and renamed
+over the target, so a crash leaves either the old file or the new one, never half of
+one. Loading uses ``torch.load(weights_only=True)``: the file holds tensors and plain
+Python values only, so a checkpoint cannot run code when it is read.
+
+Files in ``<exp_dir>/checkpoints/``: ``epoch-0003.pt`` at the end of epoch 3, and
+``epoch-0004-batch-000150.pt`` inside epoch 4 after 150 of its batches.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from earshot.errors import EarshotError
@@ -28,8 +31,10 @@ from earshot.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1 (earshot 0.2) also held RNG and lhotse sampler states
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
+_MID_EPOCH_FILE = re.compile(r"^epoch-(\d+)-batch-(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
 
 
@@ -41,55 +46,18 @@ class Checkpoint:
     optimizer: dict
     scheduler: dict
     scaler: dict | None
-    sampler: dict | None
     train_state: TrainState
-    rng: dict[str, torch.Tensor]
-
-
-# ---------------------------------------------------------------------------
-# RNG state as tensors
-
-
-def capture_rng() -> dict[str, torch.Tensor]:
-    """The state of Python's, NumPy's and torch's (CPU, CUDA) global generators, as tensors."""
-    version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    rng = {
-        "python": torch.tensor([version, *mt], dtype=torch.int64),
-        "python_gauss": torch.tensor([np.nan if gauss is None else gauss], dtype=torch.float64),
-        "numpy": torch.tensor([pos, has_gauss, *keys.tolist()], dtype=torch.int64),
-        "numpy_gauss": torch.tensor([cached], dtype=torch.float64),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return rng
-
-
-def restore_rng(rng: dict[str, torch.Tensor]) -> None:
-    """Put the generators back in the state ``capture_rng`` saw."""
-    py = rng["python"].tolist()
-    gauss = float(rng["python_gauss"][0])
-    random.setstate((py[0], tuple(py[1:]), None if np.isnan(gauss) else gauss))
-    pos, has_gauss, *keys = rng["numpy"].tolist()
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss,
-                         float(rng["numpy_gauss"][0])))
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        states = list(rng["cuda"])
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-        else:
-            log.warning("checkpoint has CUDA RNG state for %d devices, this machine has %d: "
-                        "CUDA generators not restored", len(states), torch.cuda.device_count())
 
 
 # ---------------------------------------------------------------------------
 # save / load
 
 
-def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``."""
+def atomic_torch_save(obj: object, path: str | Path,
+                      before_rename: Callable[[], None] | None = None) -> None:
+    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``.
+    ``before_rename`` runs once the temp file is written (the fault-injection tests kill
+    the process there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
@@ -98,6 +66,8 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -119,24 +89,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path, model, optimizer, scheduler, scaler, sampler_state, train_state, rng) -> None:
-    """Write one training checkpoint atomically.
-
-    ``model`` is the bare module (not DDP-wrapped); ``scaler`` may be None;
-    ``sampler_state`` is the lhotse sampler's ``state_dict()`` (or None);
-    ``rng`` comes from ``capture_rng()``.
-    """
+def save_checkpoint(path, model, optimizer, scheduler, scaler, train_state,
+                    before_rename: Callable[[], None] | None = None) -> None:
+    """Write one training checkpoint atomically. ``model`` is the bare module (not
+    DDP-wrapped); ``scaler`` may be None."""
     payload = {
         "format": FORMAT_VERSION,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(),
-        "sampler": sampler_state,  # plain values; JSON would turn its int keys into strings
         "train_state": train_state.to_dict(),
-        "rng": rng,
     }
-    atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path, before_rename)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -148,43 +113,85 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file; say which one
         raise EarshotError(f"{path}: not a readable earshot checkpoint ({err})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
         raise EarshotError(f"{path}: not an earshot checkpoint (format {FORMAT_VERSION} expected)")
-    return Checkpoint(
-        model=data["model"],
-        optimizer=data["optimizer"],
-        scheduler=data["scheduler"],
-        scaler=data["scaler"],
-        sampler=data["sampler"],
-        train_state=TrainState.from_dict(data["train_state"]),
-        rng=data["rng"],
-    )
+    try:
+        return Checkpoint(model=data["model"], optimizer=data["optimizer"],
+                          scheduler=data["scheduler"], scaler=data["scaler"],
+                          train_state=TrainState.from_dict(data["train_state"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise EarshotError(f"{path}: incomplete earshot checkpoint ({err!r} missing or wrong)") from None
 
 
 # ---------------------------------------------------------------------------
 # the checkpoint directory
 
 
-def checkpoint_path(ckpt_dir: str | Path, epoch: int) -> Path:
-    return Path(ckpt_dir) / f"epoch-{epoch:04d}.pt"
+def checkpoint_path(ckpt_dir: str | Path, epoch: int, batches: int = 0) -> Path:
+    """End of ``epoch`` (``batches=0``), or ``batches`` into ``epoch`` (mid-epoch)."""
+    name = f"epoch-{epoch:04d}-batch-{batches:06d}.pt" if batches else f"epoch-{epoch:04d}.pt"
+    return Path(ckpt_dir) / name
+
+
+def _position(path: Path) -> tuple[int, int] | None:
+    """(epochs completed, batches into the next epoch) a checkpoint file name stands for."""
+    if match := _EPOCH_FILE.match(path.name):
+        return int(match.group(1)), 0
+    if match := _MID_EPOCH_FILE.match(path.name):
+        return int(match.group(1)) - 1, int(match.group(2))
+    return None
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> dict[int, Path]:
-    """Epoch -> path of every complete epoch checkpoint in ``ckpt_dir``."""
+    """Epoch -> path of every complete end-of-epoch checkpoint in ``ckpt_dir``."""
+    return {done: path for (done, batches), path in _all_checkpoints(ckpt_dir).items() if not batches}
+
+
+def _all_checkpoints(ckpt_dir: str | Path) -> dict[tuple[int, int], Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return {}
-    found = {}
-    for path in ckpt_dir.iterdir():
-        match = _EPOCH_FILE.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
+    found = {pos: path for path in ckpt_dir.iterdir() if (pos := _position(path)) is not None}
     return dict(sorted(found.items()))
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    found = list_checkpoints(ckpt_dir)
+    """The newest checkpoint file, end-of-epoch or mid-epoch (not checked for readability)."""
+    found = _all_checkpoints(ckpt_dir)
     return found[max(found)] if found else None
+
+
+def load_latest(ckpt_dir: str | Path, map_location: str | torch.device = "cpu"
+                ) -> tuple[Path, Checkpoint] | None:
+    """The newest checkpoint that reads; each newer one that does not is named in a
+    warning and passed over. None when there is none; EarshotError when every one fails."""
+    found = _all_checkpoints(ckpt_dir)
+    errors = []
+    for _, path in sorted(found.items(), reverse=True):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except EarshotError as err:
+            log.warning("%s; resuming from the previous checkpoint instead", err)
+            errors.append(str(err))
+    if errors:
+        raise EarshotError("no checkpoint can be read:\n  " + "\n  ".join(errors))
+    return None
+
+
+def prune_mid_epoch(ckpt_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete mid-epoch checkpoints older than the newest end-of-epoch one, and all but
+    the newest ``keep_last`` (at least 1) of the rest."""
+    found = _all_checkpoints(ckpt_dir)
+    last_epoch = max((done for done, batches in found if not batches), default=-1)
+    mid = sorted(pos for pos in found if pos[1])
+    newer = [pos for pos in mid if pos[0] >= last_epoch]
+    keep = set(newer[-max(keep_last, 1):])
+    removed = []
+    for pos in mid:
+        if pos not in keep:
+            found[pos].unlink(missing_ok=True)
+            removed.append(found[pos])
+    return removed
 
 
 def epochs_to_keep(state: TrainState, keep_last: int, keep_best: int) -> set[int]:

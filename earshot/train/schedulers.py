@@ -1,10 +1,12 @@
 """Learning-rate schedules: NewBob (driven by the dev metric), warmup + inverse-sqrt decay,
-warmup + cosine decay over the whole run, none.
+Noam, warmup + cosine decay over the whole run, none.
 
 Every scheduler owns the learning rate of one optimizer and is told about two events:
 ``step_batch()`` after each optimizer step and ``step_epoch(metrics)`` after each dev
 evaluation; each returns the learning rate now in force. ``state_dict()`` holds plain
-numbers so it can sit in a ``weights_only`` checkpoint. Pick one with ``build_scheduler``,
+numbers so it can sit in a ``weights_only`` checkpoint. The rate a schedule sets is the
+base one; a parameter group with its own ``lr_scale`` (see ``build_optimizer``) gets
+that multiple of it. Pick one with ``build_scheduler``,
 which looks ``SchedulerConfig.type`` up in ``SCHEDULERS``; a schedule whose class sets
 ``NEEDS_TOTAL_STEPS`` is told how many optimizer steps the whole run will take.
 
@@ -27,7 +29,7 @@ from earshot.config import SchedulerConfig
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
 
 
@@ -128,6 +130,19 @@ class WarmupDecay:
         self.lr = _set_lr(self.optimizer, float(state["lr"]))
 
 
+class Noam(WarmupDecay):
+    """The Transformer schedule: ``base_lr * model_dim^-0.5 * min(s^-0.5, s * warmup^-1.5)``;
+    ``base_lr`` is a scale factor, the peak (at ``warmup_steps``) is
+    ``base_lr / sqrt(model_dim * warmup_steps)``."""
+
+    def __init__(self, cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, base_lr: float):
+        self.model_dim = cfg.model_dim
+        super().__init__(cfg, optimizer, base_lr)
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * self.model_dim ** -0.5 * min(step ** -0.5, step * self.warmup ** -1.5)
+
+
 class WarmupCosine(WarmupDecay):
     """Linear warmup to ``base_lr`` over ``warmup_steps``, then half a cosine down to
     ``min_lr_ratio * base_lr`` at ``total_steps``, where it stays.
@@ -161,7 +176,8 @@ class WarmupCosine(WarmupDecay):
         self.total = int(state["total_steps"])
 
 
-SCHEDULERS = {"none": ConstantLR, "newbob": NewBob, "warmup": WarmupDecay, "cosine": WarmupCosine}
+SCHEDULERS = {"none": ConstantLR, "newbob": NewBob, "warmup": WarmupDecay, "noam": Noam,
+              "cosine": WarmupCosine}
 
 
 def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, base_lr: float,

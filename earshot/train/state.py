@@ -25,7 +25,12 @@ class TrainState:
     best_epoch: int = 0  # 0 = none yet
     history: tuple[tuple[int, float], ...] = ()  # (epoch, dev metric) per completed epoch
     lr: float = 0.0  # learning rate after the last scheduler update
-    batches_per_epoch: int = 0  # batches seen in the last epoch; sizes the progress bar
+    # The epoch in progress (epoch + 1), for checkpoints written inside it: batches of it
+    # already trained (on this rank), and its running sums (loss, ctc, nll weighted by
+    # utterances, and utterances) over all ranks. Both are empty at an epoch boundary.
+    epoch_batches: int = 0
+    epoch_sums: tuple[float, ...] = ()
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, whole run
 
     def record(self, epoch: int, metric: float, global_step: int) -> TrainState:
         """The state after finishing ``epoch`` with dev ``metric`` (lower is better)."""
@@ -37,6 +42,8 @@ class TrainState:
         return dataclasses.replace(
             self,
             epoch=epoch,
+            epoch_batches=0,
+            epoch_sums=(),
             global_step=global_step,
             history=self.history + ((epoch, float(metric)),),
             best_metric=float(metric) if improved else self.best_metric,
@@ -52,6 +59,7 @@ class TrainState:
         """Plain dict of ints, floats and lists (safe for ``weights_only`` loading)."""
         data = dataclasses.asdict(self)
         data["history"] = [[int(e), float(m)] for e, m in self.history]
+        data["epoch_sums"] = [float(v) for v in self.epoch_sums]
         return data
 
     @classmethod
@@ -59,4 +67,5 @@ class TrainState:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["history"] = tuple((int(e), float(m)) for e, m in data.get("history", ()))
+        values["epoch_sums"] = tuple(float(v) for v in data.get("epoch_sums", ()))
         return cls(**values)

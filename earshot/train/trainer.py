@@ -7,12 +7,18 @@ attention WER/CER), log a JSON line to ``<exp_dir>/metrics.jsonl`` and write an 
 checkpoint. At the end the best epoch (or the average of the best K) is exported as
 ``<exp_dir>/model`` (see ``earshot.modeldir``).
 
-``train(cfg, resume=True)`` continues from the last epoch checkpoint, restoring model,
-optimizer, scheduler, scaler, sampler and RNG states, so a run stopped after epoch N and
-resumed ends with the same parameters as one that was never stopped.
+Checkpoints are also written inside an epoch every ``train.save_every_steps`` steps or
+``train.save_every_minutes`` minutes. ``train(cfg, resume=True)`` continues from the
+newest readable checkpoint (model, optimizer, scheduler, scaler and the position inside
+the epoch). Every random draw of a training step (dropout, SpecAugment, dither, stochastic
+depth, scheduled sampling) comes from torch's generator seeded by (seed, rank, epoch,
+batch) just before that batch, and speed perturbation is seeded per cut, so a run killed
+anywhere and resumed ends with the same parameters as one that was never stopped.
 
 Multi-GPU: launched by ``torchrun`` (WORLD_SIZE > 1) each process trains a DDP replica on
-its shard (lhotse shards by rank); only rank 0 writes files.
+its share of the batches (global batch i goes to rank i % world size, equal counts per
+rank); metrics and dev results are reduced over ranks and only rank 0 writes files. A
+collective that waits longer than ``train.dist_timeout`` seconds ends the job.
 
 >>> from earshot.config import load_config
 >>> cfg = load_config("recipes/fsdd/crdnn.yaml", ["train.epochs=1"])  # doctest: +SKIP
@@ -24,11 +30,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import json
 import logging
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +48,11 @@ from tqdm import tqdm
 
 from earshot.config import (ExperimentConfig, ModelCard, OptimConfig, TrainConfig, load_config,
                             save_config, validate)
-from earshot.errors import ConfigError
+from earshot.errors import ConfigError, TrainingError
 from earshot.losses import sampling_probability
 from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
 from earshot.train import checkpoint as ckpt
+from earshot.train import faults
 from earshot.train.schedulers import SCHEDULERS, build_scheduler
 from earshot.train.state import TrainState
 
@@ -56,8 +65,9 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 
 OPTIMIZERS = {
-    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "adadelta": lambda params, cfg: torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-8,
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adadelta": lambda groups, cfg: torch.optim.Adadelta(groups, lr=cfg.lr, rho=0.95, eps=1e-8,
                                                          weight_decay=cfg.weight_decay),
 }
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -93,6 +103,14 @@ class Run:
     train_loader: torch.utils.data.DataLoader
     dev_loader: torch.utils.data.DataLoader
     train_hours: float
+    tensorboard: object = None  # monitor.TensorBoard on rank 0
+
+    def log_row(self, row: dict) -> None:
+        """A metrics row to metrics.jsonl and TensorBoard (rank 0 only)."""
+        if self.dist.is_main:
+            append_metrics(self.exp_dir / METRICS_FILE, row)
+            if self.tensorboard is not None:
+                self.tensorboard.log(row)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -126,44 +144,69 @@ class DevResult:
 def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     """Train ``cfg`` and return the exported model directory (``<exp_dir>/model``)."""
     validate(cfg)
-    world = init_distributed()
+    world = init_distributed(cfg.train.dist_timeout)
     device = select_device(cfg.train.device, world)
     check_precision(cfg.train.precision, device)
     exp_dir = Path(cfg.train.exp_dir)
-    resume_from = prepare_exp_dir(cfg, exp_dir, resume, world)
-    if cfg.train.init_from and resume_from is None:
+    saved = prepare_exp_dir(cfg, exp_dir, resume, world)
+    if cfg.train.init_from and saved is None:
         check_model_dir(cfg.train.init_from)  # before minutes of data loading
     seed_everything(cfg.train.seed)
     configure_torch(cfg.train)
     train_cuts, dev_cuts = load_data(cfg)
-    tokenizer = fit_or_load_tokenizer(cfg, exp_dir, train_cuts, resume_from is not None, world)
+    tokenizer = fit_or_load_tokenizer(cfg, exp_dir, train_cuts, saved is not None, world)
     warn_unknown_chars(tokenizer, dev_cuts, cfg.data.dev)
     run = build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts)
-    if resume_from is not None:
-        state = restore(run, resume_from)
+    if saved is not None:
+        state = restore(run, *saved)
     else:
         compute_statistics(run, train_cuts)
         if cfg.train.init_from:
             init_from_model_dir(run.model, cfg, tokenizer, cfg.train.init_from)
         state = TrainState(lr=run.scheduler.lr)
     run.ddp_model = wrap_ddp(run.model, world, device, cfg.loss.ctc_weight)
-    for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
-        state = run_epoch(run, state, epoch)
-    return export_model(run, state)
+    if world.is_main:
+        from earshot.train.monitor import TensorBoard
+
+        run.tensorboard = TensorBoard(exp_dir, cfg.train.tensorboard)
+    with collective_failures(world, cfg.train.dist_timeout):
+        for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
+            state = run_epoch(run, state, epoch)
+        return export_model(run, state)
 
 
 # ---------------------------------------------------------------------------
 # setup
 
 
-def init_distributed() -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1; a single process otherwise."""
+def init_distributed(timeout: float = 600.0) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1; a single process otherwise.
+    A collective that waits ``timeout`` seconds for another rank raises (gloo) or aborts
+    (NCCL) instead of hanging."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     return Dist(world_size, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+_COLLECTIVE_FAILURE = re.compile(r"timed? ?out|timeout|connection|peer|socket", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def collective_failures(world: Dist, timeout: float):
+    """Turn a collective that timed out or lost its peer into a TrainingError naming this
+    rank, so a dead or stalled rank ends the job (torchrun then stops the others)."""
+    try:
+        yield
+    except RuntimeError as err:
+        if world.world_size <= 1 or not _COLLECTIVE_FAILURE.search(str(err)):
+            raise
+        raise TrainingError(
+            f"rank {world.rank}: no answer from the other ranks (another rank died, or stalled "
+            f"longer than train.dist_timeout={timeout:g}s): {str(err).splitlines()[0]}") from err
 
 
 def barrier(world: Dist) -> None:
@@ -171,24 +214,28 @@ def barrier(world: Dist) -> None:
         dist.barrier()
 
 
-def prepare_exp_dir(cfg: ExperimentConfig, exp_dir: Path, resume: bool, world: Dist) -> Path | None:
-    """Check the experiment directory and write the resolved config; the checkpoint to resume."""
+def prepare_exp_dir(cfg: ExperimentConfig, exp_dir: Path, resume: bool, world: Dist
+                    ) -> tuple[Path, ckpt.Checkpoint] | None:
+    """Check the experiment directory and write the resolved config; the checkpoint to
+    resume (the newest that reads: a damaged newer one is warned about and passed over)."""
     ckpt_dir = exp_dir / CHECKPOINT_DIR
     if world.is_main:
         ckpt.remove_partial(ckpt_dir)
+    barrier(world)
     last = ckpt.latest_checkpoint(ckpt_dir)
     if last is not None and not resume:
         raise ConfigError(f"{exp_dir} already holds checkpoints ({last.name}): resume it "
                           f"(--resume) or choose another train.exp_dir")
     if resume and last is None:
         log.warning("%s: no checkpoint to resume from; starting from scratch", ckpt_dir)
-    if last is not None:
+    saved = ckpt.load_latest(ckpt_dir) if last is not None else None
+    if saved is not None:
         check_same_model(cfg, exp_dir / CONFIG_FILE)
     if world.is_main:
         exp_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, exp_dir / CONFIG_FILE)
     barrier(world)
-    return last
+    return saved
 
 
 def check_same_model(cfg: ExperimentConfig, saved_path: Path) -> None:
@@ -218,6 +265,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def seed_step(seed: int, rank: int, epoch: int, batch: int) -> None:
+    """Seed torch's generators (CPU and CUDA) for one training batch from its position,
+    so its dropout, SpecAugment, dither, stochastic depth and scheduled sampling draws
+    are the same whenever that batch is trained: straight through, or after a resume."""
+    state = np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(2, np.uint32)
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def configure_torch(cfg: TrainConfig) -> None:
@@ -298,14 +353,17 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     from earshot.data.batching import make_loader
 
     model = build_model(cfg, tokenizer).to(device)
-    optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     rate, data = model.sample_rate, cfg.data
+    shard = {"world_size": world.world_size, "rank": world.rank}
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
                                seed=cfg.train.seed, num_buckets=data.num_buckets,
-                               num_workers=data.num_workers, speed_factors=data.speed_perturb)
+                               num_workers=data.num_workers, speed_factors=data.speed_perturb,
+                               **shard)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
-                             num_buckets=data.num_buckets, num_workers=data.num_workers)
+                             num_buckets=data.num_buckets, num_workers=data.num_workers,
+                             even=False, **shard)
     scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
                                 total_steps=total_optimizer_steps(cfg, train_loader))
     hours = sum(cut.duration for cut in train_cuts) / 3600
@@ -314,6 +372,33 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
              len(dev_cuts), device)
     return Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
                scaler, train_loader, dev_loader, hours)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``cfg.name`` over the model's parameters, split into ``cfg.param_groups`` (first
+    matching name prefix wins) and a last group with the rest at ``cfg.lr``. Each group
+    carries ``lr_scale``, its rate over the base one, which the schedulers keep; a group
+    at lr 0 is frozen (its parameters stop requiring gradients)."""
+    named = list(model.named_parameters())
+    chosen: list[list[torch.nn.Parameter]] = [[] for _ in cfg.param_groups]
+    rest = []
+    for name, param in named:
+        index = next((i for i, g in enumerate(cfg.param_groups) if name.startswith(g.prefix)), None)
+        (rest if index is None else chosen[index]).append(param)
+    groups = []
+    for i, (group, params) in enumerate(zip(cfg.param_groups, chosen)):
+        if not params:
+            tops = sorted({name.split(".")[0] + "." for name, _ in named})
+            raise ConfigError(f"config key 'optim.param_groups[{i}].prefix': {group.prefix!r} matches "
+                              f"no parameter (names start with {', '.join(tops)})")
+        if group.lr == 0:
+            for param in params:
+                param.requires_grad_(False)
+        decay = cfg.weight_decay if group.weight_decay is None else group.weight_decay
+        groups.append({"params": params, "lr_scale": group.lr / cfg.lr, "weight_decay": decay})
+    if rest:
+        groups.append({"params": rest, "lr_scale": 1.0, "weight_decay": cfg.weight_decay})
+    return OPTIMIZERS[cfg.name](groups, cfg)
 
 
 def total_optimizer_steps(cfg, train_loader) -> int:
@@ -349,7 +434,8 @@ def compute_statistics(run: Run, train_cuts) -> None:
     if acc is None:
         return
     loader = make_loader(train_cuts, run.tokenizer, model.sample_rate, data.max_duration,
-                         shuffle=False, num_buckets=data.num_buckets, num_workers=data.num_workers)
+                         shuffle=False, num_buckets=data.num_buckets, num_workers=data.num_workers,
+                         world_size=run.dist.world_size, rank=run.dist.rank, even=False)
     for batch in tqdm(loader, desc="feature statistics", unit="batch", disable=not run.dist.is_main):
         model.accumulate_statistics(acc, batch.wavs.to(run.device), batch.wav_lens.to(run.device))
     acc.all_reduce()
@@ -370,23 +456,21 @@ def drop_short_utterances(model: torch.nn.Module, batch):
     return batch.select(keep) if len(keep) else None
 
 
-def restore(run: Run, path: Path) -> TrainState:
-    """Load a checkpoint into the run; RNG last, so nothing after it draws numbers."""
-    from earshot.data.batching import restore_sampler
-
-    log.info("resuming from %s", path)
-    saved = ckpt.load_checkpoint(path, map_location="cpu")
+def restore(run: Run, path: Path, saved: ckpt.Checkpoint) -> TrainState:
+    """Load a checkpoint into the run. Its TrainState says where in the epoch to go on;
+    no generator state is needed (see ``seed_step``)."""
+    state = saved.train_state
+    where = f"{state.epoch_batches} batches into epoch {state.epoch + 1}" if state.epoch_batches \
+        else f"the end of epoch {state.epoch}"
+    log.info("resuming from %s (%s, step %d)", path, where, state.global_step)
     run.model.load_state_dict(saved.model)
     run.optimizer.load_state_dict(saved.optimizer)
     run.scheduler.load_state_dict(saved.scheduler)
     if saved.scaler is not None:
         run.scaler.load_state_dict(saved.scaler)
-    if saved.sampler is not None:
-        restore_sampler(run.train_loader, saved.sampler)
     if run.dist.is_main:
-        truncate_metrics(run.exp_dir / METRICS_FILE, saved.train_state.epoch)
-    ckpt.restore_rng(saved.rng)
-    return saved.train_state
+        truncate_metrics(run.exp_dir / METRICS_FILE, state.global_step, state.epoch)
+    return state
 
 
 # ---------------------------------------------------------------------------
@@ -394,129 +478,295 @@ def restore(run: Run, path: Path) -> TrainState:
 
 
 def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
-    """Train, evaluate, log, checkpoint; the state after ``epoch``."""
+    """Train (or finish training) ``epoch``, evaluate, log, checkpoint; the state after it."""
     start = time.time()
-    stats, step = train_one_epoch(run, state, epoch)
+    stats, state = train_one_epoch(run, state, epoch)
     lr_used = run.scheduler.lr
     dev = evaluate(run)
     lr = run.scheduler.step_epoch(dev.metrics())
     metric = dev.metrics()[run.cfg.train.select_metric]
-    state = dataclasses.replace(state.record(epoch, metric, step), lr=lr, batches_per_epoch=stats.batches)
+    state = dataclasses.replace(state.record(epoch, metric, state.global_step), lr=lr)
     seconds = time.time() - start
     log.info("epoch %d: train loss %.4f | dev loss %.4f WER %.2f CER %.2f | lr %.3g | %.0fs",
              epoch, stats.loss, dev.loss, dev.wer, dev.cer, lr_used, seconds)
+    run.log_row(epoch_row(epoch, state, stats, dev, lr_used, seconds))
     if run.dist.is_main:
-        append_metrics(run.exp_dir / METRICS_FILE, epoch, step, stats, dev, lr_used, seconds)
-        save_epoch_checkpoint(run, state)
+        save_checkpoint(run, state)
+        plot_dev_alignments(run, epoch)
     barrier(run.dist)
     return state
 
 
-def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats, int]:
-    """One pass over the training data; returns its averages and the new global step."""
-    cfg = run.cfg
+def plot_dev_alignments(run: Run, epoch: int) -> None:
+    """Attention plots of the first ``train.plot_alignments`` dev utterances (rank 0's
+    first dev batch: the same ones every epoch) into ``EXP_DIR/plots/``."""
+    from earshot.train import monitor
+
+    count = run.cfg.train.plot_alignments
+    batch = next(iter(run.dev_loader), None) if count else None
+    batch = drop_short_utterances(run.model, batch) if batch is not None else None
+    if batch is None:
+        return
+    batch = batch.select(torch.arange(min(count, len(batch)))).to(run.device)
+    with autocast(run.cfg.train.precision, run.device):
+        items = monitor.alignments(run.model, batch, run.tokenizer)
+    monitor.plot_alignments(items, run.exp_dir / monitor.PLOTS_DIR, epoch)
+
+
+def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats, TrainState]:
+    """One pass over this rank's batches of ``epoch``, from ``state.epoch_batches`` on (a
+    resumed epoch), checkpointing on the way when asked to; returns the epoch's averages
+    and the state at its end."""
+    from earshot.data.batching import batches_in_epoch, set_epoch
+
+    cfg, world = run.cfg, run.dist
     run.ddp_model.train()
-    run.train_loader.sampler.set_epoch(epoch)
-    sums, utts, batches, pending, step = np.zeros(3), 0, 0, 0, state.global_step
-    bar = tqdm(total=expected_batches(run, state), desc=f"epoch {epoch}", unit="batch",
-               disable=not run.dist.is_main, dynamic_ncols=True)
+    total = batches_in_epoch(run.train_loader, epoch)
+    done = state.epoch_batches
+    set_epoch(run.train_loader, epoch, skip=done)
+    # loss, ctc, nll (weighted by utterances) and utterances; a mid-epoch checkpoint holds
+    # every rank's total, which rank 0 carries on from.
+    sums = np.array(state.epoch_sums if state.epoch_sums and world.is_main else [0.0] * 4)
+    clock, meter = SaveClock(cfg.train), StepMeter(run)
+    pending, ids, bad_in_row = 0, [], 0
+    bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", unit="batch",
+               disable=not world.is_main, dynamic_ncols=True)
     for batch in run.train_loader:
-        batch = drop_short_utterances(run.model, batch)
-        if batch is None:
-            bar.update()
-            continue
-        # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
-        prob = sampling_probability(cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
-        last_micro = pending + 1 == cfg.optim.accum_steps
-        out = forward_backward(run, batch.to(run.device), prob, sync=last_micro)
-        pending, batches = pending + 1, batches + 1
-        if math.isfinite(out.loss.item()):
-            sums += len(batch) * np.array([out.loss.item(), out.ctc.item(), out.nll.item()])
-            utts += len(batch)
-        if last_micro:
-            step, pending = step + optimizer_step(run), 0
+        index, done = done, done + 1
         bar.update()
-        if batches % cfg.train.log_every == 0:
-            bar.set_postfix(loss=f"{sums[0] / max(utts, 1):.3f}", lr=f"{run.scheduler.lr:.2e}")
+        batch = drop_short_utterances(run.model, batch)
+        if not every_rank(world, batch is not None):
+            continue  # no rank trains this round, so no rank waits for another's gradient
+        seed_step(cfg.train.seed, world.rank, epoch, index)
+        # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
+        prob = sampling_probability(cfg.loss.scheduled_sampling, step=state.global_step, epoch=epoch - 1)
+        last_micro = pending + 1 == cfg.optim.accum_steps
+        pending, ids = pending + 1, ids + batch.ids
+        for part, out in train_batch(run, batch.to(run.device), prob, sync=last_micro):
+            losses = torch.stack([out.loss, out.ctc, out.nll]).detach().float().tolist()
+            if math.isfinite(losses[0]):
+                sums += [*(len(part) * v for v in losses), len(part)]
+            meter.add(part, losses)
+        if last_micro:
+            state, bad_in_row = update(run, state, meter, epoch, ids, bad_in_row, bar)
+            pending, ids = 0, []
+            # (at the epoch's last batch the end-of-epoch checkpoint follows anyway)
+            if clock.due(world, state.global_step) and done < total:
+                state, sums = save_mid_epoch(run, state, done, sums)
     if pending:  # an epoch never leaves gradients for the next one
-        step += optimizer_step(run)
+        state, _ = update(run, state, meter, epoch, ids, bad_in_row, bar)
     bar.close()
-    sums, utts = reduce_sums(run, sums, utts)
-    loss, ctc, nll = (sums / max(utts, 1)).tolist()
-    return EpochStats(loss, ctc, nll, batches), step
+    sums = reduce_sums(run, sums)
+    loss, ctc, nll = (sums[:3] / max(sums[3], 1)).tolist()
+    return EpochStats(loss, ctc, nll, done), state
 
 
-def reduce_sums(run: Run, sums: np.ndarray, utts: int) -> tuple[np.ndarray, int]:
-    """Totals over every rank's shard (unchanged on one process)."""
+def update(run: Run, state: TrainState, meter: StepMeter, epoch: int, ids: list[str],
+           bad_in_row: int, bar) -> tuple[TrainState, int]:
+    """One optimizer update from the accumulated gradient, its accounting (a skipped
+    update is counted and warned about; too many in a row stop the run) and its metrics
+    line every ``train.log_every`` steps. Returns the state and the skips in a row."""
+    norm = optimizer_step(run)
+    if math.isfinite(norm):
+        state, bad_in_row = dataclasses.replace(state, global_step=state.global_step + 1), 0
+    else:
+        state, bad_in_row = dataclasses.replace(state, skipped_steps=state.skipped_steps + 1), bad_in_row + 1
+        check_bad_steps(run.cfg.train, bad_in_row, norm, ids)
+    faults.hit("after-step", state.global_step, run.dist.rank)
+    if math.isfinite(norm) and state.global_step % run.cfg.train.log_every == 0:
+        row = meter.row(epoch, state.global_step, run.scheduler.lr, norm, state.skipped_steps)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
+        run.log_row(row)
+    return state, bad_in_row
+
+
+def every_rank(world: Dist, ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (one tiny all-reduce; free on one process)."""
+    if world.world_size <= 1:
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def check_bad_steps(cfg: TrainConfig, in_row: int, norm: float, ids: list[str]) -> None:
+    """Warn about a skipped update; stop the run after ``max_bad_steps`` in a row."""
+    shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+    log.warning("non-finite loss or gradient (norm %s): update skipped (%d in a row); "
+                "utterances: %s", norm, in_row, shown)
+    if in_row >= cfg.max_bad_steps:
+        raise TrainingError(
+            f"{in_row} updates in a row had a non-finite loss or gradient (train.max_bad_steps="
+            f"{cfg.max_bad_steps}); last batch: {shown}. Try a lower optim.lr or "
+            f"optim.grad_clip, train.precision=fp32, or check those utterances' audio and text")
+
+
+class SaveClock:
+    """When to write a mid-epoch checkpoint: every ``save_every_steps`` optimizer steps
+    and/or ``save_every_minutes`` minutes. Rank 0's clock decides for every rank."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.steps, self.seconds = cfg.save_every_steps, cfg.save_every_minutes * 60
+        self.last_step, self.last_time = None, time.monotonic()
+
+    def due(self, world: Dist, step: int) -> bool:
+        if step == self.last_step:  # a skipped update: nothing new to save
+            return False
+        due = bool(self.steps) and step % self.steps == 0
+        if self.seconds:
+            late = time.monotonic() - self.last_time >= self.seconds
+            if world.world_size > 1:
+                flag = torch.tensor([int(late)], dtype=torch.int32)
+                flag = flag.cuda() if dist.get_backend() == "nccl" else flag
+                dist.broadcast(flag, src=0)
+                late = bool(flag.item())
+            due = due or late
+        if due:
+            self.last_step, self.last_time = step, time.monotonic()
+        return due
+
+
+class StepMeter:
+    """Per-step numbers for ``metrics.jsonl``: losses of the last step, audio seconds
+    and utterances per second (all ranks) since the previous row, peak memory."""
+
+    def __init__(self, run: Run):
+        self.run, self.rate = run, run.model.sample_rate
+        self.audio = self.utts = 0.0
+        self.losses = [math.nan] * 3
+        self.since = time.monotonic()
+
+    def add(self, batch, losses: list[float]) -> None:
+        self.audio += float(batch.wav_lens.sum()) / self.rate
+        self.utts += len(batch)
+        self.losses = losses
+
+    def row(self, epoch: int, step: int, lr: float, norm: float, skipped: int) -> dict:
+        seconds = max(time.monotonic() - self.since, 1e-9)
+        audio, utts = reduce_sums(self.run, np.array([self.audio, self.utts])).tolist()
+        row = {"kind": "step", "epoch": epoch, "step": step, "loss": self.losses[0],
+               "ctc": self.losses[1], "nll": self.losses[2], "lr": lr, "grad_norm": norm,
+               "skipped_steps": skipped, "audio_seconds_per_second": round(audio / seconds, 2),
+               "utterances_per_second": round(utts / seconds, 2), "max_rss_mb": max_rss_mb()}
+        if self.run.device.type == "cuda":
+            row["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(self.run.device) / 2**20, 1)
+        self.audio = self.utts = 0.0
+        self.since = time.monotonic()
+        return row
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reduce_sums(run: Run, sums: np.ndarray) -> np.ndarray:
+    """Totals over every rank (unchanged on one process)."""
     if run.dist.world_size <= 1:
-        return sums, utts
-    totals = torch.tensor([*sums.tolist(), utts], dtype=torch.float64, device=run.device)
+        return sums
+    totals = torch.tensor(sums.tolist(), dtype=torch.float64, device=run.device)
     dist.all_reduce(totals)
-    return totals[:3].cpu().numpy(), int(totals[3])
+    return totals.cpu().numpy()
 
 
-def expected_batches(run: Run, state: TrainState) -> int:
-    """Progress-bar length: last epoch's count, or an estimate from the total duration."""
-    if state.batches_per_epoch:
-        return state.batches_per_epoch
-    return max(1, math.ceil(run.train_hours * 3600 / run.cfg.data.max_duration / run.dist.world_size))
+def autocast(precision: str, device: torch.device):
+    dtype = AUTOCAST_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def autocast(run: Run):
-    dtype = AUTOCAST_DTYPES[run.cfg.train.precision]
-    return torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def forward_backward(run: Run, batch, sampling_prob: float, sync: bool):
-    """Loss of one micro-batch and its scaled gradient (``sync=False``: no DDP all-reduce yet)."""
+def forward_backward(run: Run, batch, sampling_prob: float, sync: bool, weight: float = 1.0):
+    """Loss of one micro-batch and its scaled gradient (``sync=False``: no DDP all-reduce
+    yet); ``weight`` scales its share of the update (a part of a split batch)."""
     no_sync = getattr(run.ddp_model, "no_sync", None)
     skip_sync = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
     with skip_sync:
-        with autocast(run):
+        with autocast(run.cfg.train.precision, run.device):
             out = run.ddp_model(batch, run.cfg.loss, sampling_prob)
-        run.scaler.scale(out.loss / run.cfg.optim.accum_steps).backward()
+        run.scaler.scale(out.loss * (weight / run.cfg.optim.accum_steps)).backward()
     return out
 
 
-def optimizer_step(run: Run) -> int:
-    """Unscale, clip, step; 1 if the optimizer stepped, 0 if the gradient was not finite."""
+def is_out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def train_batch(run: Run, batch, sampling_prob: float, sync: bool, weight: float = 1.0) -> list:
+    """``forward_backward`` of a batch, as ``[(batch, output)]``. A batch that runs out of
+    memory is retried as two halves, each weighted by its share (recursively); a single
+    utterance that does not fit is skipped with a warning naming it. Gradients of the
+    update so far are dropped on each failure, since a half-done backward may have added
+    to some of them. With several processes an out-of-memory error ends the job (ranks
+    must run the same collectives)."""
+    try:
+        return [(batch, forward_backward(run, batch, sampling_prob, sync, weight))]
+    except Exception as err:  # noqa: BLE001 (re-raised unless it is out-of-memory)
+        if not is_out_of_memory(err) or run.dist.world_size > 1:
+            raise
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(batch) == 1:
+        log.warning("skipping utterance '%s' (%d samples): out of memory even alone",
+                    batch.ids[0], int(batch.wav_lens[0]))
+        return []
+    log.warning("out of memory on a batch of %d utterances (%s, ...): retrying it in two halves "
+                "(the update's gradient so far is dropped)", len(batch), batch.ids[0])
+    index, half = torch.arange(len(batch)), len(batch) // 2
+    parts = []
+    for rows in (index[:half], index[half:]):
+        parts += train_batch(run, batch.select(rows), sampling_prob, sync, weight * len(rows) / len(batch))
+    return parts
+
+
+def optimizer_step(run: Run) -> float:
+    """Unscale, clip, step; the gradient norm before clipping. A non-finite norm means
+    the update was skipped: parameters, optimizer and schedule are left as they were (with
+    fp16 the grad scaler lowers its scale)."""
     optim_cfg: OptimConfig = run.cfg.optim
     run.scaler.unscale_(run.optimizer)
     max_norm = optim_cfg.grad_clip if optim_cfg.grad_clip > 0 else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
-    if not torch.isfinite(norm) and not run.scaler.is_enabled():
-        log.warning("non-finite gradient norm (%s): skipping this update", norm.item())
-        run.optimizer.zero_grad(set_to_none=True)
-        return 0
-    run.scaler.step(run.optimizer)  # with fp16 the scaler skips steps with inf/nan itself
+    norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm))
+    if math.isfinite(norm):
+        run.scaler.step(run.optimizer)
+        run.scheduler.step_batch()
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step_batch()
-    return 1
+    return norm
+
+
+def evaluate(run: Run) -> DevResult:
+    """The run's model on its dev loader (this rank's share; results over all ranks)."""
+    return evaluate_model(run.model, run.tokenizer, run.dev_loader, run.cfg, run.device, run.dist)
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> DevResult:
+def evaluate_model(model, tok, loader, cfg: ExperimentConfig, device: torch.device,
+                   world: Dist = Dist()) -> DevResult:
     """Dev loss (teacher forced) and greedy attention WER/CER (percent)."""
     from earshot.decoding.greedy import greedy_attention
     from earshot.metrics import error_rates
 
-    model, tok = run.model, run.tokenizer
     model.eval()
     loss_sum, utts, refs, hyps = 0.0, 0, [], []
-    for batch in run.dev_loader:
+    for batch in loader:
         batch = drop_short_utterances(model, batch)
         if batch is None:
             continue
-        batch = batch.to(run.device)
-        with autocast(run):
-            loss_sum += model(batch, run.cfg.loss, 0.0).loss.item() * len(batch)
+        batch = batch.to(device)
+        with autocast(cfg.train.precision, device):
+            loss_sum += model(batch, cfg.loss, 0.0).loss.item() * len(batch)
             ids = greedy_attention(model, model.encode(batch.wavs, batch.wav_lens).memory,
-                                   tok.bos_id, tok.eos_id, run.cfg.decode.max_len_ratio)
+                                   tok.bos_id, tok.eos_id, cfg.decode.max_len_ratio)
         utts += len(batch)
         refs += [tok.normalize(text) for text in batch.texts]
         hyps += [tok.decode(row) for row in ids]
-    loss_sum, utts, refs, hyps = gather_dev(run.dist, loss_sum, utts, refs, hyps)
+    loss_sum, utts, refs, hyps = gather_dev(world, loss_sum, utts, refs, hyps)
     rates = error_rates(refs, hyps)
     return DevResult(loss_sum / max(utts, 1), rates.wer, rates.cer)
 
@@ -535,33 +785,65 @@ def gather_dev(world: Dist, loss_sum, utts, refs, hyps):
 # files
 
 
-def append_metrics(path: Path, epoch: int, step: int, stats: EpochStats, dev: DevResult,
-                   lr: float, seconds: float) -> None:
-    row = {"epoch": epoch, "step": step, "train_loss": stats.loss, "ctc": stats.ctc,
-           "nll": stats.nll, "dev_loss": dev.loss, "dev_wer": dev.wer, "dev_cer": dev.cer,
-           "lr": lr, "seconds": round(seconds, 3)}
+def epoch_row(epoch: int, state: TrainState, stats: EpochStats, dev: DevResult, lr: float,
+              seconds: float) -> dict:
+    return {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
+            "ctc": stats.ctc, "nll": stats.nll, "dev_loss": dev.loss, "dev_wer": dev.wer,
+            "dev_cer": dev.cer, "lr": lr, "skipped_steps": state.skipped_steps,
+            "seconds": round(seconds, 3)}
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """One JSON line: ``kind`` "step" (every ``train.log_every`` steps) or "epoch"."""
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
 
 
-def truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop lines of epochs after the checkpoint (they will be trained again)."""
+def truncate_metrics(path: Path, last_step: int, last_epoch: int) -> None:
+    """Drop the lines written after the checkpoint being resumed (that training is done
+    again), and a last line cut short by a kill."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines()
-             if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] <= last_step and (row.get("kind") == "step" or row["epoch"] <= last_epoch):
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
-def save_epoch_checkpoint(run: Run, state: TrainState) -> None:
-    """Atomic epoch checkpoint, then prune to the last K plus the best K (for averaging)."""
-    from earshot.data.batching import sampler_state
+def save_checkpoint(run: Run, state: TrainState) -> Path:
+    """Atomic checkpoint of ``state`` (end of epoch, or ``state.epoch_batches`` into the
+    next one), then prune: the last ``keep_last`` epochs plus the best ``average_best``,
+    and mid-epoch checkpoints only since the last epoch end."""
+    path = ckpt.checkpoint_path(run.ckpt_dir, state.epoch + bool(state.epoch_batches),
+                                state.epoch_batches)
+    ckpt.save_checkpoint(path, run.model, run.optimizer, run.scheduler, run.scaler, state,
+                         before_rename=lambda: faults.hit("in-save", state.global_step, run.dist.rank))
+    train_cfg = run.cfg.train
+    if not state.epoch_batches:
+        ckpt.prune_checkpoints(run.ckpt_dir, ckpt.epochs_to_keep(state, train_cfg.keep_last,
+                                                                 train_cfg.average_best))
+    ckpt.prune_mid_epoch(run.ckpt_dir, train_cfg.keep_last)
+    return path
 
-    path = ckpt.checkpoint_path(run.ckpt_dir, state.epoch)
-    ckpt.save_checkpoint(path, run.model, run.optimizer, run.scheduler, run.scaler,
-                         sampler_state(run.train_loader), state, ckpt.capture_rng())
-    keep = ckpt.epochs_to_keep(state, run.cfg.train.keep_last, run.cfg.train.average_best)
-    ckpt.prune_checkpoints(run.ckpt_dir, keep)
+
+def save_mid_epoch(run: Run, state: TrainState, done: int, sums: np.ndarray
+                   ) -> tuple[TrainState, np.ndarray]:
+    """Checkpoint ``done`` batches into the epoch. The running sums
+    are totalled over ranks into the checkpoint; rank 0 carries the total on, the others
+    start again from zero, so nothing is counted twice."""
+    totals = reduce_sums(run, sums)
+    state = dataclasses.replace(state, epoch_batches=done,
+                                epoch_sums=tuple(float(v) for v in totals))
+    if run.dist.is_main:
+        path = save_checkpoint(run, state)
+        log.info("saved %s", path)
+    barrier(run.dist)
+    return state, totals if run.dist.is_main else np.zeros_like(sums)
 
 
 def export_model(run: Run, state: TrainState) -> Path:
@@ -592,3 +874,53 @@ def export_model(run: Run, state: TrainState) -> Path:
 def corpus_name(data) -> str:
     """``data.corpus``, else the folder holding the training manifest (data/an4/... -> an4)."""
     return data.corpus or Path(data.train).parent.name
+
+
+# ---------------------------------------------------------------------------
+# after training
+
+
+def average_experiment(exp_dir: str | Path, best: int = 0, last: int = 0,
+                       out: str | Path | None = None, device: str = "cpu") -> Path:
+    """Write a model directory from a run's saved end-of-epoch checkpoints: the mean of the
+    ``best`` N by the run's dev metric, or of the ``last`` N epochs. The card's dev WER/CER
+    are measured on the run's dev manifest with exactly those weights."""
+    from earshot.data.batching import make_loader
+    from earshot.data.manifests import load_cuts
+    from earshot.tokenizer import load_tokenizer
+
+    if (best > 0) == (last > 0):
+        raise ConfigError("give exactly one of --best N or --last N (N >= 1)")
+    exp_dir = Path(exp_dir)
+    cfg = load_config(exp_dir / CONFIG_FILE)
+    ckpt_dir = exp_dir / CHECKPOINT_DIR
+    available = ckpt.list_checkpoints(ckpt_dir)
+    if not available:
+        raise ConfigError(f"{ckpt_dir}: no end-of-epoch checkpoints to average")
+    state = ckpt.load_checkpoint(available[max(available)]).train_state
+    if best:
+        epochs = [e for e in state.best_epochs(len(state.history)) if e in available][:best]
+    else:
+        epochs = sorted(available)[-last:]
+    wanted = best or last
+    if len(epochs) < wanted:
+        raise ConfigError(f"{ckpt_dir}: {wanted} epochs asked for, but only epochs "
+                          f"{', '.join(map(str, sorted(available)))} are kept (train.keep_last and "
+                          f"train.average_best decide how many)")
+    tokenizer = load_tokenizer(exp_dir / TOKENIZER_DIR)
+    model = build_model(cfg, tokenizer).to(device)
+    model.load_state_dict(ckpt.average_checkpoints([available[e] for e in epochs]))
+    dev_cuts = load_cuts(cfg.data.dev)
+    loader = make_loader(dev_cuts, tokenizer, model.sample_rate, cfg.data.max_duration,
+                         shuffle=False, num_buckets=cfg.data.num_buckets, even=False)
+    dev = evaluate_model(model, tokenizer, loader, cfg, torch.device(device))
+    hours = sum(cut.duration for cut in load_cuts(cfg.data.train)) / 3600
+    card = ModelCard(corpus=corpus_name(cfg.data), train_hours=round(hours, 3),
+                     dev_wer=round(dev.wer, 3), dev_cer=round(dev.cer, 3), epochs=state.epoch,
+                     exported_epochs=tuple(epochs),
+                     parameters=sum(p.numel() for p in model.parameters()))
+    out = Path(out) if out else exp_dir / f"model-{'best' if best else 'last'}{wanted}"
+    save_model_dir(out, cfg, tokenizer, model.cpu(), card)
+    log.info("averaged epoch(s) %s into %s (dev WER %.2f CER %.2f)",
+             ", ".join(map(str, epochs)), out, dev.wer, dev.cer)
+    return out

@@ -1,0 +1,78 @@
+"""Data-parallel training through torchrun with 2 gloo processes on CPU: the same parameters
+as one process given the same global batches, and a rank that dies or stalls ends the job."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_train import TINY_MODEL, _manifest
+
+from earshot.train import checkpoint as ckpt
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")]
+
+# Equal-length utterances (3 characters, 0.3 s) in batches of exactly two: 4 global
+# batches per epoch whatever the shuffle, so 2 ranks x 2 batches = 1 process x 4 batches.
+TEXTS = ["a b", "b a", "aab", "bba", "abb", "baa", "a a", "b b"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    rng = np.random.default_rng(0)
+    config = root / "tiny.yaml"
+    config.write_text("train: {epochs: 2}\n")
+    overrides = [o.replace("=0.2", "=0.0") if "dropout" in o else o for o in TINY_MODEL] + [
+        f"data.train={_manifest(root, 'train', TEXTS, rng)}",
+        f"data.dev={_manifest(root, 'dev', TEXTS[:3], rng)}",
+        "data.max_duration=0.65", "data.num_buckets=1", "optim.lr=0.01", "optim.scheduler.type=none",
+        "train.device=cpu", "train.num_threads=1", "train.keep_last=2",
+    ]
+    return config, overrides
+
+
+def _train(config, overrides, exp_dir, procs, *extra, env=None, timeout=240):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={procs}"] if procs > 1 else [sys.executable]
+    cmd = launcher + ["-m", "earshot.cli", "train", str(config), *overrides,
+                      f"train.exp_dir={exp_dir}", *extra]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EARSHOT_FAULT")}
+    full_env.update(env or {}, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_gloo_ranks_end_with_the_parameters_of_one_process(corpus, tmp_path):
+    config, overrides = corpus
+    one = _train(config, overrides, tmp_path / "one", 1, "optim.accum_steps=2")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _train(config, overrides, tmp_path / "two", 2, "optim.accum_steps=1")
+    assert two.returncode == 0, two.stderr[-3000:]
+    for epoch in (1, 2):
+        a = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "one" / "checkpoints", epoch))
+        b = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "two" / "checkpoints", epoch))
+        assert a.train_state.global_step == b.train_state.global_step == 2 * epoch
+        for name, value in a.model.items():
+            if "running_" in name or "num_batches_tracked" in name:
+                continue  # BatchNorm statistics: DDP keeps rank 0's, not a mean over ranks
+            assert torch.allclose(value, b.model[name], atol=1e-5, rtol=0), (epoch, name)
+        # dev results are gathered over ranks: the same metric as one process saw
+        assert [m for _, m in a.train_state.history] == pytest.approx([m for _, m in b.train_state.history])
+
+
+@pytest.mark.parametrize("fault, timeout, says", [
+    ("after-step:3", 20, "exitcode  : -9"),  # torchrun names the dead rank and its signal
+    ("stall-after-step:3", 5, "rank 0: no answer from the other ranks"),
+])
+def test_a_rank_that_dies_or_stalls_ends_the_job_in_time(corpus, tmp_path, fault, timeout, says):
+    config, overrides = corpus
+    start = time.monotonic()
+    done = _train(config, overrides, tmp_path, 2, "train.epochs=50", f"train.dist_timeout={timeout}",
+                  env={"EARSHOT_FAULT": fault, "EARSHOT_FAULT_RANK": "1"}, timeout=120)
+    assert done.returncode != 0
+    assert time.monotonic() - start < 90
+    assert says in done.stderr, done.stderr[-2000:]
