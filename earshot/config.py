@@ -492,6 +492,7 @@ def validate(cfg: Any) -> None:
                    "must be a number >= 0 (0 freezes the group)")
         _check(cfg.optim.scheduler.model_dim >= 1, "optim.scheduler.model_dim", "must be >= 1")
         _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
+        _check(not math.isnan(cfg.optim.grad_clip), "optim.grad_clip", "must be a number (<= 0 disables)")
         sched = cfg.optim.scheduler
         _check(sched.type not in ("warmup", "cosine") or sched.warmup_steps >= 1,
                "optim.scheduler.warmup_steps", "must be >= 1")

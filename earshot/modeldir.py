@@ -21,6 +21,7 @@ run code (no pickle).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -68,18 +69,27 @@ def describe(cfg: ExperimentConfig | ModelDescription, card: ModelCard | None = 
 def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescription, tokenizer,
                    model: torch.nn.Module, card: ModelCard | None = None) -> Path:
     """Write description, tokenizer and weights to ``directory``, replacing it as a whole."""
+    with staged_directory(directory) as staging:
+        save_config(describe(cfg, card), staging / CONFIG_FILE)
+        tokenizer.save(staging / TOKENIZER_DIR)
+        save_file(_plain_weights(model), str(staging / WEIGHTS_FILE))
+    return Path(directory)
+
+
+@contextlib.contextmanager
+def staged_directory(directory: str | Path):
+    """Yield an empty staging folder next to ``directory``; when the block ends without an
+    error it replaces ``directory`` as a whole, otherwise it is removed. Readers see the
+    old directory or the new one, never a half-written one."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_config(describe(cfg, card), staging / CONFIG_FILE)
-        tokenizer.save(staging / TOKENIZER_DIR)
-        save_file(_plain_weights(model), str(staging / WEIGHTS_FILE))
+        yield staging
         _swap_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return directory
 
 
 def _plain_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -44,6 +44,27 @@ def test_save_and_load_round_trip(tmp_path):
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tmp_path / "lm").rglob("*"))
 
 
+def test_a_crash_while_saving_leaves_the_previous_lm_directory_whole(tmp_path, monkeypatch):
+    import pytest
+
+    from earshot.models import lm as lm_module
+
+    tok = CharTokenizer.train(["abc d"])
+    old = tiny_lm(vocab=tok.vocab_size)
+    save_lm_dir(tmp_path / "lm", old, LMExperimentConfig(model=old.cfg), tok)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the weights")
+
+    monkeypatch.setattr(lm_module, "save_file", killed)
+    new = tiny_lm(vocab=tok.vocab_size, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        save_lm_dir(tmp_path / "lm", new, LMExperimentConfig(model=new.cfg), tok)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]  # no staging folder left
+    back, x = load_lm(tmp_path / "lm"), torch.tensor([[tok.bos_id] + tok.encode("abc")])
+    assert torch.equal(back(x, torch.tensor([4])), old(x, torch.tensor([4])))
+
+
 def test_train_lm_learns_the_text(tmp_path, capsys):
     sentences = ["go left now", "go right now", "stop here", "go left", "stop now"] * 8
     tok = CharTokenizer.train(sentences)

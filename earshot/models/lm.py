@@ -70,14 +70,16 @@ class RNNLM(nn.Module):
 
 
 def save_lm_dir(out_dir: str | Path, lm: RNNLM, cfg: LMExperimentConfig, tokenizer) -> Path:
-    """Write config.yaml, tokenizer/ and model.safetensors to ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    tokenizer.save(out / "tokenizer")
-    weights = {k: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()}
-    save_file(weights, str(out / "model.safetensors"))
-    return out
+    """Write config.yaml, tokenizer/ and model.safetensors to ``out_dir``, atomically (a
+    crash leaves the previous directory, or none, never half of one)."""
+    from earshot.modeldir import staged_directory
+
+    with staged_directory(out_dir) as staging:
+        save_config(cfg, staging / "config.yaml")
+        tokenizer.save(staging / "tokenizer")
+        weights = {k: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()}
+        save_file(weights, str(staging / "model.safetensors"))
+    return Path(out_dir)
 
 
 def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
