@@ -62,8 +62,10 @@ def test_overfit_to_cer_zero_and_report_files(overfit_model, capsys):
         assert key in summary
     assert summary["utterances"] == len(TEXTS)
     assert summary["cer"] == 0.0, (out / "eval" / "alignments.txt").read_text()
-    lines = (out / "exp" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 60 and "dev_cer" in json.loads(lines[-1])
+    rows = [json.loads(line) for line in (out / "exp" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [row for row in rows if row["kind"] == "epoch"]
+    assert len(epochs) == 60 and "dev_cer" in rows[-1]
+    assert [row["step"] for row in rows if row["kind"] == "step"] == [100]  # log_every: 100
 
 
 def test_transcribe_cli_and_python_api_agree(overfit_model, corpus, capsys):
