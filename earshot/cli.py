@@ -133,7 +133,7 @@ def cmd_train_lm(args) -> int:
     from earshot.train.lm_trainer import train_lm
 
     cfg = load_config(args.config, args.overrides, cls=LMExperimentConfig)
-    lm_dir = train_lm(cfg)
+    lm_dir = train_lm(cfg, resume=args.resume)
     print(f"language model: {lm_dir}")
     return 0
 
@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-lm", help="train an RNN language model with a model's tokenizer")
     p.add_argument("config", type=Path)
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.asr_model=DIR")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train_lm)
 
     p = sub.add_parser("evaluate", help="decode a manifest; write WER/CER report and alignments")

@@ -457,6 +457,8 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = ExperimentConfig):
     """Read YAML (or start from defaults), apply overrides, validate into ``cls``."""
     data = read_yaml(path) if path is not None else {}
+    if hasattr(cls, "upgrade"):  # an older layout of the same config
+        data = cls.upgrade(data or {})
     data = apply_overrides(data, list(overrides))
     try:
         cfg = from_dict(cls, data)
@@ -480,33 +482,16 @@ def validate(cfg: Any) -> None:
     """Range checks that types alone cannot express."""
     if isinstance(cfg, (ExperimentConfig, ModelDescription)):
         _validate_model(cfg.model)
+    if isinstance(cfg, LMExperimentConfig):
+        _check(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
+    if isinstance(cfg, (ExperimentConfig, LMExperimentConfig)):
+        _validate_training(cfg)
     if isinstance(cfg, ExperimentConfig):
+        _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
         _check(0.0 <= cfg.loss.ctc_weight <= 1.0, "loss.ctc_weight", "must be in [0, 1]")
         _check(0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         _check(0.0 <= cfg.loss.scheduled_sampling.max_prob <= 1.0,
                "loss.scheduled_sampling.max_prob", "must be in [0, 1]")
-        _check(math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", "must be a positive number")
-        for i, group in enumerate(cfg.optim.param_groups):
-            _check(bool(group.prefix), f"optim.param_groups[{i}].prefix", "must name a parameter prefix")
-            _check(math.isfinite(group.lr) and group.lr >= 0, f"optim.param_groups[{i}].lr",
-                   "must be a number >= 0 (0 freezes the group)")
-        _check(cfg.optim.scheduler.model_dim >= 1, "optim.scheduler.model_dim", "must be >= 1")
-        _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
-        _check(not math.isnan(cfg.optim.grad_clip), "optim.grad_clip", "must be a number (<= 0 disables)")
-        sched = cfg.optim.scheduler
-        _check(sched.type not in ("warmup", "cosine") or sched.warmup_steps >= 1,
-               "optim.scheduler.warmup_steps", "must be >= 1")
-        _check(0.0 <= sched.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
-        _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
-        _check(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
-        _check(cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1")
-        _check(cfg.train.average_best >= 1, "train.average_best", "must be >= 1")
-        _check(cfg.train.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: off)")
-        _check(cfg.train.save_every_minutes >= 0, "train.save_every_minutes", "must be >= 0 (0: off)")
-        _check(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
-        _check(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
-        _check(cfg.train.plot_alignments >= 0, "train.plot_alignments", "must be >= 0 (0: off)")
-        _check(cfg.train.dist_timeout > 0, "train.dist_timeout", "must be positive (seconds)")
     if isinstance(cfg, (ExperimentConfig, ModelDescription, DecodeConfig)):
         dec = cfg if isinstance(cfg, DecodeConfig) else cfg.decode
         prefix = "" if isinstance(cfg, DecodeConfig) else "decode."
@@ -514,6 +499,31 @@ def validate(cfg: Any) -> None:
         _check(0.0 <= dec.ctc_weight <= 1.0, prefix + "ctc_weight", "must be in [0, 1]")
         _check(dec.temperature > 0, prefix + "temperature", "must be positive")
         _check(1 <= dec.nbest, prefix + "nbest", "must be >= 1")
+
+
+def _validate_training(cfg: Any) -> None:
+    """The ``optim`` and ``train`` sections every training config shares."""
+    _check(math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", "must be a positive number")
+    for i, group in enumerate(cfg.optim.param_groups):
+        _check(bool(group.prefix), f"optim.param_groups[{i}].prefix", "must name a parameter prefix")
+        _check(math.isfinite(group.lr) and group.lr >= 0, f"optim.param_groups[{i}].lr",
+               "must be a number >= 0 (0 freezes the group)")
+    _check(cfg.optim.scheduler.model_dim >= 1, "optim.scheduler.model_dim", "must be >= 1")
+    _check(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
+    _check(not math.isnan(cfg.optim.grad_clip), "optim.grad_clip", "must be a number (<= 0 disables)")
+    sched = cfg.optim.scheduler
+    _check(sched.type not in ("warmup", "cosine") or sched.warmup_steps >= 1,
+           "optim.scheduler.warmup_steps", "must be >= 1")
+    _check(0.0 <= sched.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
+    _check(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
+    _check(cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1")
+    _check(cfg.train.average_best >= 1, "train.average_best", "must be >= 1")
+    _check(cfg.train.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: off)")
+    _check(cfg.train.save_every_minutes >= 0, "train.save_every_minutes", "must be >= 0 (0: off)")
+    _check(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
+    _check(cfg.train.plot_alignments >= 0, "train.plot_alignments", "must be >= 0 (0: off)")
+    _check(cfg.train.dist_timeout > 0, "train.dist_timeout", "must be positive (seconds)")
 
 
 def _validate_model(model: ModelConfig) -> None:
@@ -577,20 +587,57 @@ class LMConfig:
 
 
 @dataclass(frozen=True)
-class LMTrainConfig:
+class LMDataConfig:
     asr_model: str = ""  # ASR model directory; the LM uses its tokenizer/
     train_text: str = ""  # CutSet manifest (.jsonl / .jsonl.gz) or plain text, one sentence per line
     dev_text: str = ""  # same formats; empty: hold out 5% of train_text
-    out_dir: str = "exp/lm"  # the exported LM directory
-    epochs: int = 10
     batch_size: int = 64  # sentences per batch
-    lr: float = 1e-3
-    grad_clip: float = 5.0
-    seed: int = 1234
-    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class LMOptimConfig(OptimConfig):
+    """``optim`` of a language model: OptimConfig with no schedule by default."""
+
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(type="none"))
+
+
+@dataclass(frozen=True)
+class LMTrainConfig(TrainConfig):
+    """``train`` of a language model: TrainConfig with LM defaults; the dev metric is the
+    loss (nats per token)."""
+
+    exp_dir: str = "exp/lm"
+    epochs: int = 10
+    keep_last: int = 1
+    select_metric: Literal["loss"] = "loss"
+    plot_alignments: int = 0
 
 
 @dataclass(frozen=True)
 class LMExperimentConfig:
+    """``earshot train-lm``: the same engine (``train``, ``optim`` sections) as ``earshot
+    train``; the language model is exported to ``<train.exp_dir>/model``."""
+
     model: LMConfig = field(default_factory=LMConfig)
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
+
+    # earshot 0.2 kept everything under `train`; such configs (and LM directories) still load
+    _MOVED = {"asr_model": "data", "train_text": "data", "dev_text": "data", "batch_size": "data",
+              "lr": "optim", "grad_clip": "optim"}
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """A config dict in the 0.2 layout moved to the current one (others unchanged)."""
+        train = data.get("train")
+        if not isinstance(train, dict) or not (set(train) & (set(cls._MOVED) | {"out_dir"})):
+            return data
+        data, train = dict(data), dict(train)
+        for key, section in cls._MOVED.items():
+            if key in train:
+                data[section] = {**data.get(section, {}), key: train.pop(key)}
+        if "out_dir" in train:
+            train["exp_dir"] = train.pop("out_dir")
+        data["train"] = train
+        return data

@@ -76,3 +76,31 @@ def test_a_rank_that_dies_or_stalls_ends_the_job_in_time(corpus, tmp_path, fault
     assert done.returncode != 0
     assert time.monotonic() - start < 90
     assert says in done.stderr, done.stderr[-2000:]
+
+
+def test_train_lm_on_two_gloo_ranks_matches_one_process(tmp_path):
+    from test_lm import _lm_overrides, _lm_setup
+
+    from earshot.models.lm import load_lm
+
+    _lm_setup(tmp_path)
+    config = tmp_path / "lm.yaml"
+    config.write_text("train: {epochs: 2}\n")
+    # 40 sentences in batches of 10: 4 global batches an epoch, 2 per rank
+    overrides = [o for o in _lm_overrides(tmp_path) if not o.startswith(("train.epochs", "data.batch_size"))]
+    overrides = [o.replace("model.dropout=0.1", "model.dropout=0.0") for o in overrides]
+    overrides += ["data.batch_size=10", "train.num_threads=1"]
+
+    def run(exp, procs, accum):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={procs}"] if procs > 1 else [sys.executable]
+        cmd = launcher + ["-m", "earshot.cli", "train-lm", str(config), *overrides,
+                          f"train.exp_dir={exp}", f"optim.accum_steps={accum}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(tmp_path / "one", 1, 2)
+    run(tmp_path / "two", 2, 1)
+    a, b = load_lm(tmp_path / "one").state_dict(), load_lm(tmp_path / "two").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)

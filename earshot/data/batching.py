@@ -23,7 +23,6 @@ perturbs exactly as the uninterrupted one did, in any worker.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import random

@@ -83,10 +83,13 @@ def save_lm_dir(out_dir: str | Path, lm: RNNLM, cfg: LMExperimentConfig, tokeniz
 
 
 def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
-    """Rebuild an RNNLM from an LM directory (see save_lm_dir); ``.tokenizer`` attached."""
+    """Rebuild an RNNLM from an LM directory (see save_lm_dir), or from the ``train-lm``
+    experiment directory that holds one in ``model/``; ``.tokenizer`` attached."""
     from earshot.tokenizer import load_tokenizer
 
     d = Path(lm_dir)
+    if not (d / "model.safetensors").exists() and (d / "model" / "model.safetensors").exists():
+        d = d / "model"  # the train-lm experiment directory: its exported LM
     for name in ("config.yaml", "tokenizer", "model.safetensors"):
         if not (d / name).exists():
             raise ConfigError(f"{d}: not a language model directory (missing {name})")

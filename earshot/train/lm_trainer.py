@@ -1,14 +1,18 @@
 """Train the RNN language model on text with an ASR model's tokenizer (`earshot train-lm`).
 
 Text comes from a CutSet manifest (the supervisions' text, e.g. the ASR training
-transcripts) or a plain text file (one sentence per line). Each epoch reports the dev
-perplexity (per token, eos included); the epoch with the best one is exported as an
-LM directory (see models/lm.py).
+transcripts) or a plain text file (one sentence per line). Training runs on the same
+engine as ``earshot train`` (``earshot.train.trainer.fit``): the same checkpoints inside
+and between epochs, ``--resume``, precision, DDP, skipped updates and ``metrics.jsonl``
+/ TensorBoard, in ``train.exp_dir``. Each epoch reports the dev loss (per token, eos
+included) and perplexity; the best epoch (or the mean of the ``train.average_best``
+best) is exported, atomically, as an LM directory ``<train.exp_dir>/model`` (see
+models/lm.py); ``--lm`` accepts the experiment directory too.
 
 >>> from earshot.config import load_config, LMExperimentConfig      # doctest: +SKIP
 >>> cfg = load_config("recipes/an4/lm.yaml", cls=LMExperimentConfig)   # doctest: +SKIP
 >>> train_lm(cfg)                                                    # doctest: +SKIP
-PosixPath('exp/an4/lm')
+PosixPath('exp/an4/lm/model')
 """
 
 from __future__ import annotations
@@ -17,41 +21,183 @@ import copy
 import logging
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from earshot.config import LMExperimentConfig
+from earshot.config import LMExperimentConfig, validate
+from earshot.data.batching import EpochBatches
 from earshot.errors import ConfigError
 from earshot.models.lm import RNNLM, save_lm_dir
+from earshot.train import trainer as engine
+from earshot.train.schedulers import build_scheduler
+from earshot.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
+LM_DIR = "model"
 
-def train_lm(cfg: LMExperimentConfig) -> Path:
-    """Train, report dev perplexity per epoch, export the best epoch; returns the LM dir."""
-    tc = cfg.train
-    tokenizer = _asr_tokenizer(tc.asr_model)
-    train_seqs = encode_texts(read_texts(tc.train_text, "train.train_text"), tokenizer)
-    dev_seqs = encode_texts(read_texts(tc.dev_text, "train.dev_text"), tokenizer) \
-        if tc.dev_text else None
-    train_seqs, dev_seqs = _split_dev(train_seqs, dev_seqs, tc.seed)
-    device = _device(tc.device)
-    torch.manual_seed(tc.seed)
-    lm = RNNLM(cfg.model, tokenizer.vocab_size).to(device)
-    optim = torch.optim.Adam(lm.parameters(), lr=tc.lr)
-    best, best_state = math.inf, None
-    for epoch in range(1, tc.epochs + 1):
-        train_ppl = run_epoch(lm, train_seqs, tokenizer.pad_id, tc.batch_size, device, optim,
-                              tc.grad_clip, seed=tc.seed + epoch)
-        dev_ppl = run_epoch(lm, dev_seqs, tokenizer.pad_id, tc.batch_size, device)
-        print(f"epoch {epoch}: train perplexity {train_ppl:.2f}, dev perplexity {dev_ppl:.2f}")
-        if dev_ppl < best:
-            best, best_state = dev_ppl, copy.deepcopy(lm.state_dict())
-    lm.load_state_dict(best_state)
-    out = save_lm_dir(tc.out_dir, lm.eval(), cfg, tokenizer)
-    print(f"best dev perplexity {best:.2f}; language model written to {out}")
-    return out
+
+def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
+    """Train on the engine, export the best epoch(s); returns the LM directory."""
+    validate(cfg)
+    world = engine.init_distributed(cfg.train.dist_timeout)
+    device = engine.select_device(cfg.train.device, world)
+    engine.check_precision(cfg.train.precision, device)
+    exp_dir = Path(cfg.train.exp_dir)
+    tokenizer = _asr_tokenizer(cfg.data.asr_model)
+    train_seqs = encode_texts(read_texts(cfg.data.train_text, "data.train_text"), tokenizer)
+    dev_seqs = encode_texts(read_texts(cfg.data.dev_text, "data.dev_text"), tokenizer) \
+        if cfg.data.dev_text else None
+    train_seqs, dev_seqs = _split_dev(train_seqs, dev_seqs, cfg.train.seed)
+    saved = engine.prepare_exp_dir(cfg, exp_dir, resume, world)
+    engine.seed_everything(cfg.train.seed)
+    engine.configure_torch(cfg.train)
+    model = RNNLM(cfg.model, tokenizer.vocab_size).to(device)
+    optimizer = engine.build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    shard = {"world_size": world.world_size, "rank": world.rank}
+    train_loader = sentence_loader(train_seqs, tokenizer.pad_id, cfg.data.batch_size, True,
+                                   cfg.train.seed, **shard)
+    dev_loader = sentence_loader(dev_seqs, tokenizer.pad_id, cfg.data.batch_size, False,
+                                 cfg.train.seed, even=False, **shard)
+    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
+                                total_steps=engine.total_optimizer_steps(cfg, train_loader))
+    log.info("language model: %.2fM parameters; %d training and %d dev sentences; device %s",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(train_seqs), len(dev_seqs), device)
+    run = engine.Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
+                     scaler, train_loader, dev_loader, 0.0, LMTask(tokenizer.pad_id))
+    state = engine.restore(run, *saved) if saved is not None else TrainState(lr=scheduler.lr)
+    return engine.fit(run, state)
+
+
+# ---------------------------------------------------------------------------
+# batches of sentences
+
+
+@dataclass
+class SentenceBatch:
+    """Padded [bos] y -> y [eos] pairs; ``ids`` are the sentences' indices."""
+
+    ids: list[str]
+    inputs: torch.Tensor  # (B, L) long, padded with pad
+    targets: torch.Tensor  # (B, L) long, padded with pad (ignored by the loss)
+    lens: torch.Tensor  # (B,) long
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device, non_blocking: bool = False) -> SentenceBatch:
+        return SentenceBatch(self.ids, self.inputs.to(device), self.targets.to(device), self.lens.to(device))
+
+    def select(self, index: torch.Tensor) -> SentenceBatch:
+        lens = self.lens[index]
+        width = int(lens.max())
+        return SentenceBatch([self.ids[i] for i in index.tolist()], self.inputs[index, :width],
+                             self.targets[index, :width], lens)
+
+
+class SentenceSampler:
+    """Batches of ``batch_size`` sentence indices, reshuffled each epoch from (seed, epoch)."""
+
+    def __init__(self, count: int, batch_size: int, shuffle: bool, seed: int):
+        self.count, self.batch_size, self.shuffle, self.seed = count, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = list(range(self.count))
+        if self.shuffle:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(order)
+        for start in range(0, self.count, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+
+class SentenceDataset(Dataset):
+    def __init__(self, seqs: list[list[int]], pad: int):
+        self.seqs, self.pad, self.epoch = seqs, pad, 0
+
+    def __getitem__(self, indices: list[int]) -> SentenceBatch:
+        batch = [self.seqs[i] for i in indices]
+        lens = torch.tensor([len(seq) - 1 for seq in batch])
+        inputs = torch.full((len(batch), int(lens.max())), self.pad, dtype=torch.long)
+        targets = inputs.clone()
+        for row, seq in enumerate(batch):
+            inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+            targets[row, : len(seq) - 1] = torch.tensor(seq[1:])
+        return SentenceBatch([str(i) for i in indices], inputs, targets, lens)
+
+
+def sentence_loader(seqs: list[list[int]], pad: int, batch_size: int, shuffle: bool, seed: int,
+                    world_size: int = 1, rank: int = 0, even: bool = True) -> DataLoader:
+    """Sentence batches dealt to ranks like ``make_loader``'s (``EpochBatches``)."""
+    sampler = EpochBatches(SentenceSampler(len(seqs), batch_size, shuffle, seed), world_size, rank, even)
+    return DataLoader(SentenceDataset(seqs, pad), sampler=sampler, batch_size=None, collate_fn=_as_is)
+
+
+def _as_is(batch):
+    return batch
+
+
+# ---------------------------------------------------------------------------
+# the task
+
+
+@dataclass(frozen=True)
+class LMDevResult:
+    loss: float  # nats per token
+    perplexity: float
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.loss, "perplexity": self.perplexity}
+
+
+class LMTask(engine.Task):
+    """Next-token cross-entropy of an RNNLM, averaged over tokens (eos included)."""
+
+    AMOUNT = "tokens"
+    ROWS = "sentences"
+
+    def __init__(self, pad: int):
+        self.pad = pad
+
+    def forward(self, model, batch: SentenceBatch, epoch: int, step: int):
+        nll, tokens = _batch_nll(model, batch, self.pad)
+        return nll / max(tokens, 1), []
+
+    def weight(self, batch: SentenceBatch) -> int:
+        return int(batch.lens.sum())
+
+    def amount(self, batch: SentenceBatch) -> float:
+        return float(batch.lens.sum())
+
+    @torch.no_grad()
+    def evaluate(self, run) -> LMDevResult:
+        run.model.eval()
+        sums = np.zeros(2)
+        for batch in run.dev_loader:
+            with engine.autocast(run.cfg.train.precision, run.device):
+                nll, tokens = _batch_nll(run.model, batch.to(run.device), self.pad)
+            sums += [float(nll), tokens]
+        nll, tokens = engine.reduce_sums(run, sums).tolist()
+        loss = nll / max(tokens, 1)
+        return LMDevResult(loss, math.exp(min(loss, 50.0)))
+
+    def export(self, run, state: TrainState) -> Path:
+        epochs = engine.load_best_epochs(run, state)
+        dev = self.evaluate(run)
+        out = run.exp_dir / LM_DIR
+        if run.dist.is_main:
+            save_lm_dir(out, copy.deepcopy(run.model).cpu().eval(), run.cfg, run.tokenizer)
+            log.info("exported epoch(s) %s to %s (dev perplexity %.2f)",
+                     ", ".join(map(str, epochs)), out, dev.perplexity)
+        engine.barrier(run.dist)
+        return out
 
 
 def read_texts(path: str, key: str) -> list[str]:
@@ -77,43 +223,12 @@ def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
     return [[tokenizer.bos_id] + tokenizer.encode(t) + [tokenizer.eos_id] for t in texts]
 
 
-def run_epoch(lm: RNNLM, seqs: list[list[int]], pad: int, batch_size: int, device,
-              optim: torch.optim.Optimizer | None = None, grad_clip: float = 0.0,
-              seed: int = 0) -> float:
-    """One pass (training when ``optim`` is given, else evaluation); returns perplexity."""
-    order = list(range(len(seqs)))
-    if optim is not None:
-        random.Random(seed).shuffle(order)
-    lm.train(optim is not None)
-    total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        batch = [seqs[i] for i in order[start:start + batch_size]]
-        with torch.set_grad_enabled(optim is not None):
-            nll, n = _batch_nll(lm, batch, pad, device)
-        if optim is not None:
-            optim.zero_grad()
-            (nll / n).backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(lm.parameters(), grad_clip)
-            optim.step()
-        total, count = total + float(nll.detach()), count + n
-    return math.exp(total / max(count, 1))
-
-
-def _batch_nll(lm: RNNLM, batch: list[list[int]], pad: int, device) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL of a batch of [bos] y [eos] sequences, and the token count."""
-    lens = torch.tensor([len(s) - 1 for s in batch])
-    width = int(lens.max())
-    inputs = torch.full((len(batch), width), pad, dtype=torch.long)
-    targets = torch.full((len(batch), width), pad, dtype=torch.long)
-    for i, s in enumerate(batch):
-        inputs[i, : len(s) - 1] = torch.tensor(s[:-1])
-        targets[i, : len(s) - 1] = torch.tensor(s[1:])
-    logits = lm(inputs.to(device), lens.to(device))
-    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(),
-                                            targets.to(device).flatten(), ignore_index=pad,
-                                            reduction="sum")
-    return nll, int(lens.sum())
+def _batch_nll(lm, batch: SentenceBatch, pad: int) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL of a batch (in float32), and its token count."""
+    logits = lm(batch.inputs, batch.lens)
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(),
+                                            ignore_index=pad, reduction="sum")
+    return nll, int(batch.lens.sum())
 
 
 def _asr_tokenizer(model_dir: str):
@@ -121,7 +236,7 @@ def _asr_tokenizer(model_dir: str):
 
     tok_dir = Path(model_dir) / "tokenizer"
     if not model_dir or not tok_dir.is_dir():
-        raise ConfigError(f"config key 'train.asr_model': '{model_dir}' has no tokenizer/ "
+        raise ConfigError(f"config key 'data.asr_model': '{model_dir}' has no tokenizer/ "
                           "directory (give the trained ASR model directory)")
     return load_tokenizer(tok_dir)
 
@@ -131,14 +246,8 @@ def _split_dev(train, dev, seed):
     if dev:
         return train, dev
     if len(train) < 2:
-        raise ConfigError("config key 'train.dev_text': needed when train_text has one sentence")
+        raise ConfigError("config key 'data.dev_text': needed when train_text has one sentence")
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     n_dev = max(1, len(train) // 20)
     return [train[i] for i in order[n_dev:]], [train[i] for i in order[:n_dev]]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

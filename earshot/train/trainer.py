@@ -103,6 +103,7 @@ class Run:
     train_loader: torch.utils.data.DataLoader
     dev_loader: torch.utils.data.DataLoader
     train_hours: float
+    task: object = None  # what is trained: ASRTask here, LMTask for train-lm (see Task)
     tensorboard: object = None  # monitor.TensorBoard on rank 0
 
     def log_row(self, row: dict) -> None:
@@ -119,11 +120,11 @@ class Run:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Training-set averages over one epoch (weighted by utterances)."""
+    """Training-set averages over one epoch (weighted by the task's items), the loss's
+    named parts (ASR: ctc, nll) and the batches seen."""
 
     loss: float
-    ctc: float
-    nll: float
+    parts: dict
     batches: int
 
 
@@ -135,6 +136,80 @@ class DevResult:
 
     def metrics(self) -> dict[str, float]:
         return {"loss": self.loss, "wer": self.wer, "cer": self.cer}
+
+
+class Task:
+    """What the engine trains. The engine (epochs, mid-epoch checkpoints, resume, seeding,
+    precision, DDP, skipped updates, metrics) calls only these; ``ASRTask`` is
+    ``earshot train``'s, ``earshot.train.lm_trainer.LMTask`` is ``earshot train-lm``'s.
+    Loaders must be ``earshot.data.batching.make_loader``-like (an ``EpochBatches``
+    sampler, a dataset with ``epoch``)."""
+
+    PARTS: tuple[str, ...] = ()  # named parts of the loss, logged beside it
+    AMOUNT = "items"  # what throughput counts besides rows ("audio_seconds", "tokens")
+    ROWS = "rows"  # what a batch's rows are ("utterances", "sentences")
+    find_unused_parameters = False  # DDP: some parameters may get no gradient
+
+    def usable(self, batch):
+        """The batch without rows the model cannot take (warned about); None if empty."""
+        return batch
+
+    def forward(self, model, batch, epoch: int, step: int):
+        """(loss tensor, [part tensors]) of a training batch through ``model``."""
+        raise NotImplementedError
+
+    def weight(self, batch) -> int:
+        """How many items (rows, tokens) the batch's loss is a mean over: the weight of
+        its loss in the epoch's average."""
+        return len(batch)
+
+    def amount(self, batch) -> float:
+        return float(len(batch))
+
+    def evaluate(self, run: "Run"):
+        """Dev result with ``.metrics()`` (``loss`` and others), over all ranks."""
+        raise NotImplementedError
+
+    def after_validation(self, run: "Run", epoch: int) -> None:
+        """Rank 0, after each epoch's checkpoint (plots)."""
+
+    def export(self, run: "Run", state: TrainState) -> Path:
+        raise NotImplementedError
+
+
+class ASRTask(Task):
+    """Joint CTC/attention training of an EncoderDecoderASR on a lhotse CutSet."""
+
+    PARTS = ("ctc", "nll")
+    AMOUNT = "audio_seconds"
+    ROWS = "utterances"
+
+    def __init__(self, cfg: ExperimentConfig, model):
+        self.cfg, self.rate = cfg, model.sample_rate
+        # With alpha 0 or 1 one branch gets no gradient; DDP must be told to expect that.
+        self.find_unused_parameters = cfg.loss.ctc_weight in (0.0, 1.0)
+        self.model = model
+
+    def usable(self, batch):
+        return drop_short_utterances(self.model, batch)
+
+    def forward(self, model, batch, epoch: int, step: int):
+        # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
+        prob = sampling_probability(self.cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
+        out = model(batch, self.cfg.loss, prob)
+        return out.loss, [out.ctc, out.nll]
+
+    def amount(self, batch) -> float:
+        return float(batch.wav_lens.sum()) / self.rate
+
+    def evaluate(self, run: "Run"):
+        return evaluate(run)
+
+    def after_validation(self, run: "Run", epoch: int) -> None:
+        plot_dev_alignments(run, epoch)
+
+    def export(self, run: "Run", state: TrainState) -> Path:
+        return export_model(run, state)
 
 
 # ---------------------------------------------------------------------------
@@ -164,15 +239,24 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
         if cfg.train.init_from:
             init_from_model_dir(run.model, cfg, tokenizer, cfg.train.init_from)
         state = TrainState(lr=run.scheduler.lr)
-    run.ddp_model = wrap_ddp(run.model, world, device, cfg.loss.ctc_weight)
-    if world.is_main:
+    return fit(run, state)
+
+
+def fit(run: Run, state: TrainState) -> Path:
+    """The epochs from ``state`` on, then ``run.task.export``: the loop every task shares."""
+    run.ddp_model = wrap_ddp(run.model, run.dist, run.device, run.task.find_unused_parameters)
+    if run.dist.is_main:
         from earshot.train.monitor import TensorBoard
 
-        run.tensorboard = TensorBoard(exp_dir, cfg.train.tensorboard)
-    with collective_failures(world, cfg.train.dist_timeout):
-        for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
-            state = run_epoch(run, state, epoch)
-        return export_model(run, state)
+        run.tensorboard = TensorBoard(run.exp_dir, run.cfg.train.tensorboard)
+    try:
+        with collective_failures(run.dist, run.cfg.train.dist_timeout):
+            for epoch in range(state.epoch + 1, run.cfg.train.epochs + 1):
+                state = run_epoch(run, state, epoch)
+            return run.task.export(run, state)
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
 
 
 # ---------------------------------------------------------------------------
@@ -243,10 +327,11 @@ def check_same_model(cfg: ExperimentConfig, saved_path: Path) -> None:
     if not saved_path.is_file():
         log.warning("%s: missing; cannot check the resumed model matches", saved_path)
         return
-    saved = load_config(saved_path)
+    saved = load_config(saved_path, cls=type(cfg))
     changed = []
     for section in ("model", "tokenizer"):
-        changed += _changed_keys(getattr(saved, section), getattr(cfg, section), section)
+        if hasattr(cfg, section):
+            changed += _changed_keys(getattr(saved, section), getattr(cfg, section), section)
     if changed:
         raise ConfigError(f"cannot resume {saved_path.parent}: these keys differ from "
                           f"{saved_path}: {', '.join(changed)}")
@@ -371,7 +456,7 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_cuts), hours,
              len(dev_cuts), device)
     return Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
-               scaler, train_loader, dev_loader, hours)
+               scaler, train_loader, dev_loader, hours, ASRTask(cfg, model))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -412,14 +497,13 @@ def total_optimizer_steps(cfg, train_loader) -> int:
     return max(1, cfg.train.epochs * per_epoch)
 
 
-def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, ctc_weight: float):
+def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, find_unused: bool):
     if world.world_size <= 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # With alpha 0 or 1 one branch gets no gradient; DDP must be told to expect that.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=ctc_weight in (0.0, 1.0))
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
 
 @torch.no_grad()
@@ -482,17 +566,18 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     start = time.time()
     stats, state = train_one_epoch(run, state, epoch)
     lr_used = run.scheduler.lr
-    dev = evaluate(run)
-    lr = run.scheduler.step_epoch(dev.metrics())
-    metric = dev.metrics()[run.cfg.train.select_metric]
-    state = dataclasses.replace(state.record(epoch, metric, state.global_step), lr=lr)
+    dev = run.task.evaluate(run).metrics()
+    lr = run.scheduler.step_epoch(dev)
+    state = dataclasses.replace(state.record(epoch, dev[run.cfg.train.select_metric],
+                                             state.global_step), lr=lr)
     seconds = time.time() - start
-    log.info("epoch %d: train loss %.4f | dev loss %.4f WER %.2f CER %.2f | lr %.3g | %.0fs",
-             epoch, stats.loss, dev.loss, dev.wer, dev.cer, lr_used, seconds)
+    shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items())
+    log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs", epoch, stats.loss, shown,
+             lr_used, seconds)
     run.log_row(epoch_row(epoch, state, stats, dev, lr_used, seconds))
     if run.dist.is_main:
         save_checkpoint(run, state)
-        plot_dev_alignments(run, epoch)
+        run.task.after_validation(run, epoch)
     barrier(run.dist)
     return state
 
@@ -524,9 +609,10 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     total = batches_in_epoch(run.train_loader, epoch)
     done = state.epoch_batches
     set_epoch(run.train_loader, epoch, skip=done)
-    # loss, ctc, nll (weighted by utterances) and utterances; a mid-epoch checkpoint holds
-    # every rank's total, which rank 0 carries on from.
-    sums = np.array(state.epoch_sums if state.epoch_sums and world.is_main else [0.0] * 4)
+    # loss and its parts (weighted by the task's items) and the items; a mid-epoch
+    # checkpoint holds every rank's total, which rank 0 carries on from.
+    width = 2 + len(run.task.PARTS)
+    sums = np.array(state.epoch_sums if state.epoch_sums and world.is_main else [0.0] * width)
     clock, meter = SaveClock(cfg.train), StepMeter(run)
     pending, ids, bad_in_row = 0, [], 0
     bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", unit="batch",
@@ -534,18 +620,17 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     for batch in run.train_loader:
         index, done = done, done + 1
         bar.update()
-        batch = drop_short_utterances(run.model, batch)
+        batch = run.task.usable(batch)
         if not every_rank(world, batch is not None):
             continue  # no rank trains this round, so no rank waits for another's gradient
         seed_step(cfg.train.seed, world.rank, epoch, index)
-        # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
-        prob = sampling_probability(cfg.loss.scheduled_sampling, step=state.global_step, epoch=epoch - 1)
         last_micro = pending + 1 == cfg.optim.accum_steps
         pending, ids = pending + 1, ids + batch.ids
-        for part, out in train_batch(run, batch.to(run.device), prob, sync=last_micro):
-            losses = torch.stack([out.loss, out.ctc, out.nll]).detach().float().tolist()
+        for part, losses in train_batch(run, batch.to(run.device), (epoch, state.global_step),
+                                        sync=last_micro):
             if math.isfinite(losses[0]):
-                sums += [*(len(part) * v for v in losses), len(part)]
+                items = run.task.weight(part)
+                sums += [*(items * v for v in losses), items]
             meter.add(part, losses)
         if last_micro:
             state, bad_in_row = update(run, state, meter, epoch, ids, bad_in_row, bar)
@@ -557,8 +642,8 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
         state, _ = update(run, state, meter, epoch, ids, bad_in_row, bar)
     bar.close()
     sums = reduce_sums(run, sums)
-    loss, ctc, nll = (sums[:3] / max(sums[3], 1)).tolist()
-    return EpochStats(loss, ctc, nll, done), state
+    loss, *parts = (sums[:-1] / max(sums[-1], 1)).tolist()
+    return EpochStats(loss, dict(zip(run.task.PARTS, parts)), done), state
 
 
 def update(run: Run, state: TrainState, meter: StepMeter, epoch: int, ids: list[str],
@@ -633,26 +718,28 @@ class StepMeter:
     and utterances per second (all ranks) since the previous row, peak memory."""
 
     def __init__(self, run: Run):
-        self.run, self.rate = run, run.model.sample_rate
-        self.audio = self.utts = 0.0
-        self.losses = [math.nan] * 3
+        self.run, self.task = run, run.task
+        self.amount = self.items = 0.0
+        self.losses = [math.nan] * (1 + len(self.task.PARTS))
         self.since = time.monotonic()
 
     def add(self, batch, losses: list[float]) -> None:
-        self.audio += float(batch.wav_lens.sum()) / self.rate
-        self.utts += len(batch)
+        self.amount += self.task.amount(batch)
+        self.items += len(batch)
         self.losses = losses
 
     def row(self, epoch: int, step: int, lr: float, norm: float, skipped: int) -> dict:
         seconds = max(time.monotonic() - self.since, 1e-9)
-        audio, utts = reduce_sums(self.run, np.array([self.audio, self.utts])).tolist()
+        amount, items = reduce_sums(self.run, np.array([self.amount, self.items])).tolist()
         row = {"kind": "step", "epoch": epoch, "step": step, "loss": self.losses[0],
-               "ctc": self.losses[1], "nll": self.losses[2], "lr": lr, "grad_norm": norm,
-               "skipped_steps": skipped, "audio_seconds_per_second": round(audio / seconds, 2),
-               "utterances_per_second": round(utts / seconds, 2), "max_rss_mb": max_rss_mb()}
+               **dict(zip(self.task.PARTS, self.losses[1:])), "lr": lr, "grad_norm": norm,
+               "skipped_steps": skipped,
+               f"{self.task.AMOUNT}_per_second": round(amount / seconds, 2),
+               f"{self.task.ROWS}_per_second": round(items / seconds, 2),
+               "max_rss_mb": max_rss_mb()}
         if self.run.device.type == "cuda":
             row["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(self.run.device) / 2**20, 1)
-        self.audio = self.utts = 0.0
+        self.amount = self.items = 0.0
         self.since = time.monotonic()
         return row
 
@@ -678,16 +765,18 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def forward_backward(run: Run, batch, sampling_prob: float, sync: bool, weight: float = 1.0):
-    """Loss of one micro-batch and its scaled gradient (``sync=False``: no DDP all-reduce
-    yet); ``weight`` scales its share of the update (a part of a split batch)."""
+def forward_backward(run: Run, batch, at: tuple[int, int], sync: bool, weight: float = 1.0
+                     ) -> list[float]:
+    """Loss of one micro-batch at ``at`` = (epoch, step) and its scaled gradient
+    (``sync=False``: no DDP all-reduce yet); ``weight`` scales its share of the update (a
+    part of a split batch). Returns [loss, *parts] as floats (one host sync)."""
     no_sync = getattr(run.ddp_model, "no_sync", None)
     skip_sync = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
     with skip_sync:
         with autocast(run.cfg.train.precision, run.device):
-            out = run.ddp_model(batch, run.cfg.loss, sampling_prob)
-        run.scaler.scale(out.loss * (weight / run.cfg.optim.accum_steps)).backward()
-    return out
+            loss, parts = run.task.forward(run.ddp_model, batch, *at)
+        run.scaler.scale(loss * (weight / run.cfg.optim.accum_steps)).backward()
+    return torch.stack([loss, *parts]).detach().float().tolist()
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -696,15 +785,15 @@ def is_out_of_memory(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
-def train_batch(run: Run, batch, sampling_prob: float, sync: bool, weight: float = 1.0) -> list:
-    """``forward_backward`` of a batch, as ``[(batch, output)]``. A batch that runs out of
+def train_batch(run: Run, batch, at: tuple[int, int], sync: bool, weight: float = 1.0) -> list:
+    """``forward_backward`` of a batch, as ``[(batch, losses)]``. A batch that runs out of
     memory is retried as two halves, each weighted by its share (recursively); a single
     utterance that does not fit is skipped with a warning naming it. Gradients of the
     update so far are dropped on each failure, since a half-done backward may have added
     to some of them. With several processes an out-of-memory error ends the job (ranks
     must run the same collectives)."""
     try:
-        return [(batch, forward_backward(run, batch, sampling_prob, sync, weight))]
+        return [(batch, forward_backward(run, batch, at, sync, weight))]
     except Exception as err:  # noqa: BLE001 (re-raised unless it is out-of-memory)
         if not is_out_of_memory(err) or run.dist.world_size > 1:
             raise
@@ -720,7 +809,7 @@ def train_batch(run: Run, batch, sampling_prob: float, sync: bool, weight: float
     index, half = torch.arange(len(batch)), len(batch) // 2
     parts = []
     for rows in (index[:half], index[half:]):
-        parts += train_batch(run, batch.select(rows), sampling_prob, sync, weight * len(rows) / len(batch))
+        parts += train_batch(run, batch.select(rows), at, sync, weight * len(rows) / len(batch))
     return parts
 
 
@@ -785,12 +874,11 @@ def gather_dev(world: Dist, loss_sum, utts, refs, hyps):
 # files
 
 
-def epoch_row(epoch: int, state: TrainState, stats: EpochStats, dev: DevResult, lr: float,
+def epoch_row(epoch: int, state: TrainState, stats: EpochStats, dev: dict, lr: float,
               seconds: float) -> dict:
     return {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
-            "ctc": stats.ctc, "nll": stats.nll, "dev_loss": dev.loss, "dev_wer": dev.wer,
-            "dev_cer": dev.cer, "lr": lr, "skipped_steps": state.skipped_steps,
-            "seconds": round(seconds, 3)}
+            **stats.parts, **{f"dev_{name}": value for name, value in dev.items()}, "lr": lr,
+            "skipped_steps": state.skipped_steps, "seconds": round(seconds, 3)}
 
 
 def append_metrics(path: Path, row: dict) -> None:
@@ -846,10 +934,9 @@ def save_mid_epoch(run: Run, state: TrainState, done: int, sums: np.ndarray
     return state, totals if run.dist.is_main else np.zeros_like(sums)
 
 
-def export_model(run: Run, state: TrainState) -> Path:
-    """Write the best epoch (or the mean of the best ``average_best``) as ``<exp_dir>/model``,
-    with a card holding the dev WER/CER of exactly those weights (every rank evaluates its
-    dev shard; rank 0 writes)."""
+def load_best_epochs(run: Run, state: TrainState) -> list[int]:
+    """Put the best epoch's weights (the mean of the ``train.average_best`` best) into
+    ``run.model``; returns those epochs."""
     available = ckpt.list_checkpoints(run.ckpt_dir)
     epochs = [e for e in state.best_epochs(run.cfg.train.average_best) if e in available]
     if not epochs:
@@ -857,6 +944,14 @@ def export_model(run: Run, state: TrainState) -> Path:
     paths = [available[e] for e in epochs]
     weights = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_checkpoint(paths[0]).model
     run.model.load_state_dict(weights)
+    return epochs
+
+
+def export_model(run: Run, state: TrainState) -> Path:
+    """Write the best epoch (or the mean of the best ``average_best``) as ``<exp_dir>/model``,
+    with a card holding the dev WER/CER of exactly those weights (every rank evaluates its
+    dev shard; rank 0 writes)."""
+    epochs = load_best_epochs(run, state)
     dev = evaluate(run)
     out = run.exp_dir / MODEL_DIR
     if run.dist.is_main:

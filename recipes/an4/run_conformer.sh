@@ -15,7 +15,7 @@ $earshot prepare an4 "$data" --out data/an4
 stamp prepared
 $earshot train recipes/an4/conformer.yaml "$@"
 stamp trained
-$earshot train-lm recipes/an4/lm.yaml train.asr_model="$exp/model" train.out_dir="$exp/lm"
+$earshot train-lm recipes/an4/lm.yaml data.asr_model="$exp/model" train.exp_dir="$exp/lm"
 stamp lm
 dev=data/an4/dev.jsonl.gz
 $earshot evaluate --model "$exp/model" --manifest $dev --out "$exp/dev_greedy" --beam-size 1 --ctc-weight 0
