@@ -61,6 +61,7 @@ def test_crash_mid_save_keeps_the_old_checkpoint_and_leaves_no_partial_file(tmp_
     with pytest.raises(KeyboardInterrupt):
         _save(path, model, opt, sched)
     assert path.read_bytes() == before
+    # the old digest goes just before the rename (it must never vouch for the new file)
     assert os.listdir(tmp_path) == ["epoch-0001.pt"]
     ckpt.load_checkpoint(path)  # still loads
 
@@ -95,6 +96,10 @@ def test_keep_last_k_plus_best_k(tmp_path):
     assert state.best_epoch == 2 and state.best_epochs(3) == [2, 3, 4]
 
 
+def _checkpoints(directory):
+    return sorted(name for name in os.listdir(directory) if name.endswith(".pt"))
+
+
 def test_mid_epoch_files_sort_after_their_epoch_and_are_pruned_at_the_next_epoch_end(tmp_path):
     model, opt, sched = _parts()
     for epoch, batches in [(1, 0), (2, 40), (2, 80), (2, 120)]:
@@ -102,11 +107,12 @@ def test_mid_epoch_files_sort_after_their_epoch_and_are_pruned_at_the_next_epoch
     assert ckpt.latest_checkpoint(tmp_path).name == "epoch-0002-batch-000120.pt"
     assert list(ckpt.list_checkpoints(tmp_path)) == [1]  # end-of-epoch files only
     ckpt.prune_mid_epoch(tmp_path, keep_last=2)
-    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.pt", "epoch-0002-batch-000080.pt",
-                                           "epoch-0002-batch-000120.pt"]
+    assert _checkpoints(tmp_path) == ["epoch-0001.pt", "epoch-0002-batch-000080.pt",
+                                      "epoch-0002-batch-000120.pt"]
     _save(ckpt.checkpoint_path(tmp_path, 2), model, opt, sched)
     ckpt.prune_mid_epoch(tmp_path, keep_last=2)
-    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert _checkpoints(tmp_path) == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert len(os.listdir(tmp_path)) == 4  # and their digests, no others
 
 
 def test_resume_falls_back_past_a_truncated_or_foreign_newest_checkpoint(tmp_path, caplog):
@@ -151,3 +157,21 @@ def test_train_state_ties_go_to_the_later_epoch_and_divergence_ranks_last():
     assert state.best_epochs(4) == [3, 1, 4, 2]
     assert TrainState.from_dict(state.to_dict()) == state
     assert TrainState().record(1, float("inf"), 1).best_epoch == 1  # something is always exportable
+
+
+def test_a_checkpoint_altered_after_writing_is_refused_by_name_and_resume_passes_over_it(tmp_path):
+    model, opt, sched = _parts()
+    _save(ckpt.checkpoint_path(tmp_path, 1), model, opt, sched)
+    newest = ckpt.checkpoint_path(tmp_path, 2)
+    _save(newest, model, opt, sched, TrainState(epoch=2, global_step=9))
+    assert (tmp_path / "epoch-0002.pt.sha256").is_file()
+    ckpt.load_checkpoint(newest)  # intact: loads
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside a tensor: torch.load would not notice
+    newest.write_bytes(bytes(raw))
+    with pytest.raises(EarshotError, match=r"epoch-0002.pt: its SHA-256 does not match"):
+        ckpt.load_checkpoint(newest)
+    path, loaded = ckpt.load_latest(tmp_path)
+    assert path.name == "epoch-0001.pt" and loaded.train_state.global_step == 7
+    ckpt.prune_checkpoints(tmp_path, keep={1})
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.pt", "epoch-0001.pt.sha256"]

@@ -8,7 +8,8 @@ a training step comes from generators seeded by (seed, rank, epoch, batch) (see
 
 A checkpoint is written to a temporary file in the same directory, fsynced and renamed
 over the target, so a crash leaves either the old file or the new one, never half of
-one. Loading uses ``torch.load(weights_only=True)``: the file holds tensors and plain
+one. A ``NAME.sha256`` beside it holds the file's SHA-256: a checkpoint altered or
+damaged after it was written is refused by name (and resume falls back past it). Loading uses ``torch.load(weights_only=True)``: the file holds tensors and plain
 Python values only, so a checkpoint cannot run code when it is read.
 
 Files in ``<exp_dir>/checkpoints/``: ``epoch-0003.pt`` at the end of epoch 3, and
@@ -17,6 +18,7 @@ Files in ``<exp_dir>/checkpoints/``: ``epoch-0003.pt`` at the end of epoch 3, an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -66,13 +68,48 @@ def atomic_torch_save(obj: object, path: str | Path,
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        digest = _sha256(tmp)  # read back from the page cache: no second copy in memory
         if before_rename is not None:
             before_rename()
+        _digest_path(path).unlink(missing_ok=True)  # a stale digest must not vouch for it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _write_small_atomic(_digest_path(path), digest + "\n")
     _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_small_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _check_digest(path: Path) -> None:
+    """EarshotError when ``path`` no longer matches the digest written with it (files
+    without one, from earlier versions or copied alone, are accepted)."""
+    digest = _digest_path(path)
+    if not digest.is_file():
+        return
+    if _sha256(path) != digest.read_text().strip():
+        raise EarshotError(f"{path}: its SHA-256 does not match {digest.name} (the file was "
+                           f"altered or damaged after it was written)")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -109,6 +146,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise EarshotError(f"{path}: checkpoint not found")
+    _check_digest(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file; say which one
@@ -189,7 +227,7 @@ def prune_mid_epoch(ckpt_dir: str | Path, keep_last: int) -> list[Path]:
     removed = []
     for pos in mid:
         if pos not in keep:
-            found[pos].unlink(missing_ok=True)
+            _remove(found[pos])
             removed.append(found[pos])
     return removed
 
@@ -206,9 +244,14 @@ def prune_checkpoints(ckpt_dir: str | Path, keep: set[int]) -> list[Path]:
     removed = []
     for epoch, path in list_checkpoints(ckpt_dir).items():
         if epoch not in keep:
-            path.unlink(missing_ok=True)
+            _remove(path)
             removed.append(path)
     return removed
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _digest_path(path).unlink(missing_ok=True)
 
 
 def remove_partial(ckpt_dir: str | Path) -> list[Path]:
