@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 
 from earshot.config import DecodeConfig, replace
-from earshot.errors import AudioError, EarshotError
+from earshot.errors import AudioError, ConfigError, EarshotError
 
 log = logging.getLogger("earshot")
 
@@ -67,13 +67,38 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lm", type=Path, default=None, help="language model directory (train-lm)")
 
 
+def check_device(name: str) -> str:
+    """``--device`` as given, or a ConfigError naming the flag when it cannot be used."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"option --device: {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"option --device: {name!r} but no CUDA device is available "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"option --device: {name!r} but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
 def decode_config(args: argparse.Namespace, base: DecodeConfig) -> DecodeConfig:
     from earshot.config import validate
 
     changes = {f.name: getattr(args, f"decode_{f.name}") for f in dataclasses.fields(DecodeConfig)
                if getattr(args, f"decode_{f.name}") is not None}
     cfg = replace(base, **changes)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as err:  # name the flag the user typed, not the config key
+        for name in changes:
+            key = f"config key '{name}'"
+            if str(err).startswith(key):
+                raise ConfigError(str(err).replace(key, f"option --{name.replace('_', '-')}", 1)) from None
+        raise
     return cfg
 
 
@@ -117,7 +142,8 @@ def cmd_train(args) -> int:
 def cmd_average(args) -> int:
     from earshot.train.trainer import average_experiment
 
-    print(f"model: {average_experiment(args.exp_dir, args.best, args.last, args.out, args.device)}")
+    device = check_device(args.device)
+    print(f"model: {average_experiment(args.exp_dir, args.best, args.last, args.out, device)}")
     return 0
 
 
@@ -147,7 +173,7 @@ def cmd_evaluate(args) -> int:
     base = read_description(Path(args.model) / CONFIG_FILE)[0].decode
     decode = decode_config(args, base)
     rates = evaluate(args.model, args.manifest, args.out, decode, lm_dir=args.lm,
-                     mode=args.mode, device=args.device)
+                     mode=args.mode, device=check_device(args.device))
     print(format_table([{"set": Path(args.manifest).name, **rates.to_dict()}]))
     print(f"report: {Path(args.out) / 'summary.json'}")
     return 0
@@ -157,7 +183,7 @@ def cmd_transcribe(args) -> int:
     from earshot.audio import load_audio
     from earshot.inference import Transcriber, load_lm_dir, write_nbest
 
-    model = Transcriber.load(args.model, device=args.device)
+    model = Transcriber.load(args.model, device=check_device(args.device))
     decode = decode_config(args, model.cfg.decode)
     lm = load_lm_dir(args.lm, model) if args.lm else None
     ids, wavs, failed = [], [], 0

@@ -486,8 +486,15 @@ def validate(cfg: Any) -> None:
         _check(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
     if isinstance(cfg, (ExperimentConfig, LMExperimentConfig)):
         _validate_training(cfg)
+    _check_finite(cfg)
     if isinstance(cfg, ExperimentConfig):
-        _check(cfg.data.max_duration > 0, "data.max_duration", "must be positive")
+        data = cfg.data
+        _check(data.max_duration > 0, "data.max_duration", "must be positive")
+        _check(data.num_buckets >= 1, "data.num_buckets", "must be >= 1")
+        _check(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(data.max_utterance_duration > 0, "data.max_utterance_duration", "must be positive (seconds)")
+        _check(all(0.5 <= f <= 2.0 for f in data.speed_perturb), "data.speed_perturb",
+               "factors must be in [0.5, 2] (e.g. [0.9, 1.0, 1.1])")
         _check(0.0 <= cfg.loss.ctc_weight <= 1.0, "loss.ctc_weight", "must be in [0, 1]")
         _check(0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         _check(0.0 <= cfg.loss.scheduled_sampling.max_prob <= 1.0,
@@ -496,13 +503,42 @@ def validate(cfg: Any) -> None:
         dec = cfg if isinstance(cfg, DecodeConfig) else cfg.decode
         prefix = "" if isinstance(cfg, DecodeConfig) else "decode."
         _check(dec.beam_size >= 1, prefix + "beam_size", "must be >= 1")
+        _check(dec.batch_size >= 1, prefix + "batch_size", "must be >= 1")
+        _check(dec.max_len_ratio > 0, prefix + "max_len_ratio", "must be positive")
+        _check(0 <= dec.min_len_ratio <= dec.max_len_ratio, prefix + "min_len_ratio",
+               "must be in [0, max_len_ratio]")
+        _check(dec.lm_weight >= 0, prefix + "lm_weight", "must be >= 0")
+        _check(dec.coverage_weight >= 0, prefix + "coverage_weight", "must be >= 0")
+        for key in ("max_attn_shift", "ctc_window", "pre_beam"):
+            _check(getattr(dec, key) >= 0, prefix + key, "must be >= 0 (0: off)")
         _check(0.0 <= dec.ctc_weight <= 1.0, prefix + "ctc_weight", "must be in [0, 1]")
         _check(dec.temperature > 0, prefix + "temperature", "must be positive")
         _check(1 <= dec.nbest, prefix + "nbest", "must be >= 1")
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def _check_finite(cfg: Any, where: str = "") -> None:
+    """No number anywhere in ``cfg`` is nan or infinite (a model of NaNs starts there)."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif isinstance(value, float):
+            _check(math.isfinite(value), key, f"must be a finite number, got {value}")
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_finite(item, f"{key}[{i}].")
+                elif isinstance(item, float):
+                    _check(math.isfinite(item), f"{key}[{i}]", f"must be a finite number, got {item}")
+
+
 def _validate_training(cfg: Any) -> None:
     """The ``optim`` and ``train`` sections every training config shares."""
+    _check(bool(_DEVICE.fullmatch(cfg.train.device)), "train.device",
+           f"{cfg.train.device!r} is not auto, cpu, cuda, cuda:N or mps")
     _check(math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", "must be a positive number")
     for i, group in enumerate(cfg.optim.param_groups):
         _check(bool(group.prefix), f"optim.param_groups[{i}].prefix", "must name a parameter prefix")
@@ -527,7 +563,28 @@ def _validate_training(cfg: Any) -> None:
 
 
 def _validate_model(model: ModelConfig) -> None:
+    feats = model.features
+    _check(feats.sample_rate >= 1000, "model.features.sample_rate", "must be >= 1000 (Hz)")
+    if feats.kind != "waveform":
+        _check(feats.num_mel_bins >= 1, "model.features.num_mel_bins", "must be >= 1")
+        _check(feats.kind != "mfcc" or 1 <= feats.num_ceps <= feats.num_mel_bins,
+               "model.features.num_ceps", "must be in [1, num_mel_bins]")
+        _check(feats.frame_length_ms > 0, "model.features.frame_length_ms", "must be positive")
+        _check(feats.frame_shift_ms > 0, "model.features.frame_shift_ms", "must be positive")
+        _check(feats.dither >= 0, "model.features.dither", "must be >= 0")
+    aug = model.specaugment
+    for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+        _check(getattr(aug, key) >= 0, f"model.specaugment.{key}", "must be >= 0")
+    _check(0.0 <= aug.max_time_fraction <= 1.0, "model.specaugment.max_time_fraction", "must be in [0, 1]")
     validate_encoder(model.encoder, "model.encoder")
+    dec = model.decoder
+    _check(dec.layers >= 1, "model.decoder.layers", "must be >= 1")
+    _check(dec.units >= 1, "model.decoder.units", "must be >= 1")
+    _check(dec.embedding_dim >= 1, "model.decoder.embedding_dim", "must be >= 1")
+    _check(0.0 <= dec.dropout < 1.0, "model.decoder.dropout", "must be in [0, 1)")
+    _check(dec.attention.dim >= 1, "model.decoder.attention.dim", "must be >= 1")
+    _check(dec.attention.location_channels >= 1, "model.decoder.attention.location_channels", "must be >= 1")
+    _check(dec.attention.scaling > 0, "model.decoder.attention.scaling", "must be positive")
     att = model.decoder.attention
     _check(att.location_kernel % 2 == 1, "model.decoder.attention.location_kernel", "must be odd")
     _check(att.heads >= 1 and (att.type != "multihead_location" or att.dim % att.heads == 0),

@@ -37,10 +37,37 @@ def test_unknown_key_in_yaml_names_file_and_dotted_key(tmp_path):
     ("model.encoder.rnn_type=transformer", "model.encoder.rnn_type"),
     ("model.encoder.cnn_channels=5", "model.encoder.cnn_channels"),
     ("loss.ctc_weight=1.5", "loss.ctc_weight"),
+    # the values a new user's fuzzing found crashing later or silently harmful (issue 11)
+    ("data.num_workers=-1", "data.num_workers"),
+    ("model.encoder.rnn_layers=-1", "model.encoder.rnn_layers"),
+    ("model.features.num_mel_bins=0", "model.features.num_mel_bins"),
+    ("train.device=tpu", "train.device"),
+    ("data.speed_perturb=[0]", "data.speed_perturb"),
+    ("optim.lr=.inf", "optim.lr"),
+    ("optim.grad_clip=.nan", "optim.grad_clip"),
+    ("model.decoder.units=0", "model.decoder.units"),
+    ("data.num_buckets=-3", "data.num_buckets"),
+    ("train.keep_last=-1", "train.keep_last"),
+    ("train.average_best=0", "train.average_best"),
+    ("model.specaugment.freq_width=-5", "model.specaugment.freq_width"),
+    ("model.features.sample_rate=-8000", "model.features.sample_rate"),
+    ("data.max_utterance_duration=-1", "data.max_utterance_duration"),
+    ("decode.batch_size=0", "decode.batch_size"),
+    ("decode.max_len_ratio=0", "decode.max_len_ratio"),
+    ("decode.length_bonus=.inf", "decode.length_bonus"),
+    ("decode.pre_beam=-1", "decode.pre_beam"),
+    ("decode.ctc_window=-5", "decode.ctc_window"),
+    ("decode.eos_threshold=.nan", "decode.eos_threshold"),
+    ("loss.label_smoothing=.nan", "loss.label_smoothing"),
 ])
 def test_wrong_type_or_range_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_warmup_without_warmup_steps_names_the_key():
+    with pytest.raises(ConfigError, match=r"optim\.scheduler\.warmup_steps"):
+        load_config(None, ["optim.scheduler.type=warmup", "optim.scheduler.warmup_steps=0"])
 
 
 def test_malformed_override_and_missing_file_are_clear(tmp_path):

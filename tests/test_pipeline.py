@@ -99,3 +99,27 @@ def test_demo_quick_writes_model_data_and_summary(tmp_path, capsys):
     summary = json.loads((demo / "summary.json").read_text())
     assert {"wer", "cer", "utterances"} <= set(summary)
     assert "held-out voices" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--batch-size", "0"), ("--batch-size", "-1"), ("--max-len-ratio", "0"),
+    ("--length-bonus", "inf"), ("--pre-beam", "-1"), ("--ctc-window", "-5"),
+    ("--eos-threshold", "nan"), ("--beam-size", "0"),
+])
+def test_a_bad_decoding_option_names_the_flag(overfit_model, corpus, capsys, flag, value):
+    model_dir = overfit_model / "exp" / "model"
+    code = main(["transcribe", "--model", str(model_dir), flag, value, str(corpus / "u0.wav")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: option {flag}:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "tpu"])
+def test_an_unusable_device_names_the_flag(overfit_model, corpus, capsys, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    model_dir = overfit_model / "exp" / "model"
+    code = main(["transcribe", "--model", str(model_dir), "--device", device, str(corpus / "u0.wav")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: option --device:" in err and "Traceback" not in err
