@@ -109,6 +109,22 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ConfigError naming the file when it is truncated,
+    not safetensors (a pickle put in its place is never unpickled), or holds a nan/inf."""
+    path = Path(path)
+    try:
+        weights = load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors' own error type, OSError, ...
+        raise ConfigError(f"{path}: not a readable safetensors file (truncated, or not "
+                          f"safetensors: {str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ConfigError(f"{path}: {len(bad)} weight tensor(s) hold nan or inf (e.g. {bad[0]}); "
+                          f"the model diverged or the file is damaged")
+    return weights
+
+
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
     """Rebuild ``(description, tokenizer, model)`` from a model directory (any format);
     the model is in eval mode."""
@@ -119,7 +135,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
     description, version = read_description(directory / CONFIG_FILE)
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     model = build_model(description, tokenizer)
-    weights = upgrade_weights(load_file(str(directory / WEIGHTS_FILE), device="cpu"), version)
+    weights = upgrade_weights(read_weights(directory / WEIGHTS_FILE), version)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:

@@ -4,9 +4,11 @@ Uses the CLI exactly as a user would, and the Python API.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import earshot
 from earshot.cli import main
@@ -123,3 +125,46 @@ def test_an_unusable_device_names_the_flag(overfit_model, corpus, capsys, device
     code = main(["transcribe", "--model", str(model_dir), "--device", device, str(corpus / "u0.wav")])
     err = capsys.readouterr().err
     assert code == 2 and "error: option --device:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncate", "not a readable safetensors file"),
+    ("empty", "not a readable safetensors file"),
+    ("pickle", "not a readable safetensors file"),
+    ("nan", "hold nan or inf"),
+])
+def test_damaged_weights_are_refused_naming_the_file(overfit_model, corpus, capsys, tmp_path,
+                                                      damage, says):
+    import pickle
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(overfit_model / "exp" / "model", model_dir)
+    weights = model_dir / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "pickle":
+        weights.write_bytes(pickle.dumps({"x": os.getcwd}))
+    else:
+        tensors = load_file(str(weights))
+        name = next(k for k, v in tensors.items() if v.is_floating_point())
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+        save_file(tensors, str(weights))
+    for argv in (["transcribe", "--model", str(model_dir), str(corpus / "u0.wav")],
+                 ["evaluate", "--model", str(model_dir), "--manifest",
+                  str(overfit_model / "data" / "cuts.jsonl.gz"), "--out", str(tmp_path / "ev")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and str(weights) in err and says in err and "Traceback" not in err
+
+
+def test_evaluate_on_an_empty_manifest_says_so(overfit_model, capsys, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code = main(["evaluate", "--model", str(overfit_model / "exp" / "model"), "--manifest",
+                 str(empty), "--out", str(tmp_path / "ev")])
+    assert code == 2 and "manifest holds no cuts" in capsys.readouterr().err

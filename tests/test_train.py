@@ -369,3 +369,20 @@ def test_an_out_of_memory_batch_is_split_and_a_hopeless_utterance_skipped(corpus
     assert "skipping utterance 'train3'" in caplog.text and "out of memory even alone" in caplog.text
     (row,) = _rows(tmp_path)
     assert np.isfinite(row["train_loss"]) and row["step"] > 0
+
+
+def test_non_finite_weights_are_never_exported(corpus, tmp_path, monkeypatch):
+    from earshot.errors import TrainingError
+
+    real = ckpt.average_checkpoints
+
+    def poisoned(paths):
+        weights = real(paths)
+        name = next(k for k, v in weights.items() if v.is_floating_point())
+        weights[name] = torch.full_like(weights[name], float("nan"))
+        return weights
+
+    monkeypatch.setattr(ckpt, "average_checkpoints", poisoned)
+    with pytest.raises(TrainingError, match="hold nan or inf.*nothing exported"):
+        train(_cfg(corpus, tmp_path))
+    assert not (tmp_path / "model").exists()

@@ -387,7 +387,7 @@ def load_cuts(path: str | Path) -> CutSet:
 
 
 def _check_cuts(path: Path, cuts: CutSet) -> None:
-    if len(cuts) == 0:
+    if cuts is None or len(cuts) == 0:  # lhotse reads a 0-byte file as None
         raise ManifestError(f"{path}: manifest holds no cuts")
     for cut in cuts:
         if not cut.supervisions or not (cut.supervisions[0].text or "").strip():

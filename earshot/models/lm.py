@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from earshot.config import LMConfig, LMExperimentConfig, load_config, save_config
@@ -96,6 +96,8 @@ def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
     cfg = load_config(d / "config.yaml", cls=LMExperimentConfig)
     tokenizer = load_tokenizer(d / "tokenizer")
     lm = RNNLM(cfg.model, tokenizer.vocab_size)
-    lm.load_state_dict(load_file(str(d / "model.safetensors")))
+    from earshot.modeldir import read_weights
+
+    lm.load_state_dict(read_weights(d / "model.safetensors"))
     lm.tokenizer = tokenizer
     return lm.to(device).eval()

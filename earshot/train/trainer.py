@@ -943,6 +943,11 @@ def load_best_epochs(run: Run, state: TrainState) -> list[int]:
         raise ConfigError(f"{run.ckpt_dir}: no checkpoint of the best epochs to export")
     paths = [available[e] for e in epochs]
     weights = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_checkpoint(paths[0]).model
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainingError(f"the weights of epoch(s) {', '.join(map(str, epochs))} hold nan or inf "
+                            f"(e.g. {bad[0]}); nothing exported. Try a lower optim.lr or "
+                            f"optim.grad_clip, or train.precision=fp32")
     run.model.load_state_dict(weights)
     return epochs
 
