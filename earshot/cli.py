@@ -123,7 +123,7 @@ def cmd_prepare(args) -> int:
         splits = manifests.prepare_an4(args.source, out, dev_speakers=args.dev_speakers)
     else:
         splits = manifests.prepare_csv(args.source, out, dev_fraction=args.dev_fraction,
-                                       audio_root=args.audio_root)
+                                       audio_root=args.audio_root, kind="." + args.corpus)
     for name in splits:  # counts and hours are logged by the importer
         print(f"wrote {out / (name + '.jsonl.gz')}")
     return 0

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +113,39 @@ def test_all_bad_rows_is_an_error_naming_the_file(tmp_path):
         import_csv(manifest)
 
 
-def test_duplicate_ids_name_both_lines(tmp_path):
+def test_a_duplicate_id_is_reported_naming_both_lines_and_skipped(tmp_path):
     tone(tmp_path / "a.wav")
     manifest = write_csv(tmp_path / "m.csv", "id,path,text", ["a,a.wav,x", "b,a.wav,y", "a,a.wav,z"])
-    with pytest.raises(ManifestError, match=r"m\.csv:4: duplicate id 'a' \(first at .*m\.csv:2\)"):
-        import_csv(manifest)
+    result = read_manifest(manifest)
+    assert sorted(result.cuts.ids) == ["a", "b"] and result.cuts["a"].supervisions[0].text == "x"
+    assert len(result.problems) == 1
+    assert re.fullmatch(r".*m\.csv:4: duplicate id 'a' \(first at .*m\.csv:2\); this row is skipped",
+                        result.problems[0])
+
+
+def test_jsonl_rows_with_lists_bad_durations_or_sub_frame_audio_are_skipped(tmp_path):
+    tone(tmp_path / "a.wav")
+    sf.write(tmp_path / "click.wav", np.zeros(10, dtype=np.float32), RATE)
+    rows = [{"id": "ok", "audio": "a.wav", "text": "fine"},
+            {"id": "list", "audio": "a.wav", "text": ["a", "b"]},
+            {"id": "nan", "audio": "a.wav", "text": "x", "duration": "nan"},
+            {"id": "neg", "audio": "a.wav", "text": "x", "duration": -1},
+            {"id": "click", "audio": "click.wav", "text": "x"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read_manifest(manifest)
+    assert list(result.cuts.ids) == ["ok"]
+    reasons = [p.split(": ", 1)[1] for p in result.problems]
+    assert "'text' must be a string or a number, got list" in reasons[0]
+    assert "must be a positive number of seconds" in reasons[1] and "positive" in reasons[2]
+    assert "10 samples" in reasons[3] and "shorter than one 25 ms frame" in reasons[3]
+
+
+def test_the_format_asked_for_must_match_the_file_name(tmp_path):
+    tone(tmp_path / "a.wav")
+    manifest = write_csv(tmp_path / "x.csv", "id,path,text", ["a,a.wav,x"])
+    with pytest.raises(ManifestError, match=r"x\.csv: asked to read it as JSONL.*prepare csv"):
+        prepare_csv(manifest, tmp_path / "out", kind=".jsonl")
 
 
 def test_header_without_required_column(tmp_path):

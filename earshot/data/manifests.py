@@ -3,9 +3,9 @@
 Every utterance becomes one ``MonoCut`` (id = the row id) over one ``Recording`` whose
 rate, length and duration come from the audio header, with one supervision holding the
 transcript (``cut.supervisions[0].text``) and, when known, the speaker. Rows that cannot
-be used (malformed, missing or unreadable audio, empty text) are warned about as
-``file:line: reason`` and skipped; duplicate ids and manifests with no usable row are
-``ManifestError``.
+be used (malformed, a field that is not a string, a non-positive duration, missing,
+unreadable or sub-frame audio, empty text, a repeated id) are warned about as
+``file:line: reason`` and skipped; a manifest with no usable row is ``ManifestError``.
 
 >>> splits = prepare_fsdd("../shared/data/fsdd", "data/fsdd")  # doctest: +SKIP
 >>> {name: len(cuts) for name, cuts in splits.items()}  # doctest: +SKIP
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Iterator
@@ -98,7 +99,11 @@ def read_manifest(path: str | Path, audio_root: str | Path | None = None,
     "skipped N of M rows" line; all of them are in ``ImportResult.problems``.
     """
     path = Path(path)
-    kind = kind or path.suffix.lower()
+    suffix = path.suffix.lower()
+    if kind and suffix in _RECORD_READERS and suffix != kind:
+        raise ManifestError(f"{path}: asked to read it as {kind[1:].upper()}, but it is named "
+                            f"{suffix}: use `prepare {suffix[1:]}` (or rename the file)")
+    kind = kind or suffix
     if kind not in _RECORD_READERS:
         raise ManifestError(f"{path}: unknown manifest type '{kind}' (expected .csv or .jsonl)")
     if not path.is_file():
@@ -125,8 +130,8 @@ def _import_records(records: Iterator[tuple[int, dict | str]], path: Path, base:
         try:
             row = _parse_row(fields, line, base)
             if row.id in first_line:
-                raise ManifestError(f"{path}:{line}: duplicate id '{row.id}' "
-                                    f"(first at {path}:{first_line[row.id]})")
+                raise _RowProblem(f"duplicate id '{row.id}' (first at {path}:{first_line[row.id]}); "
+                                  f"this row is skipped")
             first_line[row.id] = line
             cuts.append(_row_to_cut(row))
         except _RowProblem as problem:
@@ -180,8 +185,12 @@ def _field(record: dict, name: str) -> str | None:
     """The value of the first alias of ``name`` present in ``record``, stripped."""
     for alias in COLUMNS[name]:
         value = record.get(alias)
-        if value is not None:
-            return str(value).strip()
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise _RowProblem(f"malformed row: '{alias}' must be a string or a number, "
+                              f"got {type(value).__name__} {json.dumps(value)[:40]}")
+        return str(value).strip()
     return None
 
 
@@ -198,13 +207,18 @@ def _parse_row(fields: dict | str, line: int, base: Path) -> _Row:
     duration = _field(fields, "duration")
     if duration:
         try:
-            float(duration)
+            seconds = float(duration)
         except ValueError:
             raise _RowProblem(f"malformed row: duration '{duration}' is not a number") from None
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise _RowProblem(f"malformed row: duration '{duration}' must be a positive number of seconds")
     audio_path = Path(audio).expanduser()
     if not audio_path.is_absolute():
         audio_path = base / audio_path
     return _Row(line, uid, audio_path.resolve(), text, _field(fields, "speaker") or None)
+
+
+MIN_SECONDS = 0.025  # one analysis frame: shorter audio yields no feature frame at all
 
 
 def _row_to_cut(row: _Row) -> MonoCut:
@@ -215,6 +229,9 @@ def _row_to_cut(row: _Row) -> MonoCut:
         raise _RowProblem(f"audio {err.path}: {err.reason}") from None
     if info.frames == 0:
         raise _RowProblem(f"audio {row.audio}: audio has zero samples")
+    if info.duration < MIN_SECONDS:
+        raise _RowProblem(f"audio {row.audio}: {info.frames} samples ({info.duration * 1000:.1f} ms) "
+                          f"is shorter than one {MIN_SECONDS * 1000:.0f} ms frame: nothing to recognise")
     recording = Recording(
         id=row.id,
         sources=[AudioSource(type="file", channels=list(range(info.channels)),
@@ -285,9 +302,10 @@ def prepare_an4(root: str | Path, out_dir: str | Path, dev_speakers: int = 8,
 
 
 def prepare_csv(path: str | Path, out_dir: str | Path, dev_fraction: float = 0.0,
-                seed: int = 0, audio_root: str | Path | None = None) -> dict[str, CutSet]:
-    """A CSV or JSONL manifest (by suffix) -> ``cuts.jsonl.gz``, or train/dev when
-    ``dev_fraction`` > 0.
+                seed: int = 0, audio_root: str | Path | None = None,
+                kind: str | None = None) -> dict[str, CutSet]:
+    """A CSV or JSONL manifest (``kind`` '.csv'/'.jsonl'; default by suffix) ->
+    ``cuts.jsonl.gz``, or train/dev when ``dev_fraction`` > 0.
 
     The dev set is speaker-disjoint when every row names a speaker (whole speakers are
     held out until at least ``dev_fraction`` of the utterances are); otherwise it is a
@@ -295,7 +313,7 @@ def prepare_csv(path: str | Path, out_dir: str | Path, dev_fraction: float = 0.0
     """
     if not 0.0 <= dev_fraction < 1.0:
         raise ConfigError(f"dev_fraction: must be in [0, 1), got {dev_fraction}")
-    cuts = read_manifest(path, audio_root).cuts
+    cuts = read_manifest(path, audio_root, kind).cuts
     if dev_fraction == 0.0:
         return write_splits({"cuts": list(cuts)}, out_dir)
     if all(cut.supervisions[0].speaker for cut in cuts):
