@@ -136,18 +136,29 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
     transcriber = Transcriber.load(model_dir, device=device)
     decode = decode or transcriber.cfg.decode
     lm = load_lm_dir(lm_dir, transcriber) if lm_dir else None
+    from earshot.tokenizer import warn_unknown_chars
+
     cuts = load_cuts(manifest)
+    unseen = warn_unknown_chars(transcriber.tokenizer, (c.supervisions[0].text for c in cuts), str(manifest))
     start = time.perf_counter()
     utts = transcriber.decode_cuts(cuts, decode, lm=lm, mode=mode)
     seconds = time.perf_counter() - start
     if not utts:
         raise EarshotError(f"{manifest}: no utterance could be decoded")
+    decoded = {u.id for u in utts}
+    dropped = [cut.id for cut in cuts if cut.id not in decoded]
+    if dropped:
+        log.warning("%s: %d of %d utterances could not be decoded (their audio did not load; "
+                    "see the warnings above) and are not scored", manifest, len(dropped), len(cuts))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_nbest(out_dir / "hypotheses.jsonl", utts)
     extra = {"model": str(model_dir), "manifest": str(manifest), "mode": mode,
              "lm": str(lm_dir) if lm_dir else None, "decode_seconds": round(seconds, 3),
-             "decode": to_dict(decode)}
+             "decode": to_dict(decode), "manifest_utterances": len(cuts),
+             "dropped": len(dropped), "dropped_ids": dropped[:50],
+             "dropped_reason": "audio could not be loaded" if dropped else None,
+             "unknown_reference_chars": unseen}
     return write_report(out_dir, [u.id for u in utts], [u.reference for u in utts],
                         [u.text for u in utts], extra=extra)
 

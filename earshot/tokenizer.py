@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -263,6 +264,25 @@ def _lowered_vocab_size(message: str, asked: int) -> int:
         raise TokenizerError(f"tokenizer.vocab_size={asked} is too small: the characters of the "
                              f"training texts plus the specials need at least {too_small.group(1)}")
     raise TokenizerError(f"SentencePiece training failed: {message}")
+
+
+def warn_unknown_chars(tokenizer: Tokenizer, texts: Iterable[str], source: str) -> dict[str, int]:
+    """Warn (naming ``source``, the characters and how many texts) when texts hold
+    characters the tokenizer never saw: they become <unk>, and a model cannot produce
+    them. Returns {character: occurrences}."""
+    unseen: dict[str, int] = {}
+    count = 0
+    for text in texts:
+        chars = tokenizer.unknown_chars(text)
+        count += bool(chars)
+        for ch in chars:
+            unseen[ch] = unseen.get(ch, 0) + 1
+    if count:
+        listed = ", ".join(repr(ch) for ch in sorted(unseen, key=unseen.get, reverse=True)[:10])
+        logging.getLogger(__name__).warning(
+            "%s: %d text(s) contain characters the tokenizer has never seen (%s); they are "
+            "mapped to <unk> and no hypothesis can contain them", source, count, listed)
+    return unseen
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:

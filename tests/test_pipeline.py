@@ -168,3 +168,24 @@ def test_evaluate_on_an_empty_manifest_says_so(overfit_model, capsys, tmp_path):
     code = main(["evaluate", "--model", str(overfit_model / "exp" / "model"), "--manifest",
                  str(empty), "--out", str(tmp_path / "ev")])
     assert code == 2 and "manifest holds no cuts" in capsys.readouterr().err
+
+
+def test_evaluate_reports_what_it_could_not_score(overfit_model, corpus, tmp_path, caplog):
+    import shutil
+
+    for i in range(len(TEXTS)):
+        shutil.copy(corpus / f"u{i}.wav", tmp_path / f"u{i}.wav")
+    rows = ["id,path,text"] + [f"u{i},u{i}.wav,{t}" for i, t in enumerate(TEXTS)]
+    rows.append(f"odd,u0.wav,{TEXTS[0]} ~")  # a character the model has never seen
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    assert main(["prepare", "csv", str(tmp_path / "m.csv"), "--out", str(tmp_path / "data")]) == 0
+    (tmp_path / "u1.wav").unlink()  # lost after prepare
+    assert main(["evaluate", "--model", str(overfit_model / "exp" / "model"), "--manifest",
+                 str(tmp_path / "data" / "cuts.jsonl.gz"), "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["manifest_utterances"] == len(TEXTS) + 1
+    assert summary["utterances"] == len(TEXTS) and summary["dropped"] == 1
+    assert summary["dropped_ids"] == ["u1"] and summary["dropped_reason"] == "audio could not be loaded"
+    assert summary["unknown_reference_chars"] == {"~": 1}
+    assert "1 of 5 utterances could not be decoded" in caplog.text
+    assert "never seen ('~')" in caplog.text

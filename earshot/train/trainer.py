@@ -230,7 +230,9 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     configure_torch(cfg.train)
     train_cuts, dev_cuts = load_data(cfg)
     tokenizer = fit_or_load_tokenizer(cfg, exp_dir, train_cuts, saved is not None, world)
-    warn_unknown_chars(tokenizer, dev_cuts, cfg.data.dev)
+    from earshot.tokenizer import warn_unknown_chars
+
+    warn_unknown_chars(tokenizer, [cut.supervisions[0].text for cut in dev_cuts], cfg.data.dev)
     run = build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts)
     if saved is not None:
         state = restore(run, *saved)
@@ -414,24 +416,6 @@ def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts, resu
     tokenizer = load_tokenizer(tok_dir)
     log.info("tokenizer: %s", tokenizer)
     return tokenizer
-
-
-def warn_unknown_chars(tokenizer, cuts, source: str) -> int:
-    """Warn (naming the manifest, characters and an example) when texts hold characters
-    the tokenizer never saw: they become <unk>. Returns how many utterances do."""
-    unseen: dict[str, int] = {}
-    example, count = None, 0
-    for cut in cuts:
-        chars = tokenizer.unknown_chars(cut.supervisions[0].text)
-        if chars:
-            count, example = count + 1, example or cut.id
-            for ch in chars:
-                unseen[ch] = unseen.get(ch, 0) + 1
-    if count:
-        listed = ", ".join(repr(ch) for ch in sorted(unseen, key=unseen.get, reverse=True)[:10])
-        log.warning("%s: %d utterance(s) contain characters the tokenizer has never seen (%s), "
-                    "e.g. '%s'; they are mapped to <unk>", source, count, listed, example)
-    return count
 
 
 def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> Run:
