@@ -11,6 +11,7 @@ and skip it instead of crashing deep inside feature extraction.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     samples, file_rate = _read(path)
     _check_samples(path, samples)
+    _warn_if_truncated(path, samples.shape[0])
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
     if sample_rate is not None and sample_rate != file_rate:
         mono = soxr.resample(mono, file_rate, sample_rate, quality=RESAMPLE_QUALITY)
@@ -97,6 +99,46 @@ def _check_samples(path: str | Path, samples: np.ndarray) -> None:
     if not finite.all():
         bad = int(samples.size - finite.sum())
         raise AudioError(path, f"audio contains {bad} non-finite (NaN/Inf) samples")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_PEAK:
+        raise AudioError(path, f"samples reach {peak:.4g}; decoded audio must lie in [-1, 1] "
+                               f"(a float file written without scaling, e.g. from 16-bit integers?)")
+
+
+MAX_PEAK = 2.0  # float files may overshoot 1 a little; far beyond it the scale is wrong
+
+
+def _warn_if_truncated(path: str | Path, frames: int) -> None:
+    """Warn when a WAV file's header promises more audio than the file holds (a copy or
+    recording cut short): only what is there gets decoded."""
+    declared = _declared_wav_frames(path)
+    if declared is not None and declared > frames:
+        logging.getLogger(__name__).warning(
+            "%s: truncated: the header declares %d samples, the file holds %d (%.0f%%); "
+            "decoding what is there", path, declared, frames, 100.0 * frames / declared)
+
+
+def _declared_wav_frames(path: str | Path) -> int | None:
+    """Frames per channel the RIFF/WAVE header's data chunk declares; None for other
+    formats, streamed WAVs (size 0 or 0xFFFFFFFF) and headers it cannot follow."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)  # the chunks before "data" are small
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align, pos = None, 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block_align = int.from_bytes(head[pos + 20:pos + 22], "little")
+        if chunk == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def _describe(err: Exception) -> str:

@@ -84,6 +84,8 @@ def bad_file(tmp_path, case: str):
         sf.write(path, data, 16000, subtype="FLOAT")
     elif case == "directory":
         path.mkdir()
+    elif case == "unscaled":
+        sf.write(path, tone(16000, 0.1) * 30000, 16000, subtype="FLOAT")
     return path
 
 
@@ -93,6 +95,7 @@ def bad_file(tmp_path, case: str):
     ("empty", "zero samples"),
     ("nan", "2 non-finite"),
     ("directory", "not a regular file"),
+    ("unscaled", "must lie in [-1, 1]"),
 ])
 def test_bad_audio_raises_audio_error_naming_file_and_reason(tmp_path, case, reason):
     path = bad_file(tmp_path, case)
@@ -107,3 +110,18 @@ def test_duration_of_bad_file_raises_audio_error(tmp_path, case):
     path = bad_file(tmp_path, case)
     with pytest.raises(AudioError, match=str(path)):
         audio_duration(path)
+
+
+def test_a_truncated_wav_decodes_what_is_there_with_a_warning(tmp_path, caplog):
+    full = tmp_path / "full.wav"
+    sf.write(full, tone(16000, 1.0), 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full.read_bytes()[: 44 + 2 * 6000])  # header + 6000 of 16000 samples
+    with caplog.at_level("WARNING", logger="earshot.audio"):
+        wav = load_audio(cut)
+    assert wav.numel() == 6000
+    assert f"{cut}: truncated: the header declares 16000 samples, the file holds 6000" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="earshot.audio"):
+        load_audio(full)
+    assert "truncated" not in caplog.text
