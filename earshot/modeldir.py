@@ -80,9 +80,15 @@ def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescripti
 def staged_directory(directory: str | Path):
     """Yield an empty staging folder next to ``directory``; when the block ends without an
     error it replaces ``directory`` as a whole, otherwise it is removed. Readers see the
-    old directory or the new one, never a half-written one."""
+    old directory or the new one, never a half-written one. Folders a killed earlier save
+    left (``.NAME.tmp-*``, ``.NAME.old-*``) are removed first."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.*-*"):
+        if stale.is_dir() and (stale.name.startswith(f".{directory.name}.tmp-")
+                               or stale.name.startswith(f".{directory.name}.old-")):
+            log.warning("%s: removing what a killed save of %s left behind", stale, directory)
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         yield staging

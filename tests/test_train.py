@@ -160,6 +160,12 @@ def test_model_dir_round_trip_gives_the_same_outputs(corpus, straight_run, tmp_p
     assert torch.equal(a.memory.enc, b.memory.enc) and torch.equal(a.lens, b.lens)
     assert torch.equal(a.ctc_log_probs, b.ctc_log_probs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no staging dirs left
+    for left in (".copy.tmp-a1b2", ".copy.old-.copy.tmp-x"):  # what a killed export leaves
+        (tmp_path / left).mkdir()
+        (tmp_path / left / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".copyright.tmp-1").mkdir()  # another directory's: left alone
+    save_model_dir(tmp_path / "copy", cfg, tokenizer, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".copyright.tmp-1", "copy"]
     (tmp_path / "copy" / "model.safetensors").unlink()
     with pytest.raises(EarshotError, match="model.safetensors"):
         load_model_dir(tmp_path / "copy")
