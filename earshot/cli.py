@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="synthesise a spoken corpus, train, evaluate (about 10 min)")
+    p = sub.add_parser("demo", help="synthesise a spoken corpus, train, evaluate (about 6 min on 2 cores)")
     p.add_argument("--out", default="exp/demo", help="output directory (default: exp/demo)")
     p.add_argument("--quick", action="store_true", help="tiny corpus and 1 epoch: a smoke test")
     p.add_argument("--seed", type=int, default=0)
