@@ -3,7 +3,7 @@
 The test set is spoken by espeak-ng voices that never occur in training, so the
 error rates measure generalisation to new speakers, not memorisation.
 
-    earshot demo --out exp/demo      # about 10 minutes on 2 CPU cores
+    earshot demo --out exp/demo      # about 6 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
