@@ -84,9 +84,8 @@ def staged_directory(directory: str | Path):
     left (``.NAME.tmp-*``, ``.NAME.old-*``) are removed first."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f".{directory.name}.*-*"):
-        if stale.is_dir() and (stale.name.startswith(f".{directory.name}.tmp-")
-                               or stale.name.startswith(f".{directory.name}.old-")):
+    for kind in ("tmp", "old"):
+        for stale in directory.parent.glob(f".{directory.name}.{kind}-*"):
             log.warning("%s: removing what a killed save of %s left behind", stale, directory)
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))

@@ -57,26 +57,32 @@ class Checkpoint:
 
 def atomic_torch_save(obj: object, path: str | Path,
                       before_rename: Callable[[], None] | None = None) -> None:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``.
-    ``before_rename`` runs once the temp file is written (the fault-injection tests kill
-    the process there)."""
+    """``torch.save`` to ``path`` atomically (see ``_atomic_write``), then its SHA-256 to
+    ``path.sha256``. ``before_rename`` runs once the temp file is written (the
+    fault-injection tests kill the process there)."""
     path = Path(path)
+    _digest_path(path).unlink(missing_ok=True)  # a stale digest must never vouch for a new file
+    _atomic_write(path, lambda handle: torch.save(obj, handle), before_rename)
+    digest = _sha256(path)  # read back from the page cache: no second copy in memory
+    _atomic_write(_digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
+
+
+def _atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
+    """``write(handle)`` into a temp file next to ``path``, fsync, rename over ``path``,
+    fsync the directory: a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        digest = _sha256(tmp)  # read back from the page cache: no second copy in memory
         if before_rename is not None:
             before_rename()
-        _digest_path(path).unlink(missing_ok=True)  # a stale digest must not vouch for it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _write_small_atomic(_digest_path(path), digest + "\n")
     _fsync_dir(path.parent)
 
 
@@ -90,15 +96,6 @@ def _sha256(path: Path) -> str:
 
 def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def _write_small_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _check_digest(path: Path) -> None:

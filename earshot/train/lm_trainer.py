@@ -33,7 +33,6 @@ from earshot.data.batching import EpochBatches
 from earshot.errors import ConfigError
 from earshot.models.lm import RNNLM, save_lm_dir
 from earshot.train import trainer as engine
-from earshot.train.schedulers import build_scheduler
 from earshot.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -57,15 +56,12 @@ def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
     engine.seed_everything(cfg.train.seed)
     engine.configure_torch(cfg.train)
     model = RNNLM(cfg.model, tokenizer.vocab_size).to(device)
-    optimizer = engine.build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     shard = {"world_size": world.world_size, "rank": world.rank}
     train_loader = sentence_loader(train_seqs, tokenizer.pad_id, cfg.data.batch_size, True,
                                    cfg.train.seed, **shard)
     dev_loader = sentence_loader(dev_seqs, tokenizer.pad_id, cfg.data.batch_size, False,
                                  cfg.train.seed, even=False, **shard)
-    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
-                                total_steps=engine.total_optimizer_steps(cfg, train_loader))
+    optimizer, scheduler, scaler = engine.build_optimization(cfg, model, device, train_loader)
     log.info("language model: %.2fM parameters; %d training and %d dev sentences; device %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_seqs), len(dev_seqs), device)
     run = engine.Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,

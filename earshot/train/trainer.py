@@ -422,8 +422,6 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     from earshot.data.batching import make_loader
 
     model = build_model(cfg, tokenizer).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     rate, data = model.sample_rate, cfg.data
     shard = {"world_size": world.world_size, "rank": world.rank}
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
@@ -433,14 +431,23 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers,
                              even=False, **shard)
-    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
-                                total_steps=total_optimizer_steps(cfg, train_loader))
+    optimizer, scheduler, scaler = build_optimization(cfg, model, device, train_loader)
     hours = sum(cut.duration for cut in train_cuts) / 3600
     log.info("model: %.2fM parameters; train: %d cuts (%.2f h); dev: %d cuts; device %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_cuts), hours,
              len(dev_cuts), device)
     return Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
                scaler, train_loader, dev_loader, hours, ASRTask(cfg, model))
+
+
+def build_optimization(cfg, model: torch.nn.Module, device: torch.device, train_loader):
+    """Optimizer (with parameter groups), its schedule (told the run's total steps when it
+    needs them) and the grad scaler (enabled for fp16) of any task's run."""
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
+                                total_steps=total_optimizer_steps(cfg, train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    return optimizer, scheduler, scaler
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -653,11 +660,15 @@ def every_rank(world: Dist, ok: bool) -> bool:
     """True when ``ok`` holds on every rank (one tiny all-reduce; free on one process)."""
     if world.world_size <= 1:
         return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
+    flag = _flag(not ok)
     dist.all_reduce(flag)
     return int(flag.item()) == 0
+
+
+def _flag(value: bool) -> torch.Tensor:
+    """A one-element tensor for a collective, on the device the backend needs."""
+    flag = torch.tensor([int(value)], dtype=torch.int32)
+    return flag.cuda() if dist.get_backend() == "nccl" else flag
 
 
 def check_bad_steps(cfg: TrainConfig, in_row: int, norm: float, ids: list[str]) -> None:
@@ -687,8 +698,7 @@ class SaveClock:
         if self.seconds:
             late = time.monotonic() - self.last_time >= self.seconds
             if world.world_size > 1:
-                flag = torch.tensor([int(late)], dtype=torch.int32)
-                flag = flag.cuda() if dist.get_backend() == "nccl" else flag
+                flag = _flag(late)
                 dist.broadcast(flag, src=0)
                 late = bool(flag.item())
             due = due or late
