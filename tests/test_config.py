@@ -49,6 +49,8 @@ def test_unknown_key_in_yaml_names_file_and_dotted_key(tmp_path):
     ("data.num_buckets=-3", "data.num_buckets"),
     ("train.keep_last=-1", "train.keep_last"),
     ("train.average_best=0", "train.average_best"),
+    ("train.average_last=-1", "train.average_last"),
+    ("train.average_last=99", "train.average_last"),
     ("model.specaugment.freq_width=-5", "model.specaugment.freq_width"),
     ("model.features.sample_rate=-8000", "model.features.sample_rate"),
     ("data.max_utterance_duration=-1", "data.max_utterance_duration"),

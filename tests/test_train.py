@@ -335,6 +335,16 @@ def test_mid_epoch_checkpoints_are_pruned_once_the_epoch_is_saved(corpus, tmp_pa
     assert names == ["epoch-0001.pt", "epoch-0002.pt"]  # the mid-epoch ones were pruned
 
 
+def test_average_last_exports_the_mean_of_the_last_epochs_and_keeps_them(corpus, tmp_path):
+    train(_cfg(corpus, tmp_path, "train.epochs=3", "train.average_last=2"))
+    kept = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    assert sorted(kept) == [2, 3]  # keep_last=1, but the average needs the last two
+    desc, _, model = load_model_dir(tmp_path / "model")
+    assert desc.card.exported_epochs == (2, 3)
+    expected = ckpt.average_checkpoints([kept[2], kept[3]])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
 def test_repeated_non_finite_updates_stop_the_run_naming_the_batch(corpus, tmp_path, monkeypatch):
     from earshot.errors import TrainingError
     from earshot.train import trainer

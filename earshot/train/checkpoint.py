@@ -230,7 +230,8 @@ def prune_mid_epoch(ckpt_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def epochs_to_keep(state: TrainState, keep_last: int, keep_best: int) -> set[int]:
-    """The last ``keep_last`` epochs plus the ``keep_best`` best ones (needed for averaging)."""
+    """The last ``keep_last`` epochs plus the ``keep_best`` best ones (needed for averaging);
+    ``keep_best`` 0 keeps no best ones."""
     epochs = [epoch for epoch, _ in state.history]
     last = set(sorted(epochs)[-keep_last:]) if keep_last > 0 else set()
     return last | set(state.best_epochs(keep_best))

@@ -899,16 +899,18 @@ def truncate_metrics(path: Path, last_step: int, last_epoch: int) -> None:
 
 def save_checkpoint(run: Run, state: TrainState) -> Path:
     """Atomic checkpoint of ``state`` (end of epoch, or ``state.epoch_batches`` into the
-    next one), then prune: the last ``keep_last`` epochs plus the best ``average_best``,
-    and mid-epoch checkpoints only since the last epoch end."""
+    next one), then prune: the last ``keep_last`` (or ``average_last``) epochs plus the best
+    ``average_best``, and mid-epoch checkpoints only since the last epoch end."""
     path = ckpt.checkpoint_path(run.ckpt_dir, state.epoch + bool(state.epoch_batches),
                                 state.epoch_batches)
     ckpt.save_checkpoint(path, run.model, run.optimizer, run.scheduler, run.scaler, state,
                          before_rename=lambda: faults.hit("in-save", state.global_step, run.dist.rank))
     train_cfg = run.cfg.train
     if not state.epoch_batches:
-        ckpt.prune_checkpoints(run.ckpt_dir, ckpt.epochs_to_keep(state, train_cfg.keep_last,
-                                                                 train_cfg.average_best))
+        by_last = train_cfg.average_last > 0
+        keep = ckpt.epochs_to_keep(state, max(train_cfg.keep_last, train_cfg.average_last),
+                                   0 if by_last else train_cfg.average_best)
+        ckpt.prune_checkpoints(run.ckpt_dir, keep)
     ckpt.prune_mid_epoch(run.ckpt_dir, train_cfg.keep_last)
     return path
 
@@ -929,10 +931,14 @@ def save_mid_epoch(run: Run, state: TrainState, done: int, sums: np.ndarray
 
 
 def load_best_epochs(run: Run, state: TrainState) -> list[int]:
-    """Put the best epoch's weights (the mean of the ``train.average_best`` best) into
-    ``run.model``; returns those epochs."""
+    """Put the best epoch's weights (the mean of the ``train.average_best`` best, or of the
+    last ``train.average_last``) into ``run.model``; returns those epochs."""
     available = ckpt.list_checkpoints(run.ckpt_dir)
-    epochs = [e for e in state.best_epochs(run.cfg.train.average_best) if e in available]
+    train_cfg = run.cfg.train
+    if train_cfg.average_last > 0:
+        epochs = sorted(available)[-train_cfg.average_last:]
+    else:
+        epochs = [e for e in state.best_epochs(train_cfg.average_best) if e in available]
     if not epochs:
         raise ConfigError(f"{run.ckpt_dir}: no checkpoint of the best epochs to export")
     paths = [available[e] for e in epochs]
@@ -947,7 +953,8 @@ def load_best_epochs(run: Run, state: TrainState) -> list[int]:
 
 
 def export_model(run: Run, state: TrainState) -> Path:
-    """Write the best epoch (or the mean of the best ``average_best``) as ``<exp_dir>/model``,
+    """Write the best epoch (or the mean of the best ``average_best`` or last
+    ``average_last``) as ``<exp_dir>/model``,
     with a card holding the dev WER/CER of exactly those weights (every rank evaluates its
     dev shard; rank 0 writes)."""
     epochs = load_best_epochs(run, state)
