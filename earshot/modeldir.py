@@ -8,6 +8,7 @@ Layout::
                           (corpus, hours, dev WER/CER, epochs, parameters)
       tokenizer/          Tokenizer.save output
       model.safetensors   weights, the front end's statistics included (they are buffers)
+      checksums.sha256    SHA-256 of each file above, checked on load (earshot.integrity)
 
 It describes the model, not the run that made it: no data paths, no optimizer.
 Directories written by earshot 0.1 (format 1: an ExperimentConfig, front-end statistics
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from earshot.config import (MODEL_DIR_FORMAT, ExperimentConfig, ModelCard, ModelDescription,
                             load_config, read_yaml, save_config)
 from earshot.errors import ConfigError, EarshotError
+from earshot.integrity import verify_checksums, write_checksums
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,9 @@ def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescripti
 def staged_directory(directory: str | Path):
     """Yield an empty staging folder next to ``directory``; when the block ends without an
     error it replaces ``directory`` as a whole, otherwise it is removed. Readers see the
-    old directory or the new one, never a half-written one. Folders a killed earlier save
-    left (``.NAME.tmp-*``, ``.NAME.old-*``) are removed first."""
+    old directory or the new one, never a half-written one, and the new one carries a
+    checksum manifest of what the block wrote. Folders a killed earlier save left
+    (``.NAME.tmp-*``, ``.NAME.old-*``) are removed first."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     for kind in ("tmp", "old"):
@@ -91,6 +94,7 @@ def staged_directory(directory: str | Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         yield staging
+        write_checksums(staging)
         _swap_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -137,6 +141,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
 
     directory = Path(directory)
     check_model_dir(directory)
+    verify_checksums(directory)
     description, version = read_description(directory / CONFIG_FILE)
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     model = build_model(description, tokenizer)

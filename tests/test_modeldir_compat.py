@@ -94,3 +94,52 @@ def test_format_1_directory_decodes_as_the_model_that_wrote_it(tmp_path):
     _, tokenizer2, model2 = load_model_dir(tmp_path / "new")
     again = _decoded(model2, tokenizer2)
     assert again["greedy"] == expected["greedy"] and again["joint"] == expected["joint"]
+
+
+def test_a_changed_missing_or_garbled_file_is_named_against_the_checksum_manifest(tmp_path):
+    import hashlib
+
+    import pytest
+
+    from earshot.errors import ConfigError
+    from earshot.integrity import CHECKSUM_FILE
+    from earshot.models.lm import load_lm, save_lm_dir
+
+    cfg, tokenizer, model = _model()
+    save_model_dir(tmp_path / "m", cfg, tokenizer, model)
+    manifest = tmp_path / "m" / CHECKSUM_FILE
+    listed = {line.split("  ")[1]: line.split("  ")[0] for line in manifest.read_text().splitlines()}
+    files = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*")
+                   if p.is_file() and p.name != CHECKSUM_FILE)
+    assert sorted(listed) == files and "model.safetensors" in listed and "config.yaml" in listed
+    for name, digest in listed.items():  # sha256sum's format and digests
+        assert hashlib.sha256((tmp_path / "m" / name).read_bytes()).hexdigest() == digest
+    (tmp_path / "m" / "NOTES.txt").write_text("a file the user added is not checked\n")
+    load_model_dir(tmp_path / "m")
+
+    (tok_file,) = [n for n in listed if n.startswith("tokenizer/")]
+    path = tmp_path / "m" / tok_file
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b'"a"', b'"x"', 1))  # one symbol swapped by hand
+    assert path.read_bytes() != original
+    with pytest.raises(ConfigError, match=rf"{tok_file}: its SHA-256 differs from .*{CHECKSUM_FILE}:\d"):
+        load_model_dir(tmp_path / "m")
+    path.unlink()
+    with pytest.raises(ConfigError, match=rf"{tok_file}: missing, but listed in"):
+        load_model_dir(tmp_path / "m")
+    path.write_bytes(original)
+    manifest.write_text(manifest.read_text() + "not a digest line\n")
+    with pytest.raises(ConfigError, match=rf"{CHECKSUM_FILE}:{len(listed) + 1}: not a"):
+        load_model_dir(tmp_path / "m")
+    manifest.unlink()  # what the message offers to accept a change: no manifest, no check
+    load_model_dir(tmp_path / "m")
+
+    from earshot.config import LMConfig, LMExperimentConfig
+    from earshot.models.lm import RNNLM
+
+    lm = RNNLM(LMConfig(embedding_dim=4, units=8, layers=1, dropout=0.0), tokenizer.vocab_size)
+    save_lm_dir(tmp_path / "lm", lm, LMExperimentConfig(model=lm.cfg), tokenizer)
+    weights = tmp_path / "lm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(ConfigError, match="model.safetensors: its SHA-256 differs"):
+        load_lm(tmp_path / "lm")

@@ -22,6 +22,7 @@ from torch import nn
 
 from earshot.config import LMConfig, LMExperimentConfig, load_config, save_config
 from earshot.errors import ConfigError
+from earshot.integrity import verify_checksums
 
 
 @dataclass
@@ -93,6 +94,7 @@ def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
     for name in ("config.yaml", "tokenizer", "model.safetensors"):
         if not (d / name).exists():
             raise ConfigError(f"{d}: not a language model directory (missing {name})")
+    verify_checksums(d)
     cfg = load_config(d / "config.yaml", cls=LMExperimentConfig)
     tokenizer = load_tokenizer(d / "tokenizer")
     lm = RNNLM(cfg.model, tokenizer.vocab_size)

@@ -18,7 +18,6 @@ Files in ``<exp_dir>/checkpoints/``: ``epoch-0003.pt`` at the end of epoch 3, an
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from earshot.errors import EarshotError
+from earshot.integrity import file_sha256
 from earshot.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def atomic_torch_save(obj: object, path: str | Path,
     path = Path(path)
     _digest_path(path).unlink(missing_ok=True)  # a stale digest must never vouch for a new file
     _atomic_write(path, lambda handle: torch.save(obj, handle), before_rename)
-    digest = _sha256(path)  # read back from the page cache: no second copy in memory
+    digest = file_sha256(path)  # read back from the page cache: no second copy in memory
     _atomic_write(_digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
 
 
@@ -86,14 +86,6 @@ def _atomic_write(path: Path, write: Callable, before_rename: Callable[[], None]
     _fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -104,7 +96,7 @@ def _check_digest(path: Path) -> None:
     digest = _digest_path(path)
     if not digest.is_file():
         return
-    if _sha256(path) != digest.read_text().strip():
+    if file_sha256(path) != digest.read_text().strip():
         raise EarshotError(f"{path}: its SHA-256 does not match {digest.name} (the file was "
                            f"altered or damaged after it was written)")
 
