@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 
 from earshot.config import DecodeConfig, replace
-from earshot.errors import AudioError, ConfigError, EarshotError
+from earshot.errors import ConfigError, EarshotError
 
 log = logging.getLogger("earshot")
 
@@ -180,30 +180,28 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_transcribe(args) -> int:
-    from earshot.audio import load_audio
     from earshot.inference import Transcriber, load_lm_dir, write_nbest
 
     model = Transcriber.load(args.model, device=check_device(args.device))
     decode = decode_config(args, model.cfg.decode)
     lm = load_lm_dir(args.lm, model) if args.lm else None
-    ids, wavs, failed = [], [], 0
-    for path in args.audio:
-        try:
-            wavs.append(load_audio(path, model.sample_rate))
-            ids.append(str(path))
-        except AudioError as err:
-            print(f"error: {err}", file=sys.stderr)
-            failed += 1
-    utts = model.decode_waveforms(ids, wavs, decode, lm=lm, mode=args.mode) if wavs else []
+    utts = model.transcribe_detailed(args.audio, decode, lm=lm, mode=args.mode, on_error="keep")
     for u in utts:
-        if args.json:
+        if u.error:
+            print(f"error: {u.error}", file=sys.stderr)
+        elif args.json:
             print(json.dumps({"path": u.id, "text": u.text,
                               "nbest": [{"text": h.text, "score": float(h.score)}
                                         for h in u.hypotheses]}))
         else:
             print(f"{u.id}\t{u.text}")
+    decoded = [u for u in utts if not u.error]
     if args.nbest_out:
-        write_nbest(Path(args.nbest_out), utts)
+        write_nbest(Path(args.nbest_out), decoded)
+    failed = len(utts) - len(decoded)
+    if failed:
+        print(f"error: {failed} of {len(utts)} files could not be read (named above); the "
+              f"other {len(decoded)} were transcribed", file=sys.stderr)
     return 1 if failed else 0
 
 

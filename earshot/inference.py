@@ -33,6 +33,7 @@ class Utterance:
     id: str
     hypotheses: list[Hypothesis]
     reference: str | None = None
+    error: str | None = None  # why it was not decoded (its audio did not load)
 
     @property
     def text(self) -> str:
@@ -65,15 +66,37 @@ class Transcriber:
         return self.cfg.model.features.sample_rate
 
     def transcribe(self, paths: list[str | Path], decode: DecodeConfig | None = None,
-                   lm=None, mode: str = "auto") -> list[str]:
-        """Transcribe audio files; returns one text per path, in order."""
-        return [u.text for u in self.transcribe_detailed(paths, decode, lm, mode)]
+                   lm=None, mode: str = "auto", on_error: str = "raise") -> list[str | None]:
+        """Transcribe audio files; returns one text per path, in order. A file that cannot
+        be read raises ``AudioError`` naming it, before anything is decoded; with
+        ``on_error="keep"`` its text is None and the other files are transcribed."""
+        return [None if u.error else u.text
+                for u in self.transcribe_detailed(paths, decode, lm, mode, on_error)]
 
     def transcribe_detailed(self, paths, decode: DecodeConfig | None = None, lm=None,
-                            mode: str = "auto") -> list[Utterance]:
-        """Like ``transcribe`` but returns each file's n-best list with scores."""
-        wavs = [load_audio(p, self.sample_rate) for p in paths]
-        return self.decode_waveforms([str(p) for p in paths], wavs, decode, lm, mode)
+                            mode: str = "auto", on_error: str = "raise") -> list[Utterance]:
+        """Like ``transcribe`` but returns each file's n-best list with scores; with
+        ``on_error="keep"`` an unreadable file's Utterance has no hypotheses and its
+        ``error`` says why."""
+        if on_error not in ("raise", "keep"):
+            raise ValueError(f"on_error must be 'raise' or 'keep', not {on_error!r}")
+        readable, wavs, errors = [], [], {}
+        for i, path in enumerate(paths):
+            try:
+                wavs.append(load_audio(path, self.sample_rate))
+                readable.append(i)
+            except AudioError as err:
+                if on_error == "raise":
+                    raise
+                errors[i] = str(err)
+        decoded = self.decode_waveforms([str(paths[i]) for i in readable], wavs, decode, lm,
+                                        mode) if wavs else []
+        out: list[Utterance] = [None] * len(paths)  # type: ignore[list-item]
+        for i, utt in zip(readable, decoded):
+            out[i] = utt
+        for i, reason in errors.items():
+            out[i] = Utterance(str(paths[i]), [], error=reason)
+        return out
 
     def decode_waveforms(self, ids: list[str], wavs: list[torch.Tensor],
                          decode: DecodeConfig | None = None, lm=None,
@@ -112,8 +135,6 @@ class Transcriber:
         out = []
         for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress,
                           dynamic_ncols=True):
-            if batch is None:
-                continue
             hyps = decode_batch(self.model, batch.wavs.to(self.device),
                                 batch.wav_lens.to(self.device), decode, self.tokenizer,
                                 lm=lm, mode=mode)

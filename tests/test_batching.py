@@ -92,6 +92,13 @@ def test_corrupt_audio_is_dropped_with_a_warning(corpus, caplog):
     assert seen == set(cuts.ids) - {"u3", "u5"}
     assert f"'u3'" in caplog.text and str(corpus / "u3.wav") in caplog.text
     assert "file not found" in caplog.text and str(corpus / "u5.wav") in caplog.text
+    assert {i for b in batches for i in b.dropped} < {"u3", "u5"}  # the rest were in empty batches
+    # A training loader keeps the empty batches, so every batch of the sampler is counted.
+    kept = list(make_loader(cuts, FakeTokenizer(), RATE, max_duration=0.3, shuffle=False,
+                            keep_empty=True))
+    assert len(kept) == len(list(loader.sampler))
+    assert sorted(i for b in kept for i in b.dropped) == ["u3", "u5"]
+    assert [b.ids for b in kept if len(b)] == [b.ids for b in batches]
 
 
 def _ids(batches) -> list[list[str]]:

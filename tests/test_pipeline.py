@@ -12,6 +12,7 @@ import torch
 
 import earshot
 from earshot.cli import main
+from earshot.errors import AudioError
 
 TEXTS = ["red cup", "blue hat", "go home", "big dog"]
 
@@ -89,7 +90,12 @@ def test_transcribe_reports_bad_files_and_still_transcribes_good_ones(overfit_mo
     captured = capsys.readouterr()
     assert code == 1
     assert "broken.wav" in captured.err and "missing.flac" in captured.err
+    assert "2 of 3 files could not be read" in captured.err
     assert captured.out.strip().endswith(TEXTS[0])
+    model = earshot.load_model(overfit_model / "exp" / "model")
+    with pytest.raises(AudioError, match="broken.wav"):
+        model.transcribe([corpus / "u0.wav", bad])
+    assert model.transcribe([bad, corpus / "u0.wav"], on_error="keep") == [None, TEXTS[0]]
 
 
 def test_demo_quick_writes_model_data_and_summary(tmp_path, capsys):

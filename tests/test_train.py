@@ -106,8 +106,9 @@ def test_metrics_lines_config_and_exported_model(corpus, straight_run):
     rows = _rows(exp_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     keys = {"kind", "epoch", "step", "train_loss", "ctc", "nll", "dev_loss", "dev_wer", "dev_cer",
-            "lr", "skipped_steps", "seconds"}
+            "lr", "skipped_steps", "skipped_rows", "skipped", "dev_skipped", "seconds"}
     assert all(set(r) == keys for r in rows)
+    assert all(r["skipped_rows"] == 0 and r["dev_skipped"] == 0 for r in rows)
     steps = _rows(exp_dir, "step")
     assert [r["step"] for r in steps] == list(range(1, rows[-1]["step"] + 1))  # log_every=1
     assert all(r["audio_seconds_per_second"] > 0 and r["grad_norm"] >= 0 and r["max_rss_mb"] > 0
@@ -269,19 +270,33 @@ def test_utterances_too_short_for_one_frame_are_skipped_in_training_and_dev(corp
     from earshot.data.manifests import import_csv
 
     sf.write(tmp_path / "click.wav", np.zeros(10, dtype=np.float32), RATE)  # 1.25 ms: no frame
+    sf.write(tmp_path / "gone.wav", _utterance("ab", np.random.default_rng(2)), RATE)
+
+    def cut(path, uid):
+        c = Recording.from_file(path, recording_id=uid).to_cut()
+        c.supervisions = [SupervisionSegment(id=c.id, recording_id=c.recording_id, start=0.0,
+                                             duration=c.duration, text="a")]
+        return c
+
     paths = []
     for name, csv in zip(("train", "dev"), corpus):
-        click = Recording.from_file(tmp_path / "click.wav", recording_id=f"click_{name}").to_cut()
-        click.supervisions = [SupervisionSegment(id=click.id, recording_id=click.recording_id,
-                                                 start=0.0, duration=click.duration, text="a")]
         paths.append(tmp_path / f"{name}.jsonl.gz")
-        CutSet.from_cuts([*import_csv(csv), click]).to_file(paths[-1])
+        CutSet.from_cuts([*import_csv(csv), cut(tmp_path / "click.wav", f"click_{name}"),
+                          cut(tmp_path / "gone.wav", f"gone_{name}")]).to_file(paths[-1])
+    (tmp_path / "gone.wav").unlink()  # deleted after the manifests were made
     cfg = _cfg(tuple(paths), tmp_path / "exp", "train.epochs=1")
     with caplog.at_level("WARNING"):
         model_dir = train(cfg)
     assert (model_dir / "model.safetensors").is_file()
     for uid in ("click_train", "click_dev"):
         assert f"skipping utterance '{uid}': 10 samples give 0 encoder frames" in caplog.text
+    assert ("epoch 1: 2 training utterances skipped (1 audio did not load, 1 too short for "
+            "one encoder frame)") in caplog.text
+    assert "epoch 1: 2 dev utterances not scored" in caplog.text
+    (row,) = [json.loads(line) for line in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert row["skipped"] == {"unreadable": 1, "unusable": 1, "out_of_memory": 0, "other_rank": 0}
+    assert row["skipped_rows"] == 2 and row["dev_skipped"] == 2
 
 
 def test_a_click_in_a_transcribe_batch_decodes_to_empty_text(straight_run, tmp_path):

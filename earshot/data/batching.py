@@ -5,8 +5,10 @@ most ``max_duration`` seconds; ``EpochBatches`` deals those batches out to the r
 data-parallel job (global batch ``i`` goes to rank ``i % world_size``; a last round that
 would leave some rank without a batch is dropped, so every rank steps equally often) and
 can start an epoch part-way through. ``CutDataset`` turns each CutSet into a ``Batch``.
-Audio that fails to load at run time is warned about and dropped from its batch; a batch
-left empty is skipped by the loader itself, so consumers never see ``None``.
+Audio that fails to load at run time is warned about and dropped from its batch, its id
+kept in ``Batch.dropped`` so that the consumer can count it. A batch left empty is skipped
+by the loader, unless it was made with ``keep_empty=True`` (training: every rank and a
+resumed epoch must count the same batches), which yields it with no rows.
 
 >>> loader = make_loader(cuts, tokenizer, 16000, max_duration=60.0, shuffle=True)  # doctest: +SKIP
 >>> set_epoch(loader, epoch)  # doctest: +SKIP
@@ -55,9 +57,17 @@ class Batch:
     texts: list[str]  # raw transcripts (not normalised)
     tokens: torch.Tensor  # (B, U) long, padded with tokenizer.pad_id; no bos/eos
     token_lens: torch.Tensor  # (B,) long
+    dropped: tuple[str, ...] = ()  # ids of the sampled cuts whose audio did not load
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def empty(cls, dropped: tuple[str, ...] = ()) -> Batch:
+        """A batch with no rows (every cut's audio failed to load)."""
+        none = torch.zeros(0, dtype=torch.long)
+        return cls([], torch.zeros(0, 0), none, [], torch.zeros(0, 0, dtype=torch.long), none,
+                   tuple(dropped))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device``."""
@@ -128,13 +138,20 @@ class CutDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-    def __getitem__(self, cuts: CutSet) -> Batch | None:
-        loaded = [(cut, wav) for cut in cuts if (wav := self._load(cut)) is not None]
+    def __getitem__(self, cuts: CutSet) -> Batch:
+        loaded, dropped = [], []
+        for cut in cuts:
+            wav = self._load(cut)
+            if wav is None:
+                dropped.append(cut.id)
+            else:
+                loaded.append((cut, wav))
         if not loaded:
-            return None
+            return Batch.empty(tuple(dropped))
         loaded.sort(key=lambda pair: pair[1].numel(), reverse=True)
-        return collate([c.id for c, _ in loaded], [w for _, w in loaded],
-                       [c.supervisions[0].text for c, _ in loaded], self.tokenizer)
+        batch = collate([c.id for c, _ in loaded], [w for _, w in loaded],
+                        [c.supervisions[0].text for c, _ in loaded], self.tokenizer)
+        return dataclasses.replace(batch, dropped=tuple(dropped))
 
     def speed_factor(self, cut_id: str) -> float:
         # random.Random hashes a str seed with SHA-512: the same in every process.
@@ -209,10 +226,13 @@ def collate(ids: list[str], wavs: list[torch.Tensor], texts: list[str], tokenize
 
 
 class _SkipEmptyLoader(DataLoader):
-    """A DataLoader that leaves out batches whose every cut failed to load (None)."""
+    """A DataLoader that leaves out batches whose every cut failed to load, unless
+    ``keep_empty``."""
+
+    keep_empty = False
 
     def __iter__(self):
-        return (batch for batch in super().__iter__() if batch is not None)
+        return (batch for batch in super().__iter__() if self.keep_empty or len(batch))
 
 
 def _as_is(item):
@@ -222,13 +242,16 @@ def _as_is(item):
 def make_loader(cuts: CutSet, tokenizer, sample_rate: int, max_duration: float,
                 shuffle: bool, seed: int = 0, num_buckets: int = 10, num_workers: int = 0,
                 drop_last: bool = False, speed_factors: tuple[float, ...] = (),
-                world_size: int = 1, rank: int = 0, even: bool = True) -> DataLoader:
+                world_size: int = 1, rank: int = 0, even: bool = True,
+                keep_empty: bool = False) -> DataLoader:
     """A DataLoader of ``Batch`` with at most ``max_duration`` seconds of audio each.
 
     The sampler (``loader.sampler``) is an ``EpochBatches`` over a duration-bucketed lhotse
     sampler of the whole CutSet, dealing batches to ``rank`` of ``world_size``: call
     ``set_epoch(loader, e)`` before each epoch for a new shuffle. A cut longer than
     ``max_duration`` comes alone in its batch (filter them first: ``drop_long_cuts``).
+    With ``keep_empty`` a batch whose every cut failed to load is yielded (no rows, the
+    ids in ``dropped``) instead of left out.
     """
     with warnings.catch_warnings():
         # Manifests here fit in memory; lhotse's advice to read them lazily is noise.
@@ -237,9 +260,11 @@ def make_loader(cuts: CutSet, tokenizer, sample_rate: int, max_duration: float,
     dataset = CutDataset(tokenizer, sample_rate, speed_factors, seed)
     # Workers draw nothing at random (speed factors are seeded per cut); the generator
     # only pins the base seed torch hands them.
-    return _SkipEmptyLoader(dataset, sampler=EpochBatches(inner, world_size, rank, even),
-                            batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-                            generator=torch.Generator().manual_seed(seed))
+    loader = _SkipEmptyLoader(dataset, sampler=EpochBatches(inner, world_size, rank, even),
+                              batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+                              generator=torch.Generator().manual_seed(seed))
+    loader.keep_empty = keep_empty
+    return loader
 
 
 def _sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int,
@@ -263,8 +288,8 @@ def set_epoch(loader: DataLoader, epoch: int, skip: int = 0) -> None:
 
 def batches_in_epoch(loader: DataLoader, epoch: int) -> int:
     """How many batches ``loader`` yields this rank in ``epoch``, counted from the cut
-    metadata (no audio is read). Batches whose every cut then fails to load are skipped
-    at run time, so the real count can be lower."""
+    metadata (no audio is read). Batches whose every cut then fails to load are left out
+    at run time (unless the loader keeps empty batches), so the real count can be lower."""
     return loader.sampler.num_batches(epoch)
 
 

@@ -38,7 +38,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -118,14 +118,25 @@ class Run:
         return self.exp_dir / CHECKPOINT_DIR
 
 
+# Why a training row (utterance, sentence) was not trained on, as counted in an epoch.
+SKIP_REASONS = {
+    "unreadable": "audio did not load",
+    "unusable": "unusable by the model",  # Task.UNUSABLE says which rows (ASR: too short)
+    "out_of_memory": "out of memory even alone",
+    "other_rank": "in a round another rank's batch could not train",
+}
+
+
 @dataclass(frozen=True)
 class EpochStats:
     """Training-set averages over one epoch (weighted by the task's items), the loss's
-    named parts (ASR: ctc, nll) and the batches seen."""
+    named parts (ASR: ctc, nll), the batches seen and the rows skipped, by reason (the
+    keys of SKIP_REASONS; over all ranks)."""
 
     loss: float
     parts: dict
     batches: int
+    skipped: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,7 @@ class DevResult:
     loss: float
     wer: float
     cer: float
+    skipped: int = 0  # dev utterances not scored (audio did not load, too short)
 
     def metrics(self) -> dict[str, float]:
         return {"loss": self.loss, "wer": self.wer, "cer": self.cer}
@@ -148,6 +160,7 @@ class Task:
     PARTS: tuple[str, ...] = ()  # named parts of the loss, logged beside it
     AMOUNT = "items"  # what throughput counts besides rows ("audio_seconds", "tokens")
     ROWS = "rows"  # what a batch's rows are ("utterances", "sentences")
+    UNUSABLE = "unusable by the model"  # what ``usable`` leaves out
     find_unused_parameters = False  # DDP: some parameters may get no gradient
 
     def usable(self, batch):
@@ -183,6 +196,7 @@ class ASRTask(Task):
     PARTS = ("ctc", "nll")
     AMOUNT = "audio_seconds"
     ROWS = "utterances"
+    UNUSABLE = "too short for one encoder frame"
 
     def __init__(self, cfg: ExperimentConfig, model):
         self.cfg, self.rate = cfg, model.sample_rate
@@ -427,10 +441,10 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
                                seed=cfg.train.seed, num_buckets=data.num_buckets,
                                num_workers=data.num_workers, speed_factors=data.speed_perturb,
-                               **shard)
+                               keep_empty=True, **shard)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers,
-                             even=False, **shard)
+                             even=False, keep_empty=True, **shard)
     optimizer, scheduler, scaler = build_optimization(cfg, model, device, train_loader)
     hours = sum(cut.duration for cut in train_cuts) / 3600
     log.info("model: %.2fM parameters; train: %d cuts (%.2f h); dev: %d cuts; device %s",
@@ -557,7 +571,8 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     start = time.time()
     stats, state = train_one_epoch(run, state, epoch)
     lr_used = run.scheduler.lr
-    dev = run.task.evaluate(run).metrics()
+    dev_result = run.task.evaluate(run)
+    dev = dev_result.metrics()
     lr = run.scheduler.step_epoch(dev)
     state = dataclasses.replace(state.record(epoch, dev[run.cfg.train.select_metric],
                                              state.global_step), lr=lr)
@@ -565,12 +580,26 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items())
     log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs", epoch, stats.loss, shown,
              lr_used, seconds)
-    run.log_row(epoch_row(epoch, state, stats, dev, lr_used, seconds))
+    log_skips(run, epoch, stats, getattr(dev_result, "skipped", 0))
+    run.log_row(epoch_row(epoch, state, stats, dev, lr_used, seconds,
+                          getattr(dev_result, "skipped", 0)))
     if run.dist.is_main:
         save_checkpoint(run, state)
         run.task.after_validation(run, epoch)
     barrier(run.dist)
     return state
+
+
+def log_skips(run: Run, epoch: int, stats: EpochStats, dev_skipped: int) -> None:
+    """One warning line for what the epoch left out, by reason (each was named above)."""
+    reasons = {**SKIP_REASONS, "unusable": run.task.UNUSABLE}
+    parts = [f"{count} {reasons[reason]}" for reason, count in stats.skipped.items() if count]
+    if parts:
+        log.warning("epoch %d: %d training %s skipped (%s)", epoch, sum(stats.skipped.values()),
+                    run.task.ROWS, ", ".join(parts))
+    if dev_skipped:
+        log.warning("epoch %d: %d dev %s not scored (audio did not load, or too short)", epoch,
+                    dev_skipped, run.task.ROWS)
 
 
 def plot_dev_alignments(run: Run, epoch: int) -> None:
@@ -580,7 +609,7 @@ def plot_dev_alignments(run: Run, epoch: int) -> None:
 
     count = run.cfg.train.plot_alignments
     batch = next(iter(run.dev_loader), None) if count else None
-    batch = drop_short_utterances(run.model, batch) if batch is not None else None
+    batch = drop_short_utterances(run.model, batch) if batch is not None and len(batch) else None
     if batch is None:
         return
     batch = batch.select(torch.arange(min(count, len(batch)))).to(run.device)
@@ -600,10 +629,14 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     total = batches_in_epoch(run.train_loader, epoch)
     done = state.epoch_batches
     set_epoch(run.train_loader, epoch, skip=done)
-    # loss and its parts (weighted by the task's items) and the items; a mid-epoch
-    # checkpoint holds every rank's total, which rank 0 carries on from.
-    width = 2 + len(run.task.PARTS)
-    sums = np.array(state.epoch_sums if state.epoch_sums and world.is_main else [0.0] * width)
+    # loss and its parts (weighted by the task's items), the items, and the rows skipped
+    # by reason; a mid-epoch checkpoint holds every rank's total, which rank 0 carries on
+    # from (one written before skips were counted has none: they start at 0).
+    n = 1 + len(run.task.PARTS)
+    sums = np.zeros(n + 1 + len(SKIP_REASONS))
+    if state.epoch_sums and world.is_main:
+        sums[:len(state.epoch_sums)] = state.epoch_sums
+    skip = {reason: n + 1 + i for i, reason in enumerate(SKIP_REASONS)}
     clock, meter = SaveClock(cfg.train), StepMeter(run)
     pending, ids, bad_in_row = 0, [], 0
     bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", unit="batch",
@@ -611,18 +644,25 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     for batch in run.train_loader:
         index, done = done, done + 1
         bar.update()
-        batch = run.task.usable(batch)
+        sums[skip["unreadable"]] += len(getattr(batch, "dropped", ()))
+        rows = len(batch)
+        batch = run.task.usable(batch) if rows else None
+        sums[skip["unusable"]] += rows - (len(batch) if batch is not None else 0)
         if not every_rank(world, batch is not None):
-            continue  # no rank trains this round, so no rank waits for another's gradient
+            # no rank trains this round, so no rank waits for another's gradient
+            sums[skip["other_rank"]] += len(batch) if batch is not None else 0
+            continue
         seed_step(cfg.train.seed, world.rank, epoch, index)
         last_micro = pending + 1 == cfg.optim.accum_steps
-        pending, ids = pending + 1, ids + batch.ids
+        pending, ids, trained = pending + 1, ids + batch.ids, 0
         for part, losses in train_batch(run, batch.to(run.device), (epoch, state.global_step),
                                         sync=last_micro):
             if math.isfinite(losses[0]):
                 items = run.task.weight(part)
-                sums += [*(items * v for v in losses), items]
+                sums[:n + 1] += [*(items * v for v in losses), items]
             meter.add(part, losses)
+            trained += len(part)
+        sums[skip["out_of_memory"]] += len(batch) - trained
         if last_micro:
             state, bad_in_row = update(run, state, meter, epoch, ids, bad_in_row, bar)
             pending, ids = 0, []
@@ -633,8 +673,9 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
         state, _ = update(run, state, meter, epoch, ids, bad_in_row, bar)
     bar.close()
     sums = reduce_sums(run, sums)
-    loss, *parts = (sums[:-1] / max(sums[-1], 1)).tolist()
-    return EpochStats(loss, dict(zip(run.task.PARTS, parts)), done), state
+    loss, *parts = (sums[:n] / max(sums[n], 1)).tolist()
+    skipped = {reason: int(sums[i]) for reason, i in skip.items()}
+    return EpochStats(loss, dict(zip(run.task.PARTS, parts)), done, skipped), state
 
 
 def update(run: Run, state: TrainState, meter: StepMeter, epoch: int, ids: list[str],
@@ -836,9 +877,11 @@ def evaluate_model(model, tok, loader, cfg: ExperimentConfig, device: torch.devi
     from earshot.metrics import error_rates
 
     model.eval()
-    loss_sum, utts, refs, hyps = 0.0, 0, [], []
+    loss_sum, utts, refs, hyps, skipped = 0.0, 0, [], [], 0
     for batch in loader:
-        batch = drop_short_utterances(model, batch)
+        rows, skipped = len(batch), skipped + len(batch.dropped)
+        batch = drop_short_utterances(model, batch) if rows else None
+        skipped += rows - (len(batch) if batch is not None else 0)
         if batch is None:
             continue
         batch = batch.to(device)
@@ -849,19 +892,20 @@ def evaluate_model(model, tok, loader, cfg: ExperimentConfig, device: torch.devi
         utts += len(batch)
         refs += [tok.normalize(text) for text in batch.texts]
         hyps += [tok.decode(row) for row in ids]
-    loss_sum, utts, refs, hyps = gather_dev(world, loss_sum, utts, refs, hyps)
+    loss_sum, utts, refs, hyps, skipped = gather_dev(world, loss_sum, utts, refs, hyps, skipped)
     rates = error_rates(refs, hyps)
-    return DevResult(loss_sum / max(utts, 1), rates.wer, rates.cer)
+    return DevResult(loss_sum / max(utts, 1), rates.wer, rates.cer, skipped)
 
 
-def gather_dev(world: Dist, loss_sum, utts, refs, hyps):
+def gather_dev(world: Dist, loss_sum, utts, refs, hyps, skipped):
     """Combine every rank's share of the dev set (a no-op on one process)."""
     if world.world_size <= 1:
-        return loss_sum, utts, refs, hyps
+        return loss_sum, utts, refs, hyps, skipped
     parts = [None] * world.world_size
-    dist.all_gather_object(parts, (loss_sum, utts, refs, hyps))
+    dist.all_gather_object(parts, (loss_sum, utts, refs, hyps, skipped))
     return (sum(p[0] for p in parts), sum(p[1] for p in parts),
-            [r for p in parts for r in p[2]], [h for p in parts for h in p[3]])
+            [r for p in parts for r in p[2]], [h for p in parts for h in p[3]],
+            sum(p[4] for p in parts))
 
 
 # ---------------------------------------------------------------------------
@@ -869,10 +913,11 @@ def gather_dev(world: Dist, loss_sum, utts, refs, hyps):
 
 
 def epoch_row(epoch: int, state: TrainState, stats: EpochStats, dev: dict, lr: float,
-              seconds: float) -> dict:
+              seconds: float, dev_skipped: int = 0) -> dict:
     return {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
             **stats.parts, **{f"dev_{name}": value for name, value in dev.items()}, "lr": lr,
-            "skipped_steps": state.skipped_steps, "seconds": round(seconds, 3)}
+            "skipped_steps": state.skipped_steps, "skipped_rows": sum(stats.skipped.values()),
+            "skipped": stats.skipped, "dev_skipped": dev_skipped, "seconds": round(seconds, 3)}
 
 
 def append_metrics(path: Path, row: dict) -> None:
