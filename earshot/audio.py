@@ -74,6 +74,25 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
+def check_waveform(name: str, wav) -> torch.Tensor:
+    """A waveform handed in through the Python API as a float32 tensor (S,); AudioError
+    naming ``name`` unless it is 1-D floating-point samples, finite and in [-1, 1]
+    (with the same tolerance as files)."""
+    if isinstance(wav, np.ndarray):
+        wav = torch.from_numpy(wav)
+    if not isinstance(wav, torch.Tensor):
+        raise AudioError(name, f"waveform must be a tensor or numpy array, got {type(wav).__name__}")
+    if wav.dim() != 1:
+        raise AudioError(name, f"waveform must be 1-D (samples,), got shape {tuple(wav.shape)}; "
+                               f"average the channels first")
+    if not wav.dtype.is_floating_point:
+        raise AudioError(name, f"waveform must hold floating-point samples in [-1, 1], got "
+                               f"{wav.dtype} (divide 16-bit integers by 32768)")
+    wav = wav.detach().to("cpu", torch.float32)
+    _check_samples(name, wav.numpy())
+    return wav
+
+
 def _read(path: str | Path) -> tuple[np.ndarray, int]:
     """All samples as (frames, channels) float32, and the file's sample rate."""
     _check_exists(path)

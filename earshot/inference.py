@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from earshot.audio import load_audio
+from earshot.audio import check_waveform, load_audio
 from earshot.config import DecodeConfig, ExperimentConfig, to_dict
 from earshot.decoding.api import Hypothesis, decode_batch
 from earshot.errors import AudioError, EarshotError
@@ -89,8 +89,10 @@ class Transcriber:
                 if on_error == "raise":
                     raise
                 errors[i] = str(err)
-        decoded = self.decode_waveforms([str(paths[i]) for i in readable], wavs, decode, lm,
-                                        mode) if wavs else []
+        # (files are checked by load_audio; resampling may leave a 1-sample file empty,
+        # which decodes to '' like any audio shorter than a frame)
+        decoded = self._decode_all([str(paths[i]) for i in readable], wavs, decode, lm,
+                                   mode) if wavs else []
         out: list[Utterance] = [None] * len(paths)  # type: ignore[list-item]
         for i, utt in zip(readable, decoded):
             out[i] = utt
@@ -101,7 +103,14 @@ class Transcriber:
     def decode_waveforms(self, ids: list[str], wavs: list[torch.Tensor],
                          decode: DecodeConfig | None = None, lm=None,
                          mode: str = "auto") -> list[Utterance]:
-        """Decode mono waveforms (S,) at ``self.sample_rate``, batched longest first."""
+        """Decode mono waveforms (S,) at ``self.sample_rate``, batched longest first.
+        Each must be floating-point samples in [-1, 1], finite and not empty (AudioError
+        naming its id otherwise); one shorter than an encoder frame decodes to ''."""
+        wavs = [check_waveform(name, wav) for name, wav in zip(ids, wavs)]
+        return self._decode_all(ids, wavs, decode, lm, mode)
+
+    def _decode_all(self, ids: list[str], wavs: list[torch.Tensor], decode: DecodeConfig | None,
+                    lm, mode: str) -> list[Utterance]:
         decode = decode or self.cfg.decode
         order = sorted(range(len(wavs)), key=lambda i: -len(wavs[i]))
         results: dict[int, Utterance] = {}

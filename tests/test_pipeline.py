@@ -165,6 +165,15 @@ def test_damaged_weights_are_refused_naming_the_file(overfit_model, corpus, caps
                   str(overfit_model / "data" / "cuts.jsonl.gz"), "--out", str(tmp_path / "ev")]):
         code = main(argv)
         err = capsys.readouterr().err
+        assert code == 2 and str(weights) in err and "SHA-256 differs" in err
+    # Without the checksum manifest (a directory from before it existed) the weights
+    # reader itself refuses them.
+    (model_dir / "checksums.sha256").unlink()
+    for argv in (["transcribe", "--model", str(model_dir), str(corpus / "u0.wav")],
+                 ["evaluate", "--model", str(model_dir), "--manifest",
+                  str(overfit_model / "data" / "cuts.jsonl.gz"), "--out", str(tmp_path / "ev")]):
+        code = main(argv)
+        err = capsys.readouterr().err
         assert code == 2 and str(weights) in err and says in err and "Traceback" not in err
 
 

@@ -212,6 +212,8 @@ def _parse_row(fields: dict | str, line: int, base: Path) -> _Row:
             raise _RowProblem(f"malformed row: duration '{duration}' is not a number") from None
         if not (math.isfinite(seconds) and seconds > 0):
             raise _RowProblem(f"malformed row: duration '{duration}' must be a positive number of seconds")
+    if "\x00" in audio:
+        raise _RowProblem(f"malformed row: audio path {audio!r} holds a NUL character")
     audio_path = Path(audio).expanduser()
     if not audio_path.is_absolute():
         audio_path = base / audio_path

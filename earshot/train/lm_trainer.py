@@ -48,7 +48,11 @@ def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
     engine.check_precision(cfg.train.precision, device)
     exp_dir = Path(cfg.train.exp_dir)
     tokenizer = _asr_tokenizer(cfg.data.asr_model)
-    train_seqs = encode_texts(read_texts(cfg.data.train_text, "data.train_text"), tokenizer)
+    from earshot.tokenizer import warn_unknown_chars
+
+    train_texts = read_texts(cfg.data.train_text, "data.train_text")
+    warn_unknown_chars(tokenizer, train_texts, cfg.data.train_text)
+    train_seqs = encode_texts(train_texts, tokenizer)
     dev_seqs = encode_texts(read_texts(cfg.data.dev_text, "data.dev_text"), tokenizer) \
         if cfg.data.dev_text else None
     train_seqs, dev_seqs = _split_dev(train_seqs, dev_seqs, cfg.train.seed)
@@ -208,10 +212,12 @@ def read_texts(path: str, key: str) -> list[str]:
         texts = [s.text for cut in cuts for s in cut.supervisions if s.text]
     else:
         texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    texts = [t for t in texts if t]
-    if not texts:
+    kept = [t for t in texts if t]
+    if not kept:
         raise ConfigError(f"config key '{key}': '{path}' holds no text")
-    return texts
+    log.info("%s: %d sentences%s", path, len(kept),
+             f" ({len(texts) - len(kept)} empty left out)" if len(kept) < len(texts) else "")
+    return kept
 
 
 def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
