@@ -104,3 +104,29 @@ def test_train_lm_on_two_gloo_ranks_matches_one_process(tmp_path):
     run(tmp_path / "two", 2, 1)
     a, b = load_lm(tmp_path / "one").state_dict(), load_lm(tmp_path / "two").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+
+
+def test_a_batch_whose_audio_is_gone_on_one_rank_keeps_the_ranks_in_step(corpus, tmp_path):
+    """One utterance per batch; one file deleted after the manifest was made. Its rank has
+    an empty batch in one round: both ranks skip that round (and count it) instead of
+    one rank running out of batches before the other."""
+    import json
+    import shutil
+
+    config, overrides = corpus
+    train_csv = next(o for o in overrides if o.startswith("data.train=")).split("=", 1)[1]
+    root = tmp_path / "copy"
+    shutil.copytree(os.path.dirname(train_csv), root)
+    from earshot.data.manifests import import_csv
+
+    import_csv(root / "train.csv").to_file(root / "train.jsonl.gz")  # prepared, then
+    (root / "train3.wav").unlink()  # the file goes
+    moved = [f"data.train={root / 'train.jsonl.gz'}" if o.startswith("data.train=") else o
+             for o in overrides]
+    done = _train(config, moved, tmp_path / "exp", 2, "train.epochs=1", "data.max_duration=0.35",
+                  "train.dist_timeout=20", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
+    (epoch,) = [r for r in rows if r["kind"] == "epoch"]
+    assert epoch["skipped"] == {"unreadable": 1, "unusable": 0, "out_of_memory": 0, "other_rank": 1}
+    assert epoch["step"] == 3  # 4 rounds of 2 batches, one skipped
