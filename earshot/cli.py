@@ -2,6 +2,7 @@
 
     earshot demo --out exp/demo
     earshot prepare an4 ../shared/data/an4 --out data/an4
+    earshot validate recipes/an4/crdnn.yaml        (config, manifests and audio; no training)
     earshot train recipes/an4/crdnn.yaml train.epochs=30 [--resume]
     earshot average exp/an4 --best 5         earshot plot exp/an4
     earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev
@@ -139,6 +140,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from earshot.config import load_config
+    from earshot.validate import format_report, validate_experiment
+
+    report = validate_experiment(load_config(args.config, args.overrides), decode=args.decode_audio)
+    print(format_report(report))
+    if not report.ok:
+        empty = ", ".join(s.name for s in report.splits if s.usable == 0)
+        print(f"error: no usable cut in {empty}: earshot train would stop", file=sys.stderr)
+        return 2
+    print("ok: earshot train would start" + (" (skipping the cuts above)"
+                                             if any(s.skipped for s in report.splits) else ""))
+    return 0
+
+
 def cmd_average(args) -> int:
     from earshot.train.trainer import average_experiment
 
@@ -234,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="check a training config and its data without training")
+    p.add_argument("config", type=Path)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for train")
+    p.add_argument("--decode-audio", action="store_true",
+                   help="decode every file (slow; also finds corrupt bodies and NaN samples), "
+                        "not only read its header")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("average", help="average a run's saved epoch checkpoints into a model directory")
     p.add_argument("exp_dir", type=Path, help="the run's train.exp_dir")

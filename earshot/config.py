@@ -259,6 +259,7 @@ class TrainConfig:
     dist_timeout: float = 600.0  # seconds a rank waits for the others before the job ends
     average_best: int = 1  # export the average of the K best epochs (1 = best only)
     average_last: int = 0  # instead export the average of the last N epochs (0 = off)
+    validate_every: int = 1  # dev pass every N epochs (and after the last); newbob needs 1
     init_from: str = ""  # a model directory whose weights start a fresh run (fine-tuning)
     select_metric: Literal["cer", "wer", "loss"] = "cer"
     flush_denormal: bool = True
@@ -558,6 +559,10 @@ def _validate_training(cfg: Any) -> None:
     _check(cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1")
     _check(cfg.train.average_best >= 1, "train.average_best", "must be >= 1")
     _check(cfg.train.average_last >= 0, "train.average_last", "must be >= 0 (0: by average_best)")
+    _check(cfg.train.validate_every >= 1, "train.validate_every", "must be >= 1")
+    _check(cfg.train.validate_every == 1 or cfg.optim.scheduler.type != "newbob",
+           "train.validate_every", "must be 1 with optim.scheduler.type=newbob (it steps on "
+           "every epoch's dev result)")
     _check(cfg.train.average_last <= cfg.train.epochs, "train.average_last",
            f"must be <= train.epochs ({cfg.train.epochs})")
     _check(cfg.train.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: off)")

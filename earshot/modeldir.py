@@ -179,8 +179,10 @@ def upgrade_weights(weights: dict[str, torch.Tensor], version: int) -> dict[str,
     return out
 
 
-def check_model_dir(directory: str | Path) -> None:
-    """Raise a clear EarshotError unless ``directory`` is a complete model directory."""
+def check_model_dir(directory: str | Path, deep: bool = False) -> None:
+    """Raise a clear EarshotError unless ``directory`` is a complete model directory;
+    ``deep`` also checks the files against their checksums and reads the weights (what
+    loading would refuse, found before minutes of other work)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise EarshotError(f"{directory}: model directory not found")
@@ -189,6 +191,10 @@ def check_model_dir(directory: str | Path) -> None:
     if missing:
         raise EarshotError(f"{directory}: not a model directory, missing {', '.join(missing)} "
                            f"(expected {CONFIG_FILE}, {TOKENIZER_DIR}/, {WEIGHTS_FILE})")
+    if deep:
+        verify_checksums(directory)
+        read_description(directory / CONFIG_FILE)
+        read_weights(directory / WEIGHTS_FILE)
 
 
 @torch.no_grad()

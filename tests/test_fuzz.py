@@ -9,7 +9,8 @@ the input; an input that cannot be used never gives a result silently; and a goo
 in the same call gets the result it gets alone.
 
 CI runs each property on a few dozen examples, the same ones every run (derandomized).
-The long version draws fresh examples::
+The long version draws fresh examples (N per property; the manifest property N/4, the
+training one N/100)::
 
     EARSHOT_FUZZ_EXAMPLES=10000 python -m pytest tests/test_fuzz.py --hypothesis-show-statistics
 """
@@ -46,9 +47,11 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 LONG = int(os.environ.get("EARSHOT_FUZZ_EXAMPLES", "0") or 0)
 
 
-def fuzz(ci_examples: int):
-    """Hypothesis settings: ``ci_examples`` derandomized examples, or the long run's."""
-    return settings(max_examples=LONG or ci_examples, deadline=None, derandomize=not LONG,
+def fuzz(ci_examples: int, long_share: float = 1.0):
+    """Hypothesis settings: ``ci_examples`` derandomized examples, or in the long run
+    ``long_share`` of EARSHOT_FUZZ_EXAMPLES fresh ones (the slow properties take fewer)."""
+    examples = max(ci_examples, int(LONG * long_share)) if LONG else ci_examples
+    return settings(max_examples=examples, deadline=None, derandomize=not LONG,
                     database=None, suppress_health_check=list(HealthCheck))
 
 
@@ -302,7 +305,7 @@ def manifest_files(draw, assets: Assets):
     return fmt, "\n".join(lines) + draw(st.sampled_from(["", "\n", "\r\n"]))
 
 
-@fuzz(30)
+@fuzz(30, long_share=0.25)
 @given(data=st.data())
 def test_prepare_keeps_only_usable_rows_and_evaluate_accounts_for_every_one(assets, data):
     fmt, text = data.draw(manifest_files(assets))
@@ -528,7 +531,7 @@ TRAIN_SETTINGS = st.lists(st.sampled_from([
 ]), min_size=1, max_size=4, unique=True)
 
 
-@fuzz(6)
+@fuzz(6, long_share=0.01)
 @given(settings_=TRAIN_SETTINGS)
 def test_training_with_any_settings_exports_a_model_or_stops_with_a_reason(assets, settings_):
     with tempfile.TemporaryDirectory() as tmp:
@@ -539,9 +542,13 @@ def test_training_with_any_settings_exports_a_model_or_stops_with_a_reason(asset
             f"data.train={assets.train_csv}", f"data.dev={assets.dev_csv}", "data.max_duration=1.0",
             f"train.exp_dir={tmp}/exp", "train.epochs=1", "train.device=cpu", "train.tensorboard=false",
             *settings_]
+        checked, report, why = cli(["validate", str(cfg), *overrides])
+        assert checked in (0, 2), why
         code, out, err = cli(["train", str(cfg), *overrides])
         event(f"train exit {code}")
         assert code in (0, 2), err
+        if checked == 2:  # what validate refuses, train refuses too
+            assert code == 2, f"validate said: {why}"
         if code == 2:
             assert err.startswith("error: ") and err.count("\n") == 1, err
             return

@@ -248,10 +248,24 @@ def test_init_from_copies_weights_and_moves_token_rows_by_token(straight_run, tm
         assert torch.equal(state[name][rows["c"]], fresh[name][rows["c"]]), name
 
 
-def test_training_from_a_model_dir_starts_at_its_weights(corpus, straight_run, tmp_path):
+def test_training_from_a_model_dir_starts_at_its_weights(corpus, straight_run, tmp_path, monkeypatch):
     model_dir, _ = straight_run
     with pytest.raises(EarshotError, match="model directory not found"):
         train(_cfg(corpus, tmp_path / "bad", f"train.init_from={tmp_path / 'nowhere'}"))
+    import shutil
+
+    from earshot.train import trainer
+
+    shutil.copytree(model_dir, tmp_path / "damaged")
+    weights = tmp_path / "damaged" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with monkeypatch.context() as patch:  # refused before the minutes of statistics
+        patch.setattr(trainer, "compute_statistics", lambda *a: pytest.fail("statistics first"))
+        with pytest.raises(EarshotError, match="model.safetensors: its SHA-256 differs"):
+            train(_cfg(corpus, tmp_path / "bad2", f"train.init_from={tmp_path / 'damaged'}"))
+        (tmp_path / "damaged" / "checksums.sha256").unlink()
+        with pytest.raises(EarshotError, match="model.safetensors: not a readable safetensors"):
+            train(_cfg(corpus, tmp_path / "bad3", f"train.init_from={tmp_path / 'damaged'}"))
     out = train(_cfg(corpus, tmp_path / "tuned", f"train.init_from={model_dir}", "train.epochs=1",
                      "optim.lr=1e-9", "loss.scheduled_sampling.max_prob=0"))
     tuned_model = load_model_dir(out)[2]
@@ -297,6 +311,48 @@ def test_utterances_too_short_for_one_frame_are_skipped_in_training_and_dev(corp
               if json.loads(line)["kind"] == "epoch"]
     assert row["skipped"] == {"unreadable": 1, "unusable": 1, "out_of_memory": 0, "other_rank": 0}
     assert row["skipped_rows"] == 2 and row["dev_skipped"] == 2
+
+
+def test_validate_reports_what_train_would_skip_without_training(corpus, tmp_path, capsys):
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    from earshot.cli import main
+    from earshot.data.manifests import import_csv
+
+    sf.write(tmp_path / "click.wav", np.zeros(10, dtype=np.float32), RATE)
+    sf.write(tmp_path / "gone.wav", _utterance("ab", np.random.default_rng(2)), RATE)
+    cuts = [*import_csv(corpus[0])]
+    for uid in ("click", "gone"):
+        cut = Recording.from_file(tmp_path / f"{uid}.wav", recording_id=uid).to_cut()
+        cut.supervisions = [SupervisionSegment(id=uid, recording_id=uid, start=0.0,
+                                               duration=cut.duration, text="a")]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(tmp_path / "train.jsonl.gz")
+    (tmp_path / "gone.wav").unlink()
+    dev = tmp_path / "dev.csv"  # a CSV: its bad rows are reported too
+    dev.write_text(corpus[1].read_text().replace("dev1.wav", "nowhere.wav").replace("ab", "ab~"))
+    for name in ("dev0.wav", "dev1.wav"):
+        (tmp_path / name).write_bytes((corpus[1].parent / name).read_bytes())
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    args = ["validate", str(config), *TINY_MODEL, f"data.train={tmp_path / 'train.jsonl.gz'}",
+            f"data.dev={dev}", "data.max_utterance_duration=0.35", f"train.exp_dir={tmp_path / 'exp'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    longest = max(c.duration for c in cuts)
+    assert f"train      {len(cuts)} cuts" in out
+    assert "usable" in out and "1 audio did not load" in out and "1 too short for one encoder frame" in out
+    assert sum(c.duration > 0.35 for c in cuts) >= 1 and longest > 0.35
+    assert f"{sum(c.duration > 0.35 for c in cuts)} longer than data.max_utterance_duration=0.35s" in out
+    assert "gone: " in out and "click: 10 samples" in out
+    assert "1 manifest row unusable" in out and "nowhere.wav" in out
+    assert "dev characters the tokenizer cannot produce: '~'" in out
+    assert out.strip().endswith("ok: earshot train would start (skipping the cuts above)")
+    assert not (tmp_path / "exp").exists()  # nothing written
+    # nothing usable in dev: train would stop, and validate says so
+    (tmp_path / "dev0.wav").unlink()
+    assert main(args) == 2
+    assert "no usable rows" in capsys.readouterr().err
 
 
 def test_a_click_in_a_transcribe_batch_decodes_to_empty_text(straight_run, tmp_path):
@@ -358,6 +414,22 @@ def test_average_last_exports_the_mean_of_the_last_epochs_and_keeps_them(corpus,
     assert desc.card.exported_epochs == (2, 3)
     expected = ckpt.average_checkpoints([kept[2], kept[3]])
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_validate_every_runs_the_dev_pass_every_n_epochs_and_after_the_last(corpus, tmp_path):
+    from earshot.cli import main
+
+    exp = tmp_path / "exp"
+    train(_cfg(corpus, exp, "train.epochs=3", "train.validate_every=2", "train.average_best=2",
+               "optim.scheduler.type=cosine", "optim.scheduler.warmup_steps=1"))
+    rows = _rows(exp)
+    assert [("dev_wer" in r) for r in rows] == [False, True, True]  # epochs 2 and 3 (the last)
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(exp / "checkpoints", 3)).train_state
+    assert [e for e, _ in state.history] == [2, 3] and state.epoch == 3
+    assert load_model_dir(exp / "model")[0].card.exported_epochs in ((2, 3), (3, 2))
+    assert main(["plot", str(exp)]) == 0
+    with pytest.raises(ConfigError, match="train.validate_every.*newbob"):
+        load_config(None, ["train.validate_every=2", "optim.scheduler.type=newbob"])
 
 
 def test_repeated_non_finite_updates_stop_the_run_naming_the_batch(corpus, tmp_path, monkeypatch):

@@ -137,7 +137,7 @@ def plot_curves(exp_dir: str | Path, out: str | Path | None = None) -> Path:
     exp_dir = Path(exp_dir)
     rows = read_metrics(exp_dir / "metrics.jsonl")
     steps = [r for r in rows if r.get("kind") == "step"]
-    epochs = [r for r in rows if r.get("kind", "epoch") == "epoch"]
+    epochs = [r for r in rows if r.get("kind", "epoch") == "epoch" and "dev_loss" in r]
     if not steps and not epochs:
         raise EarshotError(f"{exp_dir / 'metrics.jsonl'}: no rows to plot yet")
     plt = _pyplot()
@@ -151,8 +151,9 @@ def plot_curves(exp_dir: str | Path, out: str | Path | None = None) -> Path:
         x = [r["step"] for r in epochs]
         loss_ax.plot(x, [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
         loss_ax.plot(x, [r["dev_loss"] for r in epochs], "o-", label="dev")
-        wer_ax.plot(x, [r["dev_wer"] for r in epochs], "o-", label="dev WER")
-        wer_ax.plot(x, [r["dev_cer"] for r in epochs], "o-", label="dev CER")
+        for key, label in (("dev_wer", "dev WER"), ("dev_cer", "dev CER")):
+            if key in epochs[0]:  # (a language model has none)
+                wer_ax.plot(x, [r[key] for r in epochs], "o-", label=label)
     source = steps or epochs
     lr_ax.plot([r["step"] for r in source], [r["lr"] for r in source])
     loss_ax.set_ylabel("loss")

@@ -23,7 +23,7 @@ class TrainState:
     global_step: int = 0  # optimizer steps taken
     best_metric: float = math.inf  # lower is better (error rate or loss)
     best_epoch: int = 0  # 0 = none yet
-    history: tuple[tuple[int, float], ...] = ()  # (epoch, dev metric) per completed epoch
+    history: tuple[tuple[int, float], ...] = ()  # (epoch, dev metric) per validated epoch
     lr: float = 0.0  # learning rate after the last scheduler update
     # The epoch in progress (epoch + 1), for checkpoints written inside it: batches of it
     # already trained (on this rank), and its running sums (loss, ctc, nll weighted by
@@ -32,8 +32,12 @@ class TrainState:
     epoch_sums: tuple[float, ...] = ()
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, whole run
 
-    def record(self, epoch: int, metric: float, global_step: int) -> TrainState:
-        """The state after finishing ``epoch`` with dev ``metric`` (lower is better)."""
+    def record(self, epoch: int, metric: float | None, global_step: int) -> TrainState:
+        """The state after finishing ``epoch`` with dev ``metric`` (lower is better);
+        ``metric`` None for an epoch without a dev pass (it joins no ranking)."""
+        if metric is None:
+            return dataclasses.replace(self, epoch=epoch, epoch_batches=0, epoch_sums=(),
+                                       global_step=global_step)
         # A diverged epoch (nan/inf) must rank last, and nan would break sorting.
         metric = float(metric) if math.isfinite(metric) else math.inf
         # On a tie the later epoch wins: error rates plateau on small sets while training

@@ -239,7 +239,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     exp_dir = Path(cfg.train.exp_dir)
     saved = prepare_exp_dir(cfg, exp_dir, resume, world)
     if cfg.train.init_from and saved is None:
-        check_model_dir(cfg.train.init_from)  # before minutes of data loading
+        check_model_dir(cfg.train.init_from, deep=True)  # before minutes of data loading
     seed_everything(cfg.train.seed)
     configure_torch(cfg.train)
     train_cuts, dev_cuts = load_data(cfg)
@@ -571,13 +571,15 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     start = time.time()
     stats, state = train_one_epoch(run, state, epoch)
     lr_used = run.scheduler.lr
-    dev_result = run.task.evaluate(run)
-    dev = dev_result.metrics()
-    lr = run.scheduler.step_epoch(dev)
-    state = dataclasses.replace(state.record(epoch, dev[run.cfg.train.select_metric],
+    train_cfg = run.cfg.train
+    validating = epoch % train_cfg.validate_every == 0 or epoch == train_cfg.epochs
+    dev_result = run.task.evaluate(run) if validating else None
+    dev = dev_result.metrics() if validating else {}
+    lr = run.scheduler.step_epoch(dev) if validating else run.scheduler.lr
+    state = dataclasses.replace(state.record(epoch, dev.get(train_cfg.select_metric),
                                              state.global_step), lr=lr)
     seconds = time.time() - start
-    shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items())
+    shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items()) or "not run"
     log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs", epoch, stats.loss, shown,
              lr_used, seconds)
     log_skips(run, epoch, stats, getattr(dev_result, "skipped", 0))
@@ -585,7 +587,8 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
                           getattr(dev_result, "skipped", 0)))
     if run.dist.is_main:
         save_checkpoint(run, state)
-        run.task.after_validation(run, epoch)
+        if validating:
+            run.task.after_validation(run, epoch)
     barrier(run.dist)
     return state
 
