@@ -508,7 +508,10 @@ def validate(cfg: Any) -> None:
         prefix = "" if isinstance(cfg, DecodeConfig) else "decode."
         _check(dec.beam_size >= 1, prefix + "beam_size", "must be >= 1")
         _check(dec.batch_size >= 1, prefix + "batch_size", "must be >= 1")
-        _check(dec.max_len_ratio > 0, prefix + "max_len_ratio", "must be positive")
+        # (no encoder emits 10 tokens a frame; a larger bound only lets a search that
+        # never meets eos run for hours)
+        _check(0 < dec.max_len_ratio <= MAX_LEN_RATIO, prefix + "max_len_ratio",
+               f"must be in (0, {MAX_LEN_RATIO:g}] (output tokens per encoder frame)")
         _check(0 <= dec.min_len_ratio <= dec.max_len_ratio, prefix + "min_len_ratio",
                "must be in [0, max_len_ratio]")
         _check(dec.lm_weight >= 0, prefix + "lm_weight", "must be >= 0")
@@ -519,6 +522,8 @@ def validate(cfg: Any) -> None:
         _check(dec.temperature > 0, prefix + "temperature", "must be positive")
         _check(1 <= dec.nbest, prefix + "nbest", "must be >= 1")
 
+
+MAX_LEN_RATIO = 10.0
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 

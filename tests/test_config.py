@@ -56,6 +56,7 @@ def test_unknown_key_in_yaml_names_file_and_dotted_key(tmp_path):
     ("data.max_utterance_duration=-1", "data.max_utterance_duration"),
     ("decode.batch_size=0", "decode.batch_size"),
     ("decode.max_len_ratio=0", "decode.max_len_ratio"),
+    ("decode.max_len_ratio=1e9", "decode.max_len_ratio"),  # a search that never ends
     ("decode.length_bonus=.inf", "decode.length_bonus"),
     ("decode.pre_beam=-1", "decode.pre_beam"),
     ("decode.ctc_window=-5", "decode.ctc_window"),
