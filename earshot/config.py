@@ -466,10 +466,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
     data = apply_overrides(data, list(overrides))
     try:
         cfg = from_dict(cls, data)
-    except ConfigError as err:
+        validate(cfg)
+    except ConfigError as err:  # named with the file it came from
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{err}") from None
-    validate(cfg)
     return cfg
 
 
