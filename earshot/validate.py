@@ -5,8 +5,8 @@ be hours in. This reads the config (every key and range, as ``train`` does), bot
 manifests, and every cut's audio header (or, with ``decode=True``, its samples), and says
 per split how many cuts are usable and why the others would be skipped:
 
-    train   948 cuts  0.71 h   usable 946   skipped: 1 audio did not load, 1 too short
-    dev     130 cuts  0.10 h   usable 130
+    train     843 cuts     0.63 h   usable 841   skipped: 1 audio did not load, 1 too short ...
+    dev       105 cuts     0.08 h   usable 105
 
 It also names the dev characters the tokenizer fitted on the training texts cannot
 produce, and checks ``train.init_from`` and the device. Nothing is written.
