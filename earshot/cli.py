@@ -19,7 +19,7 @@ import sys
 import typing
 from pathlib import Path
 
-from earshot.config import DecodeConfig, replace
+from earshot.config import DECODE_MODES, DecodeConfig, replace
 from earshot.errors import ConfigError, EarshotError
 
 log = logging.getLogger("earshot")
@@ -61,9 +61,7 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(flag, dest=f"decode_{f.name}", type=tp, default=None,
                                metavar="N", help=DECODE_HELP.get(f.name))
-    from earshot.decoding.api import MODES
-
-    group.add_argument("--mode", choices=sorted(MODES), default="auto",
+    group.add_argument("--mode", choices=sorted(DECODE_MODES), default="auto",
                        help="auto: greedy for beam 1 without CTC/LM, else joint beam search")
     group.add_argument("--lm", type=Path, default=None, help="language model directory (train-lm)")
 

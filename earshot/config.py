@@ -245,6 +245,11 @@ class DecodeConfig:
     batch_size: int = 16
 
 
+# Decoding modes (``--mode``); earshot.decoding.api maps each to its search. Named here,
+# without torch, so that building the CLI's parser stays fast.
+DECODE_MODES = ("auto", "greedy", "beam", "joint", "ctc_greedy", "ctc_beam", "rescore")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     exp_dir: str = "exp/run"

@@ -137,4 +137,4 @@ MODES = {
     "ctc_greedy": _ctc_greedy,
     "ctc_beam": _ctc_beam,
     "rescore": _rescore,
-}
+}  # the names are config.DECODE_MODES (tests/test_pipeline.py checks they agree)
