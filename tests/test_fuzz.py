@@ -257,7 +257,8 @@ def _api_model(assets: Assets):
 
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(),
+    st.none(), st.booleans(), st.integers(-10**12, 10**12),
+    st.floats(allow_subnormal=False),  # (training in this process flushes denormals)
     st.text(max_size=12), st.sampled_from(["", " ", "ab", "a b", "\t", "0", "-1", "1e400", "nan",
                                            "B A", "ab\nba", "\u00e9\u0301", "\x00"]))
 VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3),
