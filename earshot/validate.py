@@ -110,14 +110,12 @@ def validate_experiment(cfg: ExperimentConfig, decode: bool = False) -> Report:
 def _read_split(name: str, path: str) -> tuple[SplitReport, list]:
     """A split's cuts, and its report with the rows a CSV import already left out."""
     from earshot.data.manifests import load_cuts, read_manifest
-    from earshot.errors import ConfigError, ManifestError
+    from earshot.errors import ConfigError
 
     if not path:
         raise ConfigError(f"config key 'data.{name}': no manifest given")
     if str(path).lower().endswith(".csv"):
-        result = read_manifest(path, kind=".csv")
-        if not len(result.cuts):
-            raise ManifestError(f"{path}: no usable rows (skipped {result.skipped} of {result.rows})")
+        result = read_manifest(path, kind=".csv")  # ManifestError when no row is usable
         cuts, rows = list(result.cuts), result.rows
         report = SplitReport(name, str(path), rows)
         for problem in result.problems:
@@ -132,18 +130,15 @@ def _read_split(name: str, path: str) -> tuple[SplitReport, list]:
 def _header_samples(cut, rate: int) -> int:
     """Samples of the cut at ``rate``, from its audio file's header (nothing decoded)."""
     from earshot.audio import audio_info
+    from earshot.data.batching import cut_audio_path, spans_whole_file
 
-    recording = cut.recording
-    if recording is None or recording.sources[0].type != "file":
-        raise AudioError(cut.id, "cut has no audio file")
-    info = audio_info(recording.sources[0].source)
+    path = cut_audio_path(cut)
+    info = audio_info(path)
     if info.frames == 0:
-        raise AudioError(recording.sources[0].source, "audio has zero samples")
-    whole = cut.start == 0 and abs(cut.duration - recording.duration) < 1e-6
-    seconds = info.duration if whole else min(cut.duration, info.duration - cut.start)
+        raise AudioError(path, "audio has zero samples")
+    seconds = info.duration if spans_whole_file(cut) else min(cut.duration, info.duration - cut.start)
     if seconds <= 0:
-        raise AudioError(recording.sources[0].source,
-                         f"segment {cut.start:.3f}s+{cut.duration:.3f}s is outside the audio")
+        raise AudioError(path, f"segment {cut.start:.3f}s+{cut.duration:.3f}s is outside the audio")
     return round(seconds * rate)
 
 

@@ -100,18 +100,27 @@ def load_cut_audio(cut: Cut, sample_rate: int) -> torch.Tensor:
 
     Raises ``AudioError`` when the file cannot be used or the span is empty.
     """
-    recording = cut.recording
-    if recording is None or recording.sources[0].type != "file":
-        raise AudioError(cut.id, "cut has no audio file")
-    path = recording.sources[0].source
+    path = cut_audio_path(cut)
     wav = load_audio(path, sample_rate)
-    if cut.start == 0 and abs(cut.duration - recording.duration) < 1e-6:
-        return wav  # whole file: no rounding of the span
+    if spans_whole_file(cut):
+        return wav  # no rounding of the span
     first = compute_num_samples(cut.start, sample_rate)
     span = wav[first: first + compute_num_samples(cut.duration, sample_rate)]
     if span.numel() == 0:
         raise AudioError(path, f"segment {cut.start:.3f}s+{cut.duration:.3f}s is outside the audio")
     return span
+
+
+def cut_audio_path(cut: Cut) -> str:
+    """The audio file a cut reads; AudioError naming the cut when it has none."""
+    recording = cut.recording
+    if recording is None or recording.sources[0].type != "file":
+        raise AudioError(cut.id, "cut has no audio file")
+    return recording.sources[0].source
+
+
+def spans_whole_file(cut: Cut) -> bool:
+    return cut.start == 0 and abs(cut.duration - cut.recording.duration) < 1e-6
 
 
 def speed_perturb(wav: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
@@ -226,13 +235,10 @@ def collate(ids: list[str], wavs: list[torch.Tensor], texts: list[str], tokenize
 
 
 class _SkipEmptyLoader(DataLoader):
-    """A DataLoader that leaves out batches whose every cut failed to load, unless
-    ``keep_empty``."""
-
-    keep_empty = False
+    """A DataLoader that leaves out batches whose every cut failed to load."""
 
     def __iter__(self):
-        return (batch for batch in super().__iter__() if self.keep_empty or len(batch))
+        return (batch for batch in super().__iter__() if len(batch))
 
 
 def _as_is(item):
@@ -260,11 +266,10 @@ def make_loader(cuts: CutSet, tokenizer, sample_rate: int, max_duration: float,
     dataset = CutDataset(tokenizer, sample_rate, speed_factors, seed)
     # Workers draw nothing at random (speed factors are seeded per cut); the generator
     # only pins the base seed torch hands them.
-    loader = _SkipEmptyLoader(dataset, sampler=EpochBatches(inner, world_size, rank, even),
-                              batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-                              generator=torch.Generator().manual_seed(seed))
-    loader.keep_empty = keep_empty
-    return loader
+    loader = DataLoader if keep_empty else _SkipEmptyLoader
+    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even), batch_size=None,
+                  collate_fn=_as_is, num_workers=num_workers,
+                  generator=torch.Generator().manual_seed(seed))
 
 
 def _sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int,

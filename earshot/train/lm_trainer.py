@@ -152,6 +152,7 @@ def _as_is(batch):
 class LMDevResult:
     loss: float  # nats per token
     perplexity: float
+    skipped: int = 0  # (no dev sentence is ever left out)
 
     def metrics(self) -> dict[str, float]:
         return {"loss": self.loss, "perplexity": self.perplexity}

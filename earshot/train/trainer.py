@@ -167,6 +167,10 @@ class Task:
         """The batch without rows the model cannot take (warned about); None if empty."""
         return batch
 
+    def unreadable(self, batch) -> int:
+        """Rows the loader had to drop from this batch (their data did not load)."""
+        return 0
+
     def forward(self, model, batch, epoch: int, step: int):
         """(loss tensor, [part tensors]) of a training batch through ``model``."""
         raise NotImplementedError
@@ -206,6 +210,9 @@ class ASRTask(Task):
 
     def usable(self, batch):
         return drop_short_utterances(self.model, batch)
+
+    def unreadable(self, batch) -> int:
+        return len(batch.dropped)
 
     def forward(self, model, batch, epoch: int, step: int):
         # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
@@ -582,9 +589,9 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items()) or "not run"
     log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs", epoch, stats.loss, shown,
              lr_used, seconds)
-    log_skips(run, epoch, stats, getattr(dev_result, "skipped", 0))
-    run.log_row(epoch_row(epoch, state, stats, dev, lr_used, seconds,
-                          getattr(dev_result, "skipped", 0)))
+    dev_skipped = dev_result.skipped if validating else 0
+    log_skips(run, epoch, stats, dev_skipped)
+    run.log_row(epoch_row(epoch, state, stats, dev, lr_used, seconds, dev_skipped))
     if run.dist.is_main:
         save_checkpoint(run, state)
         if validating:
@@ -647,7 +654,7 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
     for batch in run.train_loader:
         index, done = done, done + 1
         bar.update()
-        sums[skip["unreadable"]] += len(getattr(batch, "dropped", ()))
+        sums[skip["unreadable"]] += run.task.unreadable(batch)
         rows = len(batch)
         batch = run.task.usable(batch) if rows else None
         sums[skip["unusable"]] += rows - (len(batch) if batch is not None else 0)
