@@ -13,9 +13,9 @@ from earshot.config import (AttentionConfig, ConformerConfig, CRDNNConfig, Decod
 from earshot.decoding.greedy import greedy_attention, greedy_ctc
 from earshot.masks import lengths_to_mask
 from earshot.models.attention import (ContentAttention, LocationAwareAttention,
-                                      MultiHeadLocationAttention)
+                                      MultiHeadLocationAttention, reachable_conv)
 from earshot.models.encoders.conformer import Conformer
-from earshot.models.encoders.crdnn import CRDNN, CNNBlock, pooled_lengths, stack_frames
+from earshot.models.encoders.crdnn import CRDNN, CNNBlock, PaddedRNN, pooled_lengths, stack_frames
 from earshot.models.ctc import CTCHead
 from earshot.models.decoder import AttentionalDecoder
 
@@ -42,6 +42,36 @@ def test_cnn_block_lengths_and_zero_padding(factor):
     assert out.tolist() == expected
     assert y.shape == (5, max(expected), 4, 3)
     assert y[~lengths_to_mask(out, y.size(1))].abs().sum() == 0
+
+
+@pytest.mark.parametrize("kind, bidirectional", [("lstm", True), ("lstm", False), ("gru", True)])
+def test_padded_rnn_matches_packed_torch_rnn_and_loads_its_weights(kind, bidirectional):
+    """The unpacked RNN gives every valid frame what PyTorch's own multi-layer RNN gives it
+    on packed sequences, from that module's state dict (the names earshot 0.2 saved)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    fused = getattr(torch.nn, kind.upper())(5, 4, num_layers=3, batch_first=True,
+                                            bidirectional=bidirectional).eval()
+    rnn = PaddedRNN(kind, 5, 4, 3, bidirectional, dropout=0.3).eval()
+    rnn.load_state_dict(fused.state_dict())
+    x, lens = torch.randn(4, 9, 5), torch.tensor([9, 5, 1, 7])
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    want, _ = pad_packed_sequence(fused(packed)[0], batch_first=True, total_length=9)
+    got = rnn(x, lens)
+    valid = lengths_to_mask(lens, 9)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-6, rtol=1e-5)
+    # and the parameter order is nn.LSTM's (optimizer states of old checkpoints line up)
+    assert [p.shape for p in rnn.parameters()] == [p.shape for p in fused.parameters()]
+
+
+@pytest.mark.parametrize("frames", [1, 4, 30])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_reachable_conv_equals_the_full_kernel(frames, groups):
+    conv = torch.nn.Conv1d(groups, 3 * groups, 21, padding=10, groups=groups, bias=False)
+    x = torch.rand(5, groups, frames)
+    torch.testing.assert_close(reachable_conv(conv, x), conv(x), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

@@ -237,7 +237,7 @@ def test_init_from_copies_weights_and_moves_token_rows_by_token(straight_run, tm
 
     state, source = model.state_dict(), src.state_dict()
     assert set(report["token_rows"]) == set(model.token_indexed_names)
-    assert "encoder.rnn.weight_hh_l0" in report["copied"]
+    assert "encoder.rnn.layers.0.0.weight_hh_l0" in report["copied"]
     assert all(torch.equal(state[k], source[k]) for k in report["copied"])
     assert torch.equal(state["frontend.normalizer.mean"], fresh["frontend.normalizer.mean"])  # new corpus, new stats
     rows = {t: i for i, t in enumerate(tokenizer.tokens)}
@@ -260,7 +260,7 @@ def test_training_from_a_model_dir_starts_at_its_weights(corpus, straight_run, t
     weights = tmp_path / "damaged" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with monkeypatch.context() as patch:  # refused before the minutes of statistics
-        patch.setattr(trainer, "compute_statistics", lambda *a: pytest.fail("statistics first"))
+        patch.setattr(trainer, "compute_cmvn", lambda *a: pytest.fail("statistics first"))
         with pytest.raises(EarshotError, match="model.safetensors: its SHA-256 differs"):
             train(_cfg(corpus, tmp_path / "bad2", f"train.init_from={tmp_path / 'damaged'}"))
         (tmp_path / "damaged" / "checksums.sha256").unlink()

@@ -134,13 +134,15 @@ class AttentionalDecoder(nn.Module):
         x = torch.cat([emb, state.context], dim=-1)
         hiddens, cells = [], []
         for i, rnn in enumerate(self.cells):
+            if i > 0:
+                x = self.dropout(x)
             if state.cell is None:
                 h = rnn(x, state.hidden[i])
             else:
                 h, c = rnn(x, (state.hidden[i], state.cell[i]))
                 cells.append(c)
             hiddens.append(h)
-            x = self.dropout(h)
+            x = h
         context, attn = self.attention(h, memory.enc, memory.keys, memory.mask, state.attn)
         cell = torch.stack(cells) if cells else None
         new = DecoderState(torch.stack(hiddens), cell, context, attn)

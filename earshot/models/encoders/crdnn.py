@@ -1,8 +1,8 @@
 """CRDNN encoder: CNN blocks -> frame stacking -> bidirectional RNN -> DNN.
 
 Padding never changes a valid output: every convolution sees zeros past an
-utterance's end (as it would alone), time pooling ignores padded frames, and the RNN
-runs on packed sequences. Each time-changing layer uses ceil(len / factor), so an
+utterance's end (as it would alone), time pooling ignores padded frames, and the
+backward direction of the RNN reads each utterance reversed within its own length. Each time-changing layer uses ceil(len / factor), so an
 utterance is never pooled to zero frames. Output lengths are absolute.
 
 >>> import torch
@@ -18,12 +18,76 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
 from earshot.config import CRDNNConfig
 from earshot.masks import lengths_to_mask, zero_padding
 
 _RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def reversal_index(lens: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, steps) time index that reverses each row within its length and leaves its
+    padding where it is; applying it twice is the identity.
+
+    >>> reversal_index(torch.tensor([3, 1]), 4).tolist()
+    [[2, 1, 0, 3], [0, 1, 2, 3]]
+    """
+    t = torch.arange(steps, device=lens.device).unsqueeze(0)
+    back = lens.unsqueeze(1) - 1 - t
+    return torch.where(back >= 0, back, t)
+
+
+def reverse_padded(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D) with each row's valid frames in reverse order (``reversal_index``)."""
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class PaddedRNN(nn.Module):
+    """Stacked (bi)directional LSTM/GRU on a padded batch, exact under padding.
+
+    A recurrence run left to right over a padded row gives its valid frames exactly what
+    it would give them alone (the padding comes after them); the backward direction runs
+    left to right over each row reversed within its own length. No packing: packed
+    sequences take PyTorch's slow per-step CPU path, padded ones its fused oneDNN kernel
+    (about 3x faster to train on CPU). Frames past a row's length hold arbitrary values.
+
+    One single-layer, one-direction module per layer and direction, in nn.LSTM's own
+    parameter order; ``nn.LSTM(bidirectional=True)`` state dicts (earshot 0.2) load.
+    """
+
+    def __init__(self, kind: str, input_dim: int, units: int, layers: int,
+                 bidirectional: bool, dropout: float):
+        super().__init__()
+        directions = 2 if bidirectional else 1
+        self.layers = nn.ModuleList(
+            nn.ModuleList(_RNNS[kind](input_dim if i == 0 else units * directions, units,
+                                      batch_first=True) for _ in range(directions))
+            for i in range(layers))
+        self.dropout = dropout  # between layers, as nn.LSTM's dropout
+        self._register_load_state_dict_pre_hook(self._from_fused_names)
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), lens (B,) -> (B, T, units * directions)."""
+        index = reversal_index(lens, x.size(1)) if len(self.layers[0]) == 2 else None
+        for i, directions in enumerate(self.layers):
+            if i > 0:
+                x = nn.functional.dropout(x, self.dropout, self.training)
+            out = [directions[0](x)[0]]
+            if index is not None:
+                out.append(reverse_padded(directions[1](reverse_padded(x, index))[0], index))
+            x = torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+        return x
+
+    def _from_fused_names(self, state_dict, prefix, *args):
+        # nn.LSTM names: weight_ih_l{layer}[_reverse] -> layers.{layer}.{0|1}.weight_ih_l0
+        for name in [n for n in state_dict if n.startswith(prefix)]:
+            rest = name[len(prefix):]
+            kind, _, where = rest.rpartition("_l")
+            if not kind or rest.startswith("layers."):
+                continue
+            layer, reverse = where.removesuffix("_reverse"), where.endswith("_reverse")
+            if layer.isdigit():
+                new = f"{prefix}layers.{layer}.{int(reverse)}.{kind}_l0"
+                state_dict[new] = state_dict.pop(name)
 
 
 def pooled_lengths(lens: torch.Tensor, factor: int) -> torch.Tensor:
@@ -47,29 +111,33 @@ class CNNBlock(nn.Module):
              nn.Conv2d(out_ch, out_ch, kernel, padding=kernel // 2)]
         )
         self.norms = nn.ModuleList([nn.LayerNorm([freq, out_ch]), nn.LayerNorm([freq, out_ch])])
-        self.act = nn.LeakyReLU()
         self.pool = (time_pool, freq_pool)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, F, C_in) -> (B, ceil(T/tp), ceil(F/fp), C_out), new lengths (B,)."""
+        """x (B, T, F, C_in) -> (B, ceil(T/tp), ceil(F/fp), C_out) zero past the new
+        lengths (B,)."""
+        # A multiply by a float mask: five times cheaper on CPU than masked_fill with a
+        # broadcast bool mask (the inputs are finite, so the two agree).
+        keep = lengths_to_mask(lens, x.size(1))[:, :, None, None].to(x.dtype)
         for conv, norm in zip(self.convs, self.norms):
-            x = zero_padding(x, lens)
-            x = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            x = self.act(norm(x))
-        x, lens = self._pool(x, lens)
+            x = conv((x * keep).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            x = nn.functional.leaky_relu(norm(x), inplace=True)
+        x, lens = self._pool(x, lens, keep)
         return self.dropout(x), lens
 
-    def _pool(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pool(self, x: torch.Tensor, lens: torch.Tensor, keep: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pool == (1, 1):
-            return x, lens
-        # Padded frames get the lowest value so a window straddling the end keeps only
-        # valid frames, exactly as ceil-mode pooling of the utterance alone would.
-        mask = lengths_to_mask(lens, x.size(1))[:, :, None, None]
-        x = x.masked_fill(~mask, torch.finfo(x.dtype).min)
+            return x * keep, lens
+        if self.pool[0] > 1:
+            # Padded frames get the lowest value so a window straddling the end keeps only
+            # valid frames, exactly as ceil-mode pooling of the utterance alone would.
+            x = x.masked_fill(keep == 0, torch.finfo(x.dtype).min)
+            lens = pooled_lengths(lens, self.pool[0])
+            keep = lengths_to_mask(lens, -(-x.size(1) // self.pool[0]))[:, :, None, None].to(x.dtype)
         x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool, ceil_mode=True)
-        lens = pooled_lengths(lens, self.pool[0])
-        return zero_padding(x.permute(0, 2, 3, 1), lens), lens
+        return x.permute(0, 2, 3, 1) * keep, lens
 
 
 def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,11 +160,8 @@ class CRDNN(nn.Module):
                 CNNBlock(channels, out_ch, cfg.cnn_kernel, tp, cfg.freq_pool, cfg.dropout, freq))
             channels, freq = out_ch, -(-freq // cfg.freq_pool)
         self.stack = cfg.rnn_time_pool
-        self.rnn = _RNNS[cfg.rnn_type](
-            channels * freq * self.stack, cfg.rnn_units, num_layers=cfg.rnn_layers,
-            batch_first=True, bidirectional=cfg.bidirectional,
-            dropout=cfg.dropout if cfg.rnn_layers > 1 else 0.0,
-        )
+        self.rnn = PaddedRNN(cfg.rnn_type, channels * freq * self.stack, cfg.rnn_units,
+                             cfg.rnn_layers, cfg.bidirectional, cfg.dropout)
         dim = cfg.rnn_units * (2 if cfg.bidirectional else 1)
         layers = []
         for _ in range(cfg.dnn_layers):
@@ -119,12 +184,5 @@ class CRDNN(nn.Module):
         for block in self.blocks:
             x, lens = block(x, lens)
         x, lens = stack_frames(x.flatten(2), lens, self.stack)
-        x = self._rnn(x, lens)
+        x = self.rnn(x, lens)
         return zero_padding(self.dnn(x), lens), lens
-
-    def _rnn(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        # Packing keeps the backward direction from starting in the padding.
-        packed = pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-        return out
