@@ -25,20 +25,24 @@ _RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def reversal_index(lens: torch.Tensor, steps: int) -> torch.Tensor:
-    """(B, steps) time index that reverses each row within its length and leaves its
-    padding where it is; applying it twice is the identity.
+    """Index into the flattened (B * steps) frames of a padded batch that reverses each
+    row within its length and leaves its padding where it is; applying it twice is the
+    identity.
 
     >>> reversal_index(torch.tensor([3, 1]), 4).tolist()
-    [[2, 1, 0, 3], [0, 1, 2, 3]]
+    [2, 1, 0, 3, 4, 5, 6, 7]
     """
     t = torch.arange(steps, device=lens.device).unsqueeze(0)
     back = lens.unsqueeze(1) - 1 - t
-    return torch.where(back >= 0, back, t)
+    within = torch.where(back >= 0, back, t)
+    return (within + torch.arange(lens.numel(), device=lens.device).unsqueeze(1) * steps).reshape(-1)
 
 
 def reverse_padded(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, T, D) with each row's valid frames in reverse order (``reversal_index``)."""
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+    """x (B, T, D) with each row's valid frames in reverse order (``reversal_index``);
+    index_select of the flattened frames is several times faster than a gather on CPU."""
+    b, t, d = x.shape
+    return x.reshape(b * t, d).index_select(0, index).view(b, t, d)
 
 
 class PaddedRNN(nn.Module):
