@@ -15,7 +15,8 @@ from earshot.masks import lengths_to_mask
 from earshot.models.attention import (ContentAttention, LocationAwareAttention,
                                       MultiHeadLocationAttention, reachable_conv)
 from earshot.models.encoders.conformer import Conformer
-from earshot.models.encoders.crdnn import CRDNN, CNNBlock, PaddedRNN, pooled_lengths, stack_frames
+from earshot.models.encoders.crdnn import (CRDNN, CNNBlock, PaddedRNN, UniformDropout, pooled_lengths,
+                                          stack_frames)
 from earshot.models.ctc import CTCHead
 from earshot.models.decoder import AttentionalDecoder
 
@@ -64,6 +65,18 @@ def test_padded_rnn_matches_packed_torch_rnn_and_loads_its_weights(kind, bidirec
     torch.testing.assert_close(got[valid], want[valid], atol=1e-6, rtol=1e-5)
     # and the parameter order is nn.LSTM's (optimizer states of old checkpoints line up)
     assert [p.shape for p in rnn.parameters()] == [p.shape for p in fused.parameters()]
+
+
+def test_uniform_dropout_keeps_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    drop = UniformDropout(0.25)
+    y = drop(torch.ones(200_000))
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.75))
+    x = torch.randn(5, requires_grad=True)
+    drop.eval()
+    assert drop(x) is x
 
 
 @pytest.mark.parametrize("frames", [1, 4, 30])
