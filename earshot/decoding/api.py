@@ -42,7 +42,7 @@ class _Search:
     pad: int
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode_batch(model, wavs: torch.Tensor, wav_lens: torch.Tensor, cfg: DecodeConfig,
                  tokenizer, lm=None, mode: str = "auto") -> list[list[Hypothesis]]:
     """wavs (B, S), wav_lens (B,) -> per utterance its n-best list (best first), with

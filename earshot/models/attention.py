@@ -63,7 +63,9 @@ class ContentAttention(nn.Module):
         location = self._location(prev_weights)
         if location is not None:
             hidden += location
-        energies = (torch.tanh_(hidden) @ self.energy.weight.squeeze(0)) * self.scaling
+        energies = torch.tanh_(hidden) @ self.energy.weight.squeeze(0)
+        if self.scaling != 1.0:
+            energies = energies * self.scaling
         weights = masked_softmax(energies, enc_mask)
         context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
         return context, weights
