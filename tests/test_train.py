@@ -1,6 +1,7 @@
 """End-to-end training on a tiny synthetic corpus: resume equality, metrics, export, config errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -493,3 +494,16 @@ def test_non_finite_weights_are_never_exported(corpus, tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="hold nan or inf.*nothing exported"):
         train(_cfg(corpus, tmp_path))
     assert not (tmp_path / "model").exists()
+
+
+def test_training_caps_onednn_primitive_cache_unless_the_user_set_it(monkeypatch):
+    from earshot.config import TrainConfig
+    from earshot.train import trainer
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: True)
+    trainer.configure_torch(TrainConfig(num_threads=0))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(trainer.ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    trainer.configure_torch(TrainConfig(num_threads=0))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
