@@ -2,8 +2,9 @@
 
 Padding never changes a valid output: every convolution sees zeros past an
 utterance's end (as it would alone), time pooling ignores padded frames, and the
-backward direction of the RNN reads each utterance reversed within its own length. Each time-changing layer uses ceil(len / factor), so an
-utterance is never pooled to zero frames. Output lengths are absolute.
+backward direction of the RNN reads each utterance reversed within its own length.
+Each time-changing layer uses ceil(len / factor), so an utterance is never pooled to
+zero frames. Output lengths are absolute.
 
 >>> import torch
 >>> from earshot.config import CRDNNConfig
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from earshot.config import CRDNNConfig
 from earshot.masks import lengths_to_mask, zero_padding
 
