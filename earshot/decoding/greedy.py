@@ -38,15 +38,18 @@ def greedy_attention(
     rows = torch.arange(n, device=device)  # rows still decoding
     tokens = torch.full((n,), bos_id, dtype=torch.long, device=device)
     state = decoder.init_state(memory)
+    eos_banned = int(min_lens.max()) if n else 0  # steps in which some row may not end
     for t in range(out.size(1)):
         log_probs, state = decoder.step(tokens, state, memory)
-        log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens[rows] > t, -math.inf)
+        if t < eos_banned:
+            log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens[rows] > t, -math.inf)
         tokens = log_probs.argmax(dim=-1)
         out[rows, t] = tokens
         done = tokens.eq(eos_id) | (max_lens[rows] <= t + 1)
-        if bool(done.all()):
+        finished = int(done.sum())  # one host sync a step
+        if finished == done.numel():
             break
-        if bool(done.any()):
+        if finished:
             keep = (~done).nonzero(as_tuple=True)[0]
             rows, tokens = rows[keep], tokens[keep]
             state = decoder.select_state(state, keep)
