@@ -507,3 +507,22 @@ def test_training_caps_onednn_primitive_cache_unless_the_user_set_it(monkeypatch
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
     trainer.configure_torch(TrainConfig(num_threads=0))
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
+
+
+def test_adam_falls_back_to_its_default_kernel_where_torch_has_no_fused_one():
+    from earshot.config import OptimConfig
+    from earshot.train import trainer
+
+    calls = []
+
+    def adam(groups, fused=False, **kw):  # as torch < 2.4 on CPU parameters
+        calls.append(fused)
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point "
+                               "Tensors of supported devices: ['cuda']")
+        return torch.optim.Adam(groups, **kw)
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = trainer._fused(adam)([{"params": params}], OptimConfig())
+    assert calls == [True, False] and not optimizer.defaults["fused"]
+    assert trainer.OPTIMIZERS["adam"]([{"params": params}], OptimConfig()).defaults["fused"]

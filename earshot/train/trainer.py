@@ -64,16 +64,25 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 
-# Adam's fused kernel (CPU and CUDA): one pass over each parameter instead of a dozen
-# elementwise ops, about 2.5x faster a step on CPU.
+def _fused(adam):
+    """``adam`` with its fused kernel (one pass over each parameter instead of a dozen
+    elementwise ops; about 2.5x faster a step on CPU), where this torch has one for the
+    parameters' device (CPU since torch 2.4), else its default implementation."""
+    def make(groups, cfg):
+        try:
+            return adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except RuntimeError:  # "`fused=True` requires ... supported devices"
+            return adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return make
+
+
 OPTIMIZERS = {
-    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                 fused=True),
-    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                   fused=True),
+    "adam": _fused(torch.optim.Adam),
+    "adamw": _fused(torch.optim.AdamW),
     "adadelta": lambda groups, cfg: torch.optim.Adadelta(groups, lr=cfg.lr, rho=0.95, eps=1e-8,
                                                          weight_decay=cfg.weight_decay),
 }
+# See configure_torch.
 ONEDNN_CACHE_CAPACITY = 128
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -531,8 +540,8 @@ def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, find_unu
 @torch.no_grad()
 def compute_cmvn(run: Run, train_cuts) -> None:
     """The front end's corpus statistics (global CMVN for fbank/MFCC; nothing for a front
-    end that keeps none) over the training set. Each rank reads its shard; sums and counts are added over ranks before the
-    mean and std are taken."""
+    end that keeps none) over the training set. Each rank reads its shard; sums and counts
+    are added over ranks before the mean and std are taken."""
     from earshot.data.batching import make_loader
 
     model, data = run.model, run.cfg.data
@@ -1023,6 +1032,8 @@ def export_model(run: Run, state: TrainState) -> Path:
     with a card holding the dev WER/CER of exactly those weights (every rank evaluates its
     dev shard; rank 0 writes)."""
     epochs = load_best_epochs(run, state)
+    # The exported weights, not an epoch's: evaluate_model, not the per-epoch evaluate
+    # (which the peer benchmark's es_train.py wraps to time each epoch's dev pass).
     dev = evaluate_model(run.model, run.tokenizer, run.dev_loader, run.cfg, run.device, run.dist)
     out = run.exp_dir / MODEL_DIR
     if run.dist.is_main:
