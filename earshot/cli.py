@@ -4,6 +4,7 @@
     earshot prepare an4 ../shared/data/an4 --out data/an4
     earshot validate recipes/an4/crdnn.yaml        (config, manifests and audio; no training)
     earshot train recipes/an4/crdnn.yaml train.epochs=30 [--resume]
+    earshot pretrain recipes/an4/pretrain.yaml     (wav2vec 2.0 on unlabeled audio; earshot[ssl])
     earshot average exp/an4 --best 5         earshot plot exp/an4
     earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev
     earshot transcribe --model exp/an4/model a.wav b.flac
@@ -116,6 +117,15 @@ def cmd_prepare(args) -> int:
     from earshot.data import manifests
 
     out = Path(args.out)
+    if args.corpus == "synthetic":
+        from earshot.data.synth import synthesize_corpus
+
+        synthesize_corpus(out, num_train=args.utterances, seed=args.seed)
+        for name in ("train", "dev", "test"):
+            print(f"wrote {out / (name + '.jsonl.gz')}")
+        return 0
+    if args.source is None:
+        raise ConfigError(f"prepare {args.corpus}: give the source (a file, or the corpus folder)")
     if args.corpus == "fsdd":
         splits = manifests.prepare_fsdd(args.source, out)
     elif args.corpus == "an4":
@@ -178,6 +188,15 @@ def cmd_train_lm(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from earshot.config import PretrainExperimentConfig, load_config
+    from earshot.train.pretrain import pretrain
+
+    cfg = load_config(args.config, args.overrides, cls=PretrainExperimentConfig)
+    print(f"checkpoint: {pretrain(cfg, resume=args.resume)}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from earshot.inference import evaluate
     from earshot.metrics import format_table
@@ -235,12 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("prepare", help="corpus -> lhotse CutSet manifests (no downloads)")
-    p.add_argument("corpus", choices=["csv", "jsonl", "fsdd", "an4"])
-    p.add_argument("source", help="csv/jsonl file, or the corpus folder for fsdd/an4")
+    p.add_argument("corpus", choices=["csv", "jsonl", "fsdd", "an4", "synthetic"])
+    p.add_argument("source", nargs="?", default=None,
+                   help="csv/jsonl file, or the corpus folder for fsdd/an4 (synthetic: none)")
     p.add_argument("--out", required=True, help="output directory for {split}.jsonl.gz")
     p.add_argument("--audio-root", default=None, help="csv/jsonl: base for relative audio paths")
     p.add_argument("--dev-fraction", type=float, default=0.0, help="csv/jsonl: hold out a dev set")
     p.add_argument("--dev-speakers", type=int, default=8, help="an4: speakers held out for dev")
+    p.add_argument("--utterances", type=int, default=2000,
+                   help="synthetic: training utterances spoken by espeak-ng (the demo's corpus; "
+                        "2000 are about 1.2 h)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: texts and voices")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train an ASR model from a YAML config")
@@ -276,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.asr_model=DIR")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train_lm)
+
+    p = sub.add_parser("pretrain", help="self-supervised wav2vec 2.0 pretraining on unlabeled audio "
+                                        "(needs earshot[ssl])")
+    p.add_argument("config", type=Path)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.train=[a.jsonl.gz,wavs/]")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="decode a manifest; write WER/CER report and alignments")
     p.add_argument("--model", required=True, type=Path)

@@ -120,6 +120,35 @@ class ConformerConfig(EncoderConfig):
     stochastic_depth: float = 0.0  # layer drop probability, rising linearly to this at the top
 
 
+@_member(EncoderConfig)
+@dataclass(frozen=True)
+class SSLConfig(EncoderConfig):
+    """A pretrained self-supervised encoder (wav2vec 2.0, HuBERT, WavLM) through Hugging
+    Face transformers (``pip install earshot[ssl]``; models/encoders/ssl.py), on the
+    ``waveform`` front end. ``path`` is a local checkpoint directory (config.json and
+    weights), never a hub name; ``architecture`` instead builds the encoder, randomly
+    initialised, from a transformers config mapping (``model_type`` and its keys). A model
+    directory stores the architecture and the weights, so it needs neither."""
+
+    type: Literal["ssl"] = "ssl"
+    path: str = ""  # local transformers checkpoint directory, e.g. /models/wav2vec2-base
+    architecture: dict = field(default_factory=dict)  # transformers config; set by model dirs
+    from_scratch: bool = False  # build path's architecture but leave its weights (an ablation)
+    layer: int = -1  # hidden state used: 0 = before the first transformer layer, -1 = the output
+    weighted_layers: bool = False  # a learned softmax-weighted sum of every hidden state instead
+    output_norm: bool = False  # layer-normalise (no parameters) each hidden state used
+    projection: Literal["linear", "dnn", "none"] = "linear"  # into the decoder's memory
+    projection_dim: int = 256
+    projection_layers: int = 2  # dnn only: Linear + LayerNorm + LeakyReLU + dropout each
+    dropout: float = 0.1  # on the projection's input and hidden layers
+    freeze: Literal["none", "feature_encoder", "all"] = "feature_encoder"
+    unfreeze_after: int = 0  # optimizer steps after which the frozen part trains; 0: never
+    mask_prob: float = 0.05  # time masking in fine-tuning: share of frames starting a span
+    mask_length: int = 10  # frames per masked span
+    layerdrop: float | None = None  # transformer layer drop in training; None: the checkpoint's
+    gradient_checkpointing: bool = False  # recompute activations in backward (long utterances)
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
     type: Literal["content", "location", "multihead_location"] = "location"
@@ -367,6 +396,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is Any:
         return value
+    if tp is dict or origin is dict:  # a free-form mapping (a third-party config)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
@@ -493,7 +526,9 @@ def validate(cfg: Any) -> None:
         _validate_model(cfg.model)
     if isinstance(cfg, LMExperimentConfig):
         _check(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
-    if isinstance(cfg, (ExperimentConfig, LMExperimentConfig)):
+    if isinstance(cfg, PretrainExperimentConfig):
+        _validate_pretraining(cfg)
+    if isinstance(cfg, (ExperimentConfig, LMExperimentConfig, PretrainExperimentConfig)):
         _validate_training(cfg)
     _check_finite(cfg)
     if isinstance(cfg, ExperimentConfig):
@@ -586,6 +621,9 @@ def _validate_training(cfg: Any) -> None:
 def _validate_model(model: ModelConfig) -> None:
     feats = model.features
     _check(feats.sample_rate >= 1000, "model.features.sample_rate", "must be >= 1000 (Hz)")
+    _check(model.encoder.type != "ssl" or feats.kind == "waveform", "model.features.kind",
+           f"must be waveform with model.encoder.type=ssl (got {feats.kind}): the "
+           "self-supervised encoder learns its own front end from samples")
     if feats.kind != "waveform":
         _check(feats.num_mel_bins >= 1, "model.features.num_mel_bins", "must be >= 1")
         _check(feats.kind != "mfcc" or 1 <= feats.num_ceps <= feats.num_mel_bins,
@@ -641,6 +679,23 @@ def validate_encoder(enc: EncoderConfig, where: str) -> None:
             (0.0 <= enc.dropout < 1.0, "dropout", "must be in [0, 1)"),
             (0.0 <= enc.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)"),
             (0.0 <= enc.stochastic_depth < 1.0, "stochastic_depth", "must be in [0, 1)"),
+        ],
+        SSLConfig: lambda: [
+            (bool(enc.path) != bool(enc.architecture), "path",
+             f"give either {where}.path or {where}.architecture, not both" if enc.path else
+             "give a local checkpoint directory (config.json and weights, e.g. one written "
+             "by earshot pretrain)"),
+            (not enc.architecture or isinstance(enc.architecture.get("model_type"), str),
+             "architecture", "needs a model_type (e.g. wav2vec2, hubert, wavlm)"),
+            (enc.projection_dim >= 1, "projection_dim", "must be >= 1"),
+            (enc.projection_layers >= 1, "projection_layers", "must be >= 1"),
+            (0.0 <= enc.dropout < 1.0, "dropout", "must be in [0, 1)"),
+            (enc.unfreeze_after >= 0, "unfreeze_after", "must be >= 0 (0: never)"),
+            (enc.unfreeze_after == 0 or enc.freeze != "none", "unfreeze_after",
+             f"needs {where}.freeze to say what is frozen until then"),
+            (0.0 <= enc.mask_prob < 1.0, "mask_prob", "must be in [0, 1)"),
+            (enc.mask_length >= 1, "mask_length", "must be >= 1"),
+            (enc.layerdrop is None or 0.0 <= enc.layerdrop < 1.0, "layerdrop", "must be in [0, 1)"),
         ],
     }
     for ok, key, reason in checks[type(enc)]():
@@ -719,3 +774,89 @@ class LMExperimentConfig:
             train["exp_dir"] = train.pop("out_dir")
         data["train"] = train
         return data
+
+
+# ---------------------------------------------------------------------------
+# self-supervised pretraining: `earshot pretrain CONFIG`
+
+
+@dataclass(frozen=True)
+class PretrainModelConfig:
+    """``model`` of ``earshot pretrain``: a wav2vec 2.0 (transformers' Wav2Vec2ForPreTraining)
+    on the ``waveform`` front end, with its masking, negatives and Gumbel temperature."""
+
+    init_from: str = ""  # checkpoint directory to continue pretraining; empty: a new model
+    architecture: dict = field(default_factory=dict)  # Wav2Vec2Config keys over earshot's small default
+    sample_rate: int = 16000  # audio is resampled to this rate on load
+    waveform_norm: Literal["utterance", "none"] = "utterance"  # as model.features.waveform_norm
+    mask_prob: float = 0.65  # share of frames starting a masked span (about half end up masked)
+    mask_length: int = 10  # frames per masked span
+    num_negatives: int = 50  # distractors per masked frame, drawn from the same utterance's masked frames
+    diversity_weight: float = 0.1  # alpha in L = L_contrastive + alpha L_diversity
+    gumbel_max: float = 2.0  # Gumbel-softmax temperature at step 0 ...
+    gumbel_min: float = 0.5  # ... decaying by gumbel_decay a step down to this
+    gumbel_decay: float = 0.9995
+
+
+@dataclass(frozen=True)
+class PretrainDataConfig:
+    corpus: str = ""  # a name for the checkpoint's card; empty: the first source's name
+    train: tuple[str, ...] = ()  # CutSet manifests (transcripts not needed) and/or folders of audio files
+    dev: tuple[str, ...] = ()  # the same; empty: hold out dev_fraction of train
+    dev_fraction: float = 0.05
+    max_duration: float = 60.0  # seconds of audio per batch
+    num_buckets: int = 10
+    num_workers: int = 0
+    max_utterance_duration: float = 20.0  # longer cuts are left out (and counted)
+
+
+@dataclass(frozen=True)
+class PretrainOptimConfig(OptimConfig):
+    """``optim`` of pretraining: AdamW with warmup and cosine decay by default."""
+
+    name: Literal["adam", "adamw", "adadelta"] = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(type="cosine", warmup_steps=500))
+
+
+@dataclass(frozen=True)
+class PretrainTrainConfig(TrainConfig):
+    """``train`` of pretraining: the dev metric is the loss (per masked frame)."""
+
+    exp_dir: str = "exp/pretrain"
+    epochs: int = 10
+    keep_last: int = 1
+    select_metric: Literal["loss"] = "loss"
+    plot_alignments: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainExperimentConfig:
+    """``earshot pretrain``: self-supervised wav2vec 2.0 pretraining on the same engine as
+    ``earshot train``; the checkpoint is exported to ``<train.exp_dir>/model``, a directory
+    ``model.encoder.path`` accepts."""
+
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
+
+
+def _validate_pretraining(cfg: PretrainExperimentConfig) -> None:
+    m, d = cfg.model, cfg.data
+    _check(m.sample_rate >= 1000, "model.sample_rate", "must be >= 1000 (Hz)")
+    _check(0.0 < m.mask_prob < 1.0, "model.mask_prob", "must be in (0, 1)")
+    _check(m.mask_length >= 1, "model.mask_length", "must be >= 1")
+    _check(m.num_negatives >= 1, "model.num_negatives", "must be >= 1")
+    _check(m.diversity_weight >= 0, "model.diversity_weight", "must be >= 0")
+    _check(0 < m.gumbel_min <= m.gumbel_max, "model.gumbel_min", "must be in (0, model.gumbel_max]")
+    _check(0 < m.gumbel_decay <= 1, "model.gumbel_decay", "must be in (0, 1]")
+    _check(not (m.init_from and m.architecture), "model.architecture",
+           "cannot change the architecture of model.init_from's checkpoint")
+    _check(bool(d.train), "data.train", "give at least one manifest or folder of audio files")
+    _check(0.0 < d.dev_fraction < 1.0 or bool(d.dev), "data.dev_fraction", "must be in (0, 1)")
+    _check(d.max_duration > 0, "data.max_duration", "must be positive")
+    _check(d.num_buckets >= 1, "data.num_buckets", "must be >= 1")
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(d.max_utterance_duration > 0, "data.max_utterance_duration", "must be positive (seconds)")

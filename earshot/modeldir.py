@@ -23,6 +23,7 @@ run code (no pickle).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -70,7 +71,11 @@ def describe(cfg: ExperimentConfig | ModelDescription, card: ModelCard | None = 
 
 def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescription, tokenizer,
                    model: torch.nn.Module, card: ModelCard | None = None) -> Path:
-    """Write description, tokenizer and weights to ``directory``, replacing it as a whole."""
+    """Write description, tokenizer and weights to ``directory``, replacing it as a whole.
+    The description is the model's own portable one (an ssl encoder's architecture, not
+    the checkpoint path it was first loaded from), so the directory stands alone."""
+    if hasattr(model, "portable_config"):
+        cfg = dataclasses.replace(cfg, model=model.portable_config(cfg.model))
     with staged_directory(directory) as staging:
         save_config(describe(cfg, card), staging / CONFIG_FILE)
         tokenizer.save(staging / TOKENIZER_DIR)

@@ -80,12 +80,13 @@ def validate_experiment(cfg: ExperimentConfig, decode: bool = False) -> Report:
     for name in ("train", "dev"):
         report, cuts = _read_split(name, getattr(cfg.data, name))
         if name == "train":  # as earshot train: over-long training cuts are left out
-            limit = cfg.data.max_utterance_duration
-            for cut in cuts:
-                if cut.duration > limit:
-                    report.skip(f"longer than data.max_utterance_duration={limit:g}s",
-                                f"{cut.id}: {cut.duration:.1f} s")
-            cuts = [cut for cut in cuts if cut.duration <= limit]
+            for key in ("max_utterance_duration", "max_duration"):
+                limit = getattr(cfg.data, key)
+                for cut in cuts:
+                    if cut.duration > limit:
+                        report.skip(f"longer than data.{key}={limit:g}s",
+                                    f"{cut.id}: {cut.duration:.1f} s")
+                cuts = [cut for cut in cuts if cut.duration <= limit]
         splits.append(report)
         cut_sets.append(cuts)
     train_cuts, dev_cuts = cut_sets

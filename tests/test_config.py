@@ -2,8 +2,8 @@
 
 import pytest
 
-from earshot.config import (DecodeConfig, ExperimentConfig, LMExperimentConfig, from_dict, load_config,
-                            save_config, to_dict)
+from earshot.config import (DecodeConfig, ExperimentConfig, LMExperimentConfig,
+                            PretrainExperimentConfig, from_dict, load_config, save_config, to_dict)
 from earshot.errors import ConfigError
 
 
@@ -97,7 +97,8 @@ def test_recipes_are_valid():
     recipes = sorted(root.glob("*/*.yaml"))
     assert recipes, "no recipe found"
     for path in recipes:
-        load_config(path, cls=LMExperimentConfig if path.stem.startswith("lm") else ExperimentConfig)
+        kinds = {"lm": LMExperimentConfig, "pretrain": PretrainExperimentConfig}
+        load_config(path, cls=kinds.get(path.stem.split("_")[0], ExperimentConfig))
 
 
 def test_encoder_configs_are_tagged_by_type(tmp_path):
@@ -114,7 +115,7 @@ def test_encoder_configs_are_tagged_by_type(tmp_path):
 
 @pytest.mark.parametrize("overrides, pattern", [
     (["model.encoder.type=transformerx"],
-     r"'model\.encoder\.type': unknown encoder type 'transformerx' \(known: conformer, crdnn\)"),
+     r"'model\.encoder\.type': unknown encoder type 'transformerx' \(known: conformer, crdnn, ssl\)"),
     (["model.encoder.type=conformer", "model.encoder.rnn_units=3"],
      r"'model\.encoder\.rnn_units' is not a key of encoder type 'conformer'; it belongs to "
      r"encoder type crdnn \(valid keys for 'conformer': .*heads"),

@@ -159,7 +159,8 @@ class CutDataset(Dataset):
             return Batch.empty(tuple(dropped))
         loaded.sort(key=lambda pair: pair[1].numel(), reverse=True)
         batch = collate([c.id for c, _ in loaded], [w for _, w in loaded],
-                        [c.supervisions[0].text for c, _ in loaded], self.tokenizer)
+                        [c.supervisions[0].text if c.supervisions else "" for c, _ in loaded],
+                        self.tokenizer)
         return dataclasses.replace(batch, dropped=tuple(dropped))
 
     def speed_factor(self, cut_id: str) -> float:
@@ -222,14 +223,19 @@ class EpochBatches(Sampler):
 
 
 def collate(ids: list[str], wavs: list[torch.Tensor], texts: list[str], tokenizer) -> Batch:
-    """Pad waveforms (S,) with zeros and token ids with ``tokenizer.pad_id``."""
-    token_lists = [torch.tensor(tokenizer.encode(t), dtype=torch.long) for t in texts]
+    """Pad waveforms (S,) with zeros and token ids with ``tokenizer.pad_id``; without a
+    tokenizer (untranscribed audio, e.g. for pretraining) every row has no tokens."""
+    if tokenizer is None:
+        token_lists, pad_id = [torch.zeros(0, dtype=torch.long) for _ in texts], 0
+    else:
+        token_lists = [torch.tensor(tokenizer.encode(t), dtype=torch.long) for t in texts]
+        pad_id = tokenizer.pad_id
     return Batch(
         ids=ids,
         wavs=pad_sequence(wavs, batch_first=True),
         wav_lens=torch.tensor([w.numel() for w in wavs], dtype=torch.long),
         texts=texts,
-        tokens=pad_sequence(token_lists, batch_first=True, padding_value=tokenizer.pad_id),
+        tokens=pad_sequence(token_lists, batch_first=True, padding_value=pad_id),
         token_lens=torch.tensor([t.numel() for t in token_lists], dtype=torch.long),
     )
 

@@ -386,11 +386,11 @@ def write_splits(splits: dict[str, list[MonoCut]], out_dir: str | Path) -> dict[
     return result
 
 
-def load_cuts(path: str | Path) -> CutSet:
+def load_cuts(path: str | Path, need_text: bool = True) -> CutSet:
     """Read a CutSet manifest (``.jsonl``/``.jsonl.gz``, as written by ``prepare_*``).
 
     A ``.csv`` file is imported with :func:`import_csv` instead. Raises ``ManifestError``
-    when the file is missing, unreadable, empty, or a cut has no transcript.
+    when the file is missing, unreadable, empty, or (``need_text``) a cut has no transcript.
     """
     path = Path(path)
     if not path.is_file():
@@ -402,15 +402,76 @@ def load_cuts(path: str | Path) -> CutSet:
     except Exception as err:  # lhotse raises many types for a corrupt file
         raise ManifestError(f"{path}: not a readable CutSet manifest "
                             f"({type(err).__name__}: {err})") from None
-    _check_cuts(path, cuts)
+    _check_cuts(path, cuts, need_text)
     return cuts
 
 
-def _check_cuts(path: Path, cuts: CutSet) -> None:
+def _check_cuts(path: Path, cuts: CutSet, need_text: bool = True) -> None:
     if cuts is None or len(cuts) == 0:  # lhotse reads a 0-byte file as None
         raise ManifestError(f"{path}: manifest holds no cuts")
     for cut in cuts:
-        if not cut.supervisions or not (cut.supervisions[0].text or "").strip():
+        if need_text and (not cut.supervisions or not (cut.supervisions[0].text or "").strip()):
             raise ManifestError(f"{path}: cut '{cut.id}' has no transcript")
         if cut.recording is None:
             raise ManifestError(f"{path}: cut '{cut.id}' has no recording")
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph")
+
+
+def audio_folder_cuts(folder: str | Path) -> CutSet:
+    """Every audio file under ``folder`` (recursively; by suffix) as an untranscribed cut
+    whose id is its path relative to the folder without the suffix. A file whose header
+    does not read, or that is shorter than one analysis frame, is warned about (path and
+    reason) and left out; a folder with no usable file is ``ManifestError``."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    cuts, bad = [], 0
+    for path in files:
+        try:
+            info = audio_info(path)
+            if info.duration < MIN_SECONDS:
+                raise AudioError(path, f"{info.frames} samples is shorter than one "
+                                       f"{MIN_SECONDS * 1000:.0f} ms frame")
+        except AudioError as err:
+            logger.warning("%s: left out: %s", err.path, err.reason)
+            bad += 1
+            continue
+        uid = str(path.relative_to(root).with_suffix(""))
+        recording = Recording(id=uid, sources=[AudioSource(type="file", channels=list(range(info.channels)),
+                                                           source=str(path.resolve()))],
+                              sampling_rate=info.sample_rate, num_samples=info.frames,
+                              duration=info.duration)
+        cuts.append(MonoCut(id=uid, start=0.0, duration=info.duration, channel=0, recording=recording))
+    if not cuts:
+        raise ManifestError(f"{root}: no usable audio file ({', '.join(AUDIO_SUFFIXES)}) under it"
+                            + (f"; {bad} left out" if bad else ""))
+    logger.info("%s: %d audio files (%.2f h)%s", root, len(cuts), sum(c.duration for c in cuts) / 3600,
+                f", {bad} left out" if bad else "")
+    return CutSet.from_cuts(cuts)
+
+
+def load_audio_sources(paths: tuple[str, ...] | list[str], key: str) -> CutSet:
+    """Untranscribed audio from manifests and/or folders of audio files, as one CutSet
+    (for self-supervised pretraining; transcripts, where present, are ignored). An id
+    seen before gets a ``#N`` suffix, so corpora with overlapping ids can be pooled."""
+    if not paths:
+        raise ConfigError(f"config key '{key}': no manifest or audio folder given")
+    seen: set[str] = set()
+    pooled = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            cuts = audio_folder_cuts(p)
+        elif p.is_file():
+            cuts = load_cuts(p, need_text=False)
+        else:
+            raise ConfigError(f"config key '{key}': '{path}' is neither a manifest nor a folder")
+        for cut in cuts:
+            uid, n = cut.id, 1
+            while uid in seen:
+                n += 1
+                uid = f"{cut.id}#{n}"
+            seen.add(uid)
+            pooled.append(cut if uid == cut.id else fastcopy(cut, id=uid))
+    return CutSet.from_cuts(pooled)

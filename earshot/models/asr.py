@@ -17,6 +17,7 @@ hold corpus statistics (``statistics_names``); the trainer gathers those statist
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from earshot.augment import spec_augment
 from earshot.config import LossConfig, ModelConfig
+from earshot.errors import ConfigError
 from earshot.frontends import build_frontend
 from earshot.losses import ctc_loss, joint_loss, nll_loss
 from earshot.models.ctc import CTCHead
@@ -74,6 +76,11 @@ class EncoderDecoderASR(nn.Module):
         self.vocab_size = vocab_size
         self.frontend = build_frontend(cfg.features)
         self.encoder = ENCODERS[cfg.encoder.type](cfg.encoder, self.frontend.out_dim)
+        rate = getattr(self.encoder, "sample_rate", None)  # what a pretrained encoder was trained at
+        if rate is not None and rate != cfg.features.sample_rate:
+            raise ConfigError(f"config key 'model.features.sample_rate': {cfg.features.sample_rate} Hz, "
+                              f"but the encoder's checkpoint was trained on {rate} Hz audio; set it "
+                              f"to {rate} (audio is resampled to it on load)")
         self.ctc = CTCHead(self.encoder.output_dim, vocab_size)
         self.decoder = AttentionalDecoder(cfg.decoder, vocab_size, self.encoder.output_dim,
                                           specials["bos"])
@@ -105,6 +112,27 @@ class EncoderDecoderASR(nn.Module):
     def set_statistics(self, acc) -> None:
         self.frontend.set_statistics(acc)
 
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether some parameters can get no gradient in a step (a frozen or dropped part),
+        which a data-parallel wrapper must be told."""
+        return bool(getattr(self.encoder, "may_leave_parameters_unused", False))
+
+    def set_training_step(self, step: int) -> None:
+        """Tell the parts how many optimizer steps are done (an encoder that unfreezes
+        after N steps reads it); the trainer calls this before each training batch."""
+        if hasattr(self.encoder, "set_training_step"):
+            self.encoder.set_training_step(step)
+
+    def portable_config(self, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` (this model's config) with what it takes to rebuild the model from its
+        weights alone: an ssl encoder's architecture instead of its checkpoint path."""
+        arch = getattr(self.encoder, "architecture", None)
+        if arch is None or cfg.encoder.type != "ssl":
+            return cfg
+        return dataclasses.replace(cfg, encoder=dataclasses.replace(
+            cfg.encoder, path="", from_scratch=False, architecture=arch))
+
     def encoded_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
         """Encoder frames for waveform lengths (B,), without running the network."""
         frames = self.frontend.num_frames(wav_lens)
@@ -126,7 +154,7 @@ class EncoderDecoderASR(nn.Module):
         return Encoded(self.decoder.memory(h, h_lens), log_probs, h_lens)
 
     def _encode_features(self, feats: torch.Tensor, lens: torch.Tensor):
-        valid = lens > 0
+        valid = (lens > 0) & (self.encoder.output_lengths(lens) > 0)
         if bool(valid.all()):
             return self.encoder(feats, lens)
         b = feats.size(0)

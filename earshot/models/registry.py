@@ -8,7 +8,8 @@ from earshot.models.attention import (ContentAttention, LocationAwareAttention,
                                       MultiHeadLocationAttention)
 from earshot.models.encoders.conformer import Conformer
 from earshot.models.encoders.crdnn import CRDNN
+from earshot.models.encoders.ssl import SSLEncoder  # (imports transformers only when built)
 
-ENCODERS = {"crdnn": CRDNN, "conformer": Conformer}
+ENCODERS = {"crdnn": CRDNN, "conformer": Conformer, "ssl": SSLEncoder}
 ATTENTIONS = {"content": ContentAttention, "location": LocationAwareAttention,
               "multihead_location": MultiHeadLocationAttention}

@@ -218,8 +218,10 @@ class ASRTask(Task):
 
     def __init__(self, cfg: ExperimentConfig, model):
         self.cfg, self.rate = cfg, model.sample_rate
-        # With alpha 0 or 1 one branch gets no gradient; DDP must be told to expect that.
-        self.find_unused_parameters = cfg.loss.ctc_weight in (0.0, 1.0)
+        # With alpha 0 or 1 one branch gets no gradient, nor does a frozen part; DDP must
+        # be told to expect that.
+        self.find_unused_parameters = (cfg.loss.ctc_weight in (0.0, 1.0)
+                                       or model.may_leave_parameters_unused)
         self.model = model
 
     def usable(self, batch):
@@ -231,6 +233,7 @@ class ASRTask(Task):
     def forward(self, model, batch, epoch: int, step: int):
         # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
         prob = sampling_probability(self.cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
+        self.model.set_training_step(step)
         out = model(batch, self.cfg.loss, prob)
         return out.loss, [out.ctc, out.nll]
 
@@ -431,17 +434,30 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def load_data(cfg: ExperimentConfig):
     """Train and dev CutSets; over-long training cuts are left out (and counted)."""
-    from earshot.data.batching import drop_long_cuts
     from earshot.data.manifests import load_cuts
 
     for key in ("train", "dev"):
         if not getattr(cfg.data, key):
             raise ConfigError(f"config key 'data.{key}': no manifest given")
-    train_cuts, dropped = drop_long_cuts(load_cuts(cfg.data.train), cfg.data.max_utterance_duration)
-    if dropped:
-        log.warning("%s: left out %d cuts longer than data.max_utterance_duration=%gs",
-                    cfg.data.train, dropped, cfg.data.max_utterance_duration)
-    return train_cuts, load_cuts(cfg.data.dev)
+    return drop_unbatchable(load_cuts(cfg.data.train), cfg.data, cfg.data.train), load_cuts(cfg.data.dev)
+
+
+def drop_unbatchable(cuts, data, where: str):
+    """Training cuts without those over ``data.max_utterance_duration`` or over the batch
+    budget ``data.max_duration`` (either would be a batch of its own, beyond what the
+    budget was sized for): each kind is counted in a warning naming a few of them."""
+    from earshot.data.batching import drop_long_cuts
+
+    for key in ("max_utterance_duration", "max_duration"):
+        limit = getattr(data, key)
+        kept, dropped = drop_long_cuts(cuts, limit)
+        if dropped:
+            longest = sorted((c for c in cuts if c.duration > limit), key=lambda c: -c.duration)
+            shown = ", ".join(f"'{c.id}' ({c.duration:.1f}s)" for c in longest[:3])
+            log.warning("%s: left out %d cuts longer than data.%s=%gs: %s%s", where, dropped, key,
+                        limit, shown, " ..." if dropped > 3 else "")
+        cuts = kept
+    return cuts
 
 
 def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts, resuming: bool, world: Dist):
