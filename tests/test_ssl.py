@@ -146,6 +146,31 @@ def test_frozen_parts_get_no_gradient_until_the_unfreeze_step_and_layer_weights_
     assert all(grads[n] is not None for n in backbone if n.startswith("encoder.model.encoder.layers."))
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = ssl_model(ckpt, freeze="none", gradient_checkpointing=checkpointing, mask_prob=0.2,
+                          mask_length=4)
+        torch.manual_seed(1)
+        grads.append(_backward(model, 0))
+    assert model.encoder.model.is_gradient_checkpointing
+    for name, grad in grads[0].items():
+        if grad is not None:
+            torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_frozen_encoder_tells_data_parallel_training_to_expect_unused_parameters(tmp_path):
+    from earshot.config import ExperimentConfig, LossConfig
+    from earshot.train.trainer import ASRTask
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    loss = LossConfig(ctc_weight=0.3)
+    assert ASRTask(ExperimentConfig(loss=loss), ssl_model(ckpt)).find_unused_parameters
+    assert not ASRTask(ExperimentConfig(loss=loss), ssl_model(ckpt, freeze="none")).find_unused_parameters
+
+
 def test_training_masks_are_drawn_from_torch_so_a_reseeded_step_repeats(tmp_path):
     model = ssl_model(tiny_checkpoint(tmp_path / "ckpt"), freeze="none", mask_prob=0.5, mask_length=4)
     model.train()
@@ -185,6 +210,9 @@ def test_model_directory_stands_alone_after_the_checkpoint_is_deleted(tmp_path):
     transcriber = Transcriber.load(tmp_path / "model")
     first = transcriber.transcribe([tmp_path / "a8k.wav"])
     assert first == Transcriber.load(tmp_path / "model").transcribe([tmp_path / "a8k.wav"])
+    from earshot.audio import load_audio
+
+    assert load_audio(tmp_path / "a8k.wav", transcriber.sample_rate).numel() == 16000
     assert transcriber.model.encoded_lengths(torch.tensor([16000])).item() == 1599
 
 
