@@ -735,15 +735,21 @@ class LMOptimConfig(OptimConfig):
 
 
 @dataclass(frozen=True)
-class LMTrainConfig(TrainConfig):
-    """``train`` of a language model: TrainConfig with LM defaults; the dev metric is the
-    loss (nats per token)."""
+class LossSelectedTrainConfig(TrainConfig):
+    """``train`` of a task whose only dev metric is its loss (language models, pretraining):
+    no WER to select by, no alignments to plot."""
 
-    exp_dir: str = "exp/lm"
     epochs: int = 10
     keep_last: int = 1
     select_metric: Literal["loss"] = "loss"
     plot_alignments: int = 0
+
+
+@dataclass(frozen=True)
+class LMTrainConfig(LossSelectedTrainConfig):
+    """``train`` of a language model (the loss in nats per token)."""
+
+    exp_dir: str = "exp/lm"
 
 
 @dataclass(frozen=True)
@@ -821,14 +827,10 @@ class PretrainOptimConfig(OptimConfig):
 
 
 @dataclass(frozen=True)
-class PretrainTrainConfig(TrainConfig):
-    """``train`` of pretraining: the dev metric is the loss (per masked frame)."""
+class PretrainTrainConfig(LossSelectedTrainConfig):
+    """``train`` of pretraining (the loss per masked frame)."""
 
     exp_dir: str = "exp/pretrain"
-    epochs: int = 10
-    keep_last: int = 1
-    select_metric: Literal["loss"] = "loss"
-    plot_alignments: int = 0
 
 
 @dataclass(frozen=True)

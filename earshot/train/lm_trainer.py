@@ -42,11 +42,7 @@ LM_DIR = "model"
 
 def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
     """Train on the engine, export the best epoch(s); returns the LM directory."""
-    validate(cfg)
-    world = engine.init_distributed(cfg.train.dist_timeout)
-    device = engine.select_device(cfg.train.device, world)
-    engine.check_precision(cfg.train.precision, device)
-    exp_dir = Path(cfg.train.exp_dir)
+    validate(cfg)  # (texts and tokenizer are read before the experiment directory is made)
     tokenizer = _asr_tokenizer(cfg.data.asr_model)
     from earshot.tokenizer import warn_unknown_chars
 
@@ -56,9 +52,7 @@ def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
     dev_seqs = encode_texts(read_texts(cfg.data.dev_text, "data.dev_text"), tokenizer) \
         if cfg.data.dev_text else None
     train_seqs, dev_seqs = _split_dev(train_seqs, dev_seqs, cfg.train.seed)
-    saved = engine.prepare_exp_dir(cfg, exp_dir, resume, world)
-    engine.seed_everything(cfg.train.seed)
-    engine.configure_torch(cfg.train)
+    world, device, exp_dir, saved = engine.begin_run(cfg, resume)
     model = RNNLM(cfg.model, tokenizer.vocab_size).to(device)
     shard = {"world_size": world.world_size, "rank": world.rank}
     train_loader = sentence_loader(train_seqs, tokenizer.pad_id, cfg.data.batch_size, True,

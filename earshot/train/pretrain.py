@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from earshot.config import FeatureConfig, PretrainExperimentConfig, PretrainModelConfig, validate
+from earshot.config import FeatureConfig, PretrainExperimentConfig, PretrainModelConfig
 from earshot.errors import ConfigError
 from earshot.frontends import WaveformFrontEnd
 from earshot.masks import lengths_to_mask
@@ -74,14 +74,7 @@ SMALL_WAV2VEC2 = {
 
 def pretrain(cfg: PretrainExperimentConfig, resume: bool = False) -> Path:
     """Pretrain on the engine and export the best epoch(s); returns the checkpoint directory."""
-    validate(cfg)
-    world = engine.init_distributed(cfg.train.dist_timeout)
-    device = engine.select_device(cfg.train.device, world)
-    engine.check_precision(cfg.train.precision, device)
-    exp_dir = Path(cfg.train.exp_dir)
-    saved = engine.prepare_exp_dir(cfg, exp_dir, resume, world)
-    engine.seed_everything(cfg.train.seed)
-    engine.configure_torch(cfg.train)
+    world, device, exp_dir, saved = engine.begin_run(cfg, resume)
     model = Wav2Vec2Pretrainer(cfg.model).to(device)  # (a bad architecture fails before data loads)
     train_cuts, dev_cuts = load_audio(cfg)
     run = build_run(cfg, exp_dir, world, device, model, train_cuts, dev_cuts)
@@ -249,16 +242,9 @@ class PretrainTask(engine.Task):
         self.find_unused_parameters = bool(model.net.config.layerdrop)
 
     def usable(self, batch):
-        frames = self.model.frames(batch.wav_lens)
-        short = (frames < self.cfg.model.mask_length).nonzero(as_tuple=True)[0].tolist()
-        for i in short:
-            log.warning("skipping utterance '%s': %d samples give %d frames, fewer than one masked "
-                        "span (model.mask_length=%d)", batch.ids[i], int(batch.wav_lens[i]),
-                        int(frames[i]), self.cfg.model.mask_length)
-        if not short:
-            return batch
-        keep = (frames >= self.cfg.model.mask_length).nonzero(as_tuple=True)[0]
-        return batch.select(keep) if len(keep) else None
+        span = self.cfg.model.mask_length
+        return engine.drop_short_rows(batch, self.model.frames(batch.wav_lens), span,
+                                      f"frames, fewer than one masked span (model.mask_length={span})")
 
     def unreadable(self, batch) -> int:
         return len(batch.dropped)

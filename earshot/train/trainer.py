@@ -256,16 +256,9 @@ class ASRTask(Task):
 
 def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     """Train ``cfg`` and return the exported model directory (``<exp_dir>/model``)."""
-    validate(cfg)
-    world = init_distributed(cfg.train.dist_timeout)
-    device = select_device(cfg.train.device, world)
-    check_precision(cfg.train.precision, device)
-    exp_dir = Path(cfg.train.exp_dir)
-    saved = prepare_exp_dir(cfg, exp_dir, resume, world)
+    world, device, exp_dir, saved = begin_run(cfg, resume)
     if cfg.train.init_from and saved is None:
         check_model_dir(cfg.train.init_from, deep=True)  # before minutes of data loading
-    seed_everything(cfg.train.seed)
-    configure_torch(cfg.train)
     train_cuts, dev_cuts = load_data(cfg)
     tokenizer = fit_or_load_tokenizer(cfg, exp_dir, train_cuts, saved is not None, world)
     from earshot.tokenizer import warn_unknown_chars
@@ -301,6 +294,21 @@ def fit(run: Run, state: TrainState) -> Path:
 
 # ---------------------------------------------------------------------------
 # setup
+
+
+def begin_run(cfg, resume: bool):
+    """What every task's run starts with: validate, join the process group, pick the
+    device, check the precision, prepare the experiment directory, seed and configure
+    torch. Returns (world, device, exp_dir, the checkpoint to resume or None)."""
+    validate(cfg)
+    world = init_distributed(cfg.train.dist_timeout)
+    device = select_device(cfg.train.device, world)
+    check_precision(cfg.train.precision, device)
+    exp_dir = Path(cfg.train.exp_dir)
+    saved = prepare_exp_dir(cfg, exp_dir, resume, world)
+    seed_everything(cfg.train.seed)
+    configure_torch(cfg.train)
+    return world, device, exp_dir, saved
 
 
 def init_distributed(timeout: float = 600.0) -> Dist:
@@ -576,14 +584,19 @@ def compute_cmvn(run: Run, train_cuts) -> None:
 def drop_short_utterances(model: torch.nn.Module, batch):
     """The batch without utterances too short to give one encoder frame (warned about,
     naming each and its length); None when none is left."""
-    lens = model.encoded_lengths(batch.wav_lens)
-    short = (lens <= 0).nonzero(as_tuple=True)[0].tolist()
+    return drop_short_rows(batch, model.encoded_lengths(batch.wav_lens), 1, "encoder frames (too short)")
+
+
+def drop_short_rows(batch, frames: torch.Tensor, minimum: int, why: str):
+    """The batch without the rows whose ``frames`` (B,) are below ``minimum``, each warned
+    about with its id, samples and frames followed by ``why``; None when none is left."""
+    short = (frames < minimum).nonzero(as_tuple=True)[0].tolist()
     if not short:
         return batch
     for i in short:
-        log.warning("skipping utterance '%s': %d samples give %d encoder frames (too short)",
-                    batch.ids[i], int(batch.wav_lens[i]), int(lens[i]))
-    keep = (lens > 0).nonzero(as_tuple=True)[0]
+        log.warning("skipping utterance '%s': %d samples give %d %s", batch.ids[i],
+                    int(batch.wav_lens[i]), int(frames[i]), why)
+    keep = (frames >= minimum).nonzero(as_tuple=True)[0]
     return batch.select(keep) if len(keep) else None
 
 
