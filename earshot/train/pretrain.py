@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "model"
 CARD_FILE = "earshot_pretraining.json"
 
-# A wav2vec 2.0 small enough to pretrain on two CPU cores: 3.7 M parameters, 75 k of them
+# A wav2vec 2.0 small enough to pretrain on two CPU cores: 3.6 M parameters, 67 k of them
 # in the 64-channel feature encoder (its convolutions at the sample rate cost the most:
 # 128 channels halve the speed); ``model.architecture`` overrides any key.
 SMALL_WAV2VEC2 = {
