@@ -15,10 +15,11 @@ from earshot.masks import lengths_to_mask
 from earshot.models.attention import (ContentAttention, LocationAwareAttention,
                                       MultiHeadLocationAttention, reachable_conv)
 from earshot.models.encoders.conformer import Conformer
-from earshot.models.encoders.crdnn import (CRDNN, CNNBlock, PaddedRNN, UniformDropout, pooled_lengths,
+from earshot.models.encoders.crdnn import (CRDNN, CNNBlock, PaddedRNN, pooled_lengths,
                                           stack_frames)
 from earshot.models.ctc import CTCHead
 from earshot.models.decoder import AttentionalDecoder
+from earshot.models.dropout import Dropout
 
 V, ENC = 11, 12
 
@@ -67,16 +68,26 @@ def test_padded_rnn_matches_packed_torch_rnn_and_loads_its_weights(kind, bidirec
     assert [p.shape for p in rnn.parameters()] == [p.shape for p in fused.parameters()]
 
 
-def test_uniform_dropout_keeps_one_minus_p_and_rescales():
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+def test_dropout_matches_nn_dropout_in_rate_scale_and_gradient(p):
     torch.manual_seed(0)
-    drop = UniformDropout(0.25)
-    y = drop(torch.ones(200_000))
+    drop = Dropout(p)
+    x = torch.ones(400_000, requires_grad=True)
+    y = drop(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.75) < 0.01
-    assert torch.allclose(y[kept], torch.tensor(1 / 0.75))
-    x = torch.randn(5, requires_grad=True)
+    # the same keep rate as nn.Dropout, on every one of the four lanes of a draw
+    for lane in range(4):
+        assert abs(kept[lane::4].float().mean().item() - (1 - p)) < 0.006
+    assert torch.allclose(y[kept], torch.tensor(1 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the mask itself
+    # two draws differ; bf16 input stays bf16
+    assert not torch.equal(drop(torch.ones(1000)), drop(torch.ones(1000)))
+    assert drop(torch.ones(8, dtype=torch.bfloat16)).dtype == torch.bfloat16
     drop.eval()
     assert drop(x) is x
+    # the state dict and arguments are nn.Dropout's
+    assert Dropout(p).state_dict() == torch.nn.Dropout(p).state_dict() == {}
 
 
 @pytest.mark.parametrize("frames", [1, 4, 30])

@@ -25,6 +25,7 @@ from torch import nn
 
 from earshot.config import DecoderConfig
 from earshot.masks import lengths_to_mask
+from earshot.models.dropout import Dropout
 from earshot.models.registry import ATTENTIONS
 
 
@@ -69,7 +70,7 @@ class AttentionalDecoder(nn.Module):
         sizes = [cfg.embedding_dim + enc_dim] + [cfg.units] * (cfg.layers - 1)
         self.cells = nn.ModuleList(_CELLS[cfg.rnn_type](size, cfg.units) for size in sizes)
         self.attention = ATTENTIONS[cfg.attention.type](cfg.attention, enc_dim, cfg.units)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(cfg.units + enc_dim, vocab_size)
 
     # -- encoder side -------------------------------------------------------------

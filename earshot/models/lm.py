@@ -23,6 +23,7 @@ from torch import nn
 from earshot.config import LMConfig, LMExperimentConfig, load_config, save_config
 from earshot.errors import ConfigError
 from earshot.integrity import verify_checksums
+from earshot.models.dropout import Dropout
 
 
 @dataclass
@@ -42,7 +43,7 @@ class RNNLM(nn.Module):
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)
         self.rnn = nn.LSTM(cfg.embedding_dim, cfg.units, cfg.layers, batch_first=True,
                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(cfg.units, vocab_size)
 
     def forward(self, tokens_in: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import nn
 
 from earshot.config import ConformerConfig
 from earshot.masks import lengths_to_mask, zero_padding
+from earshot.models.dropout import Dropout
 
 # Time strides of the subsampling convolutions for each overall factor.
 SUBSAMPLING_STRIDES = {4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}
@@ -50,7 +51,7 @@ class ConvSubsampling(nn.Module):
             in_ch, freq = channels, (freq + 1) // 2
         self.convs = nn.ModuleList(convs)
         self.out = nn.Linear(channels * freq, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def output_lengths(self, lens: torch.Tensor) -> torch.Tensor:
         for stride in self.strides:
@@ -75,7 +76,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.SiLU(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, dim))
+                                 Dropout(dropout), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -155,7 +156,7 @@ class ConvModule(nn.Module):
         self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
         self.depthwise_norm = nn.LayerNorm(dim)
         self.pointwise_out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         x = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
@@ -177,7 +178,7 @@ class ConformerBlock(nn.Module):
         self.conv = ConvModule(cfg.dim, cfg.conv_kernel, cfg.dropout)
         self.ff2 = FeedForward(cfg.dim, cfg.ffn_dim, cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 
 from earshot.config import CRDNNConfig
 from earshot.masks import lengths_to_mask, zero_padding
+from earshot.models.dropout import Dropout
 
 _RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -68,7 +69,7 @@ class PaddedRNN(nn.Module):
             nn.ModuleList(_RNNS[kind](input_dim if i == 0 else units * directions, units,
                                       batch_first=True) for _ in range(directions))
             for i in range(layers))
-        self.dropout = dropout  # between layers, as nn.LSTM's dropout
+        self.dropout = Dropout(dropout)  # between layers, as nn.LSTM's dropout
         self._register_load_state_dict_pre_hook(self._from_fused_names)
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class PaddedRNN(nn.Module):
         index = reversal_index(lens, x.size(1)) if len(self.layers[0]) == 2 else None
         for i, directions in enumerate(self.layers):
             if i > 0:
-                x = nn.functional.dropout(x, self.dropout, self.training)
+                x = self.dropout(x)
             out = [directions[0](x)[0]]
             if index is not None:
                 out.append(reverse_padded(directions[1](reverse_padded(x, index))[0], index))
@@ -101,17 +102,6 @@ def pooled_lengths(lens: torch.Tensor, factor: int) -> torch.Tensor:
     return (lens + factor - 1) // factor
 
 
-class UniformDropout(nn.Dropout):
-    """nn.Dropout with its mask drawn from uniform samples: the same distribution, and on
-    CPU half the time of the bernoulli_ draw nn.Dropout makes (the CNN's feature maps are
-    the largest tensors of a training step)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
-
-
 class CNNBlock(nn.Module):
     """Two (conv 3x3 -> LayerNorm -> LeakyReLU), then max-pool time and frequency.
 
@@ -129,7 +119,7 @@ class CNNBlock(nn.Module):
         )
         self.norms = nn.ModuleList([nn.LayerNorm([freq, out_ch]), nn.LayerNorm([freq, out_ch])])
         self.pool = (time_pool, freq_pool)
-        self.dropout = UniformDropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, F, C_in) -> (B, ceil(T/tp), ceil(F/fp), C_out) zero past the new
@@ -183,7 +173,7 @@ class CRDNN(nn.Module):
         layers = []
         for _ in range(cfg.dnn_layers):
             layers += [nn.Linear(dim, cfg.dnn_units), nn.LayerNorm(cfg.dnn_units),
-                       nn.LeakyReLU(), nn.Dropout(cfg.dropout)]
+                       nn.LeakyReLU(), Dropout(cfg.dropout)]
             dim = cfg.dnn_units
         self.dnn = nn.Sequential(*layers)
         self.output_dim = dim

@@ -37,6 +37,7 @@ from torch import nn
 from earshot.config import SSLConfig
 from earshot.errors import ConfigError
 from earshot.masks import lengths_to_mask, zero_padding
+from earshot.models.dropout import Dropout
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Projection(nn.Module):
 
     def __init__(self, cfg: SSLConfig, in_dim: int):
         super().__init__()
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         if cfg.projection == "none":
             self.net, self.output_dim = nn.Identity(), in_dim
         elif cfg.projection == "linear":
@@ -161,7 +162,7 @@ class Projection(nn.Module):
             layers, dim = [], in_dim
             for _ in range(cfg.projection_layers):
                 layers += [nn.Linear(dim, cfg.projection_dim), nn.LayerNorm(cfg.projection_dim),
-                           nn.LeakyReLU(), nn.Dropout(cfg.dropout)]
+                           nn.LeakyReLU(), Dropout(cfg.dropout)]
                 dim = cfg.projection_dim
             self.net, self.output_dim = nn.Sequential(*layers), dim
 
