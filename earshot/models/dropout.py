@@ -2,10 +2,10 @@
 
 PyTorch's CPU generator makes one Mersenne-Twister draw per element for ``nn.Dropout``'s
 bernoulli mask (or for ``torch.rand``), single-threaded: on a 2-core machine the masks of
-a Conformer's feed-forward layers cost as much as their matrix products. ``Dropout``
-instead cuts 64-bit draws into four 16-bit lanes and keeps an element when its lane is
-at or above the threshold ``round(p * 65536)``, which needs a quarter of the draws (about
-6x faster for the mask here, forward and backward). The drop rate is ``p`` rounded to a
+the AN4 Conformer's training step took about as long as all its matrix products
+(benchmarks/PROFILE.md). ``Dropout`` instead cuts 64-bit draws into four 16-bit lanes
+and keeps an element when its lane is at or above the threshold ``round(p * 65536)``
+(offset to signed values), which needs a quarter of the draws. The drop rate is ``p`` rounded to a
 multiple of 1/65536 (0.1 becomes 0.100006); kept elements are scaled by 1 / (1 - p) as
 in ``nn.Dropout``. Elsewhere than on CPU it is ``nn.Dropout`` (fused, counter-based RNG).
 
