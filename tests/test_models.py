@@ -476,3 +476,30 @@ def test_conformer_stochastic_depth_skips_layers_only_in_training():
     enc.train()
     outs = {enc(x, lens)[0].sum().item() for _ in range(8)}
     assert len(outs) > 1
+
+
+@pytest.mark.parametrize("kind, bidirectional", [("lstm", True), ("lstm", False), ("gru", True)])
+@pytest.mark.parametrize("time_pool,stack", [((1, 2), 1), ((2, 3), 2), ((1, 1), 3)])
+def test_crdnn_without_padding_takes_the_fused_path_and_gives_the_padded_result(
+        kind, bidirectional, time_pool, stack):
+    """A batch whose rows are all full length (one utterance at a time) skips the masks
+    and runs the RNN as one fused call: the same outputs as the general path, which the
+    same rows take when a longer row pads them."""
+    torch.manual_seed(0)
+    enc = CRDNN(tiny_encoder(rnn_type=kind, bidirectional=bidirectional, time_pool=time_pool,
+                             rnn_time_pool=stack), input_dim=10).eval()
+    x = torch.randn(3, 13, 10)
+    full, full_lens = enc(x, torch.tensor([13, 13, 13]))
+    for row in range(3):  # the same row padded by a longer neighbour: the general path
+        longer = torch.cat([x[row:row + 1], torch.randn(1, 13, 10)], 1)
+        padded = torch.cat([longer, torch.randn(1, 26, 10)])
+        h, h_lens = enc(padded, torch.tensor([13, 26]))
+        n = int(full_lens[row])
+        assert h_lens[0] == n
+        torch.testing.assert_close(h[0, :n], full[row], atol=1e-6, rtol=1e-5)
+    calls = []
+    enc.rnn._fused = lambda x, original=enc.rnn._fused: calls.append(1) or original(x)
+    enc(x, torch.tensor([13, 13, 13]))
+    enc(x, torch.tensor([13, 12, 13]))
+    enc.train()(x, torch.tensor([13, 13, 13]))  # training: per-layer dropout, general path
+    assert calls == [1]

@@ -4,7 +4,9 @@ Padding never changes a valid output: every convolution sees zeros past an
 utterance's end (as it would alone), time pooling ignores padded frames, and the
 backward direction of the RNN reads each utterance reversed within its own length.
 Each time-changing layer uses ceil(len / factor), so an utterance is never pooled to
-zero frames. Output lengths are absolute.
+zero frames. Output lengths are absolute. A batch without padding (every row as long as
+the batch, as one utterance at a time always is) skips the masking, which is then the
+identity, and in evaluation runs its RNN as one fused bidirectional call.
 
 >>> import torch
 >>> from earshot.config import CRDNNConfig
@@ -72,8 +74,11 @@ class PaddedRNN(nn.Module):
         self.dropout = Dropout(dropout)  # between layers, as nn.LSTM's dropout
         self._register_load_state_dict_pre_hook(self._from_fused_names)
 
-    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), lens (B,) -> (B, T, units * directions)."""
+    def forward(self, x: torch.Tensor, lens: torch.Tensor, padded: bool = True) -> torch.Tensor:
+        """x (B, T, D), lens (B,) -> (B, T, units * directions). ``padded=False`` promises
+        that every row is T frames long."""
+        if not padded and not self.training:
+            return self._fused(x)
         index = reversal_index(lens, x.size(1)) if len(self.layers[0]) == 2 else None
         for i, directions in enumerate(self.layers):
             if i > 0:
@@ -83,6 +88,20 @@ class PaddedRNN(nn.Module):
                 out.append(reverse_padded(directions[1](reverse_padded(x, index))[0], index))
             x = torch.cat(out, dim=-1) if len(out) > 1 else out[0]
         return x
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole stack in one call of PyTorch's multi-layer RNN kernel (what
+        nn.LSTM.forward runs), for a batch without padding: the same result as the
+        per-layer path, without its per-direction calls and reversals (a quarter of the
+        encoder's time for one short utterance on CPU)."""
+        first = self.layers[0][0]
+        directions, units = len(self.layers[0]), first.hidden_size
+        weights = [w for layer in self.layers for rnn in layer for w in rnn._flat_weights]
+        h0 = x.new_zeros(len(self.layers) * directions, x.size(0), units)
+        kernel = torch._VF.lstm if isinstance(first, nn.LSTM) else torch._VF.gru
+        hx = (h0, h0) if isinstance(first, nn.LSTM) else h0
+        return kernel(x, hx, weights, True, len(self.layers), 0.0, False, directions == 2,
+                      True)[0]
 
     def _from_fused_names(self, state_dict, prefix, *args):
         # nn.LSTM names: weight_ih_l{layer}[_reverse] -> layers.{layer}.{0|1}.weight_ih_l0
@@ -121,20 +140,26 @@ class CNNBlock(nn.Module):
         self.pool = (time_pool, freq_pool)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lens: torch.Tensor, padded: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, F, C_in) -> (B, ceil(T/tp), ceil(F/fp), C_out) zero past the new
-        lengths (B,)."""
+        lengths (B,). ``padded=False`` promises that every row is T frames long."""
         # A multiply by a float mask: five times cheaper on CPU than masked_fill with a
         # broadcast bool mask (the inputs are finite, so the two agree).
-        keep = lengths_to_mask(lens, x.size(1))[:, :, None, None].to(x.dtype)
+        keep = lengths_to_mask(lens, x.size(1))[:, :, None, None].to(x.dtype) if padded else None
         for conv, norm in zip(self.convs, self.norms):
-            x = conv((x * keep).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            x = conv((x if keep is None else x * keep).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             x = nn.functional.leaky_relu(norm(x), inplace=True)
         x, lens = self._pool(x, lens, keep)
         return self.dropout(x), lens
 
-    def _pool(self, x: torch.Tensor, lens: torch.Tensor, keep: torch.Tensor
+    def _pool(self, x: torch.Tensor, lens: torch.Tensor, keep: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if keep is None:  # no padding: ceil-mode pooling alone is exact
+            if self.pool != (1, 1):
+                x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool,
+                                             ceil_mode=True).permute(0, 2, 3, 1)
+            return x, pooled_lengths(lens, self.pool[0])
         if self.pool == (1, 1):
             return x * keep, lens
         if self.pool[0] > 1:
@@ -147,11 +172,12 @@ class CNNBlock(nn.Module):
         return x.permute(0, 2, 3, 1) * keep, lens
 
 
-def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int, padded: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate k consecutive frames: (B, T, D) -> (B, ceil(T/k), k*D), zero-padding the end."""
     b, t, d = x.shape
     pad = (-t) % k
-    x = nn.functional.pad(zero_padding(x, lens), (0, 0, 0, pad))
+    x = nn.functional.pad(zero_padding(x, lens) if padded else x, (0, 0, 0, pad))
     return x.reshape(b, (t + pad) // k, k * d), pooled_lengths(lens, k)
 
 
@@ -187,9 +213,10 @@ class CRDNN(nn.Module):
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, D), lens (B,) -> h (B, T', H) zero past h_lens, h_lens (B,)."""
+        padded = bool((lens < feats.size(1)).any())  # False: every row is full length
         x = feats.unsqueeze(-1)  # (B, T, F, C=1)
         for block in self.blocks:
-            x, lens = block(x, lens)
-        x, lens = stack_frames(x.flatten(2), lens, self.stack)
-        x = self.rnn(x, lens)
-        return zero_padding(self.dnn(x), lens), lens
+            x, lens = block(x, lens, padded)
+        x, lens = stack_frames(x.flatten(2), lens, self.stack, padded)
+        x = self.dnn(self.rnn(x, lens, padded))
+        return (zero_padding(x, lens) if padded else x), lens
