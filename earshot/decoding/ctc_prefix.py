@@ -47,6 +47,24 @@ class PrefixState:
     last: torch.Tensor  # (N,) last label of the prefix; -1 for the empty prefix
 
 
+@dataclass
+class Rows:
+    """The utterance behind each of N utterance-major state rows (rows b*K .. b*K+K-1
+    belong to utterance b): fixed while the search's utterances are, so a scorer makes
+    it once instead of every step."""
+
+    utt: torch.Tensor  # (N,) utterance of each row
+    lens: torch.Tensor  # (N,) its frames
+    valid: torch.Tensor  # (N, T) True on its frames
+
+
+def rows_for(log_probs: torch.Tensor, lens: torch.Tensor, k: int) -> Rows:
+    """``Rows`` for K rows per utterance of log_probs (B, T, V), lens (B,)."""
+    utt = torch.arange(log_probs.shape[0], device=lens.device).repeat_interleave(k)
+    row_lens = lens[utt]
+    return Rows(utt, row_lens, lengths_to_mask(row_lens, log_probs.shape[1]))
+
+
 def prepare_log_probs(log_probs: torch.Tensor, lens: torch.Tensor,
                       dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Floor log-probs (B, T, V) and zero (log 1) the padded frames, in ``dtype``."""
@@ -65,11 +83,11 @@ def initial_state(log_probs: torch.Tensor, blank: int, k: int = 1) -> PrefixStat
     return PrefixState(a, b, psi, last)
 
 
-def shifted_phi(state: PrefixState, lens: torch.Tensor, repeat: torch.Tensor | None,
+def shifted_phi(state: PrefixState, valid: torch.Tensor, repeat: torch.Tensor | None,
                 window: torch.Tensor | None = None) -> torch.Tensor:
     """phi_{t-1} (N, T): probability mass from which a new label may start at frame t.
 
-    ``lens`` (N,) frames per row. ``repeat`` (N,) bool marks rows whose new label equals
+    ``valid`` (N, T) marks each row's frames. ``repeat`` (N,) bool marks rows whose new label equals
     the prefix's last label (then only paths ending in blank may continue); None means
     no row repeats. ``window`` (N, T) bool restricts the frames where a label may start.
     """
@@ -78,34 +96,37 @@ def shifted_phi(state: PrefixState, lens: torch.Tensor, repeat: torch.Tensor | N
         phi = torch.where(repeat.unsqueeze(1), state.b, phi)
     start = torch.where(state.last < 0, 0.0, NEG_INF).to(phi.dtype).unsqueeze(1)
     shifted = torch.cat([start, phi[:, :-1]], dim=1)
-    keep = lengths_to_mask(lens, phi.shape[1])
-    if window is not None:
-        keep = keep & window
+    keep = valid if window is None else valid & window
     return shifted.masked_fill(~keep, NEG_INF)
 
 
 def candidate_scores(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
                      blank: int, eos: int | None, candidates: torch.Tensor | None = None,
-                     window: torch.Tensor | None = None) -> torch.Tensor:
+                     window: torch.Tensor | None = None, rows: Rows | None = None,
+                     probs: torch.Tensor | None = None) -> torch.Tensor:
     """log psi(g c) for every prefix g and candidate c: (N, V), or (N, C) for candidates.
 
     log_probs (B, T, V) prepared; lens (B,); the N = B*K state rows are utterance-major
     (rows b*K .. b*K+K-1 belong to utterance b). candidates (N, C) token ids, or None for
     the whole vocabulary. The blank gets -inf; ``eos`` gets log P(exactly g | X).
+    ``rows`` (``rows_for``) and ``probs`` (exp of log_probs) may be passed in, made once
+    per search; they are made here when not.
     """
-    utt, row_lens = _rows(log_probs, lens, state)
-    phi = shifted_phi(state, row_lens, None, window)
-    psi = _sum_over_frames(phi, log_probs, candidates)
-    tokens = _candidate_ids(log_probs, candidates, len(utt))
+    rows = rows if rows is not None else _rows(log_probs, lens, state)
+    probs = probs if probs is not None else log_probs.exp()
+    phi = shifted_phi(state, rows.valid, None, window)
+    psi = _sum_over_frames(phi, probs, candidates, rows.utt)
+    tokens = _candidate_ids(log_probs, candidates, len(rows.utt))
     repeat = tokens == state.last.unsqueeze(1)
     if bool(repeat.any()):
-        phi_rep = shifted_phi(state, row_lens, torch.ones_like(utt, dtype=torch.bool), window)
-        x_last = log_probs[utt, :, state.last.clamp_min(0)]
+        phi_rep = shifted_phi(state, rows.valid, torch.ones_like(rows.utt, dtype=torch.bool),
+                              window)
+        x_last = log_probs[rows.utt, :, state.last.clamp_min(0)]
         psi_rep = torch.logsumexp(phi_rep + x_last, dim=1, keepdim=True)
         psi = torch.where(repeat, psi_rep, psi)
     psi = psi.masked_fill(tokens == blank, NEG_INF)
     if eos is not None:
-        psi = torch.where(tokens == eos, final_score(state, row_lens).unsqueeze(1), psi)
+        psi = torch.where(tokens == eos, final_score(state, rows.lens).unsqueeze(1), psi)
     return psi
 
 
@@ -120,17 +141,17 @@ def final_score(state: PrefixState, lens: torch.Tensor) -> torch.Tensor:
 
 def extend(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
            tokens: torch.Tensor, psi: torch.Tensor, blank: int,
-           window: torch.Tensor | None = None) -> PrefixState:
+           window: torch.Tensor | None = None, rows: Rows | None = None) -> PrefixState:
     """State of the prefixes g + tokens (N,), given their scores psi (N,).
 
     log_probs (B, T, V) prepared, lens (B,), state rows utterance-major as above.
     """
-    utt, row_lens = _rows(log_probs, lens, state)
-    x = log_probs[utt, :, tokens]  # (N, T)
-    phi = shifted_phi(state, row_lens, tokens == state.last, window)
+    rows = rows if rows is not None else _rows(log_probs, lens, state)
+    x = log_probs[rows.utt, :, tokens]  # (N, T)
+    phi = shifted_phi(state, rows.valid, tokens == state.last, window)
     a = _linear_recurrence(phi, x)
     a_shift = torch.cat([torch.full_like(a[:, :1], NEG_INF), a[:, :-1]], dim=1)
-    b = _linear_recurrence(a_shift, log_probs[utt, :, blank])
+    b = _linear_recurrence(a_shift, log_probs[rows.utt, :, blank])
     return PrefixState(a, b, psi, tokens.clone())
 
 
@@ -139,11 +160,8 @@ def select(state: PrefixState, index: torch.Tensor) -> PrefixState:
     return PrefixState(state.a[index], state.b[index], state.psi[index], state.last[index])
 
 
-def _rows(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState):
-    """Utterance index (N,) and frame count (N,) of each utterance-major state row."""
-    k = state.last.shape[0] // log_probs.shape[0]
-    utt = torch.arange(log_probs.shape[0], device=lens.device).repeat_interleave(k)
-    return utt, lens[utt]
+def _rows(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState) -> Rows:
+    return rows_for(log_probs, lens, state.last.shape[0] // log_probs.shape[0])
 
 
 def _linear_recurrence(inflow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -155,21 +173,19 @@ def _linear_recurrence(inflow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return cum + torch.logcumsumexp(inflow - (cum - x), dim=1)
 
 
-def _sum_over_frames(phi: torch.Tensor, log_probs: torch.Tensor,
-                     candidates: torch.Tensor | None) -> torch.Tensor:
-    """log sum_t exp(phi_t + log y_t(c)): (N, V), or (N, C) for candidates (N, C)."""
+def _sum_over_frames(phi: torch.Tensor, probs: torch.Tensor, candidates: torch.Tensor | None,
+                     utt: torch.Tensor) -> torch.Tensor:
+    """log sum_t exp(phi_t) y_t(c): (N, V), or (N, C) for candidates (N, C); probs
+    (B, T, V) are the posteriors y, utt (N,) each row's utterance."""
     peak = phi.max(dim=1, keepdim=True).values
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
     weights = (phi - peak).exp()  # (N, T)
-    b, t, v = log_probs.shape
+    b, t, v = probs.shape
     if candidates is None:
         # (B, K, T) @ (B, T, V): the utterance's probabilities are shared by its K rows
-        total = torch.bmm(weights.view(b, -1, t), log_probs.exp()).reshape(-1, v)
+        total = torch.bmm(weights.view(b, -1, t), probs).reshape(-1, v)
     else:
-        k = weights.shape[0] // b
-        utt = torch.arange(b, device=phi.device).repeat_interleave(k)
-        probs = log_probs[utt.unsqueeze(1), :, candidates].exp()  # (N, C, T)
-        total = torch.einsum("nt,nct->nc", weights, probs)
+        total = torch.einsum("nt,nct->nc", weights, probs[utt.unsqueeze(1), :, candidates])
     return total.log() + peak
 
 

@@ -126,19 +126,22 @@ class CTCPrefixScorer(Scorer):
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, blank: int, eos: int,
                  window: int = 0, exclude: tuple[int, ...] = ()):
         self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
+        self.probs = self.log_probs.exp()
         self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
+        self.rows = None  # ctc_prefix.Rows of the search's rows, made by init_state
         self.excluded = torch.zeros(log_probs.shape[-1], dtype=torch.bool, device=lens.device)
         self.excluded[list(exclude)] = True  # (V,) ids this scorer gives -inf
         # A prefix's probability never grows as it is extended; a window breaks the bound.
         self.max_step_score = 0.0 if window <= 0 else None
 
     def init_state(self, batch, beam):
+        self.beam, self.rows = beam, ctc_prefix.rows_for(self.log_probs, self.lens, beam)
         return ctc_prefix.initial_state(self.log_probs, self.blank, beam)
 
     def score(self, tokens, state, candidates, ctx):
         window = self._window(ctx.attn)
         psi = ctc_prefix.candidate_scores(self.log_probs, self.lens, state, self.blank,
-                                          self.eos, candidates, window)
+                                          self.eos, candidates, window, self.rows, self.probs)
         prev = state.psi.unsqueeze(1)
         inc = torch.where(torch.isneginf(prev), NEG_INF, psi - prev)
         excluded = self.excluded if candidates is None else self.excluded[candidates]
@@ -152,10 +155,11 @@ class CTCPrefixScorer(Scorer):
         window = None if state.window is None else state.window[rows]
         parent = ctc_prefix.select(state.prefix, rows)
         return ctc_prefix.extend(self.log_probs, self.lens, parent, tokens, psi, self.blank,
-                                 window)
+                                 window, self.rows)
 
     def select_utterances(self, state, utts, rows):
-        self.log_probs, self.lens = self.log_probs[utts], self.lens[utts]
+        self.log_probs, self.probs, self.lens = self.log_probs[utts], self.probs[utts], self.lens[utts]
+        self.rows = ctc_prefix.rows_for(self.log_probs, self.lens, self.beam)
         return ctc_prefix.select(state, rows)
 
     def _window(self, attn: torch.Tensor | None) -> torch.Tensor | None:
