@@ -168,18 +168,19 @@ def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepSco
     """Run every scorer once: full ones first, then partial ones on the candidates."""
     n = tokens.shape[0]
     ctx = StepContext(step)
-    token_part = torch.zeros(n, vocab_size, device=tokens.device)
-    row_part = torch.zeros(n, 1, device=tokens.device)
+    token_part = row_part = None  # weighted sums (N, V) and (N, 1); None: nothing yet
     raw, new_states = [None] * len(scorers), [None] * len(scorers)
-    ranked = False  # whether some full scorer ranks tokens (so a pre-beam means something)
     for i, ws in enumerate(scorers):
         if not ws.scorer.partial:
             raw[i], new_states[i] = ws.scorer.score(tokens, states[i], None, ctx)
             ctx.attn = _first(ws.scorer.attention(new_states[i]), ctx.attn)
             if raw[i].shape[1] == 1:
-                row_part = row_part + ws.weight * raw[i]
+                row_part = _accumulate(row_part, ws.weight, raw[i])
             else:
-                token_part, ranked = token_part + ws.weight * raw[i], True
+                token_part = _accumulate(token_part, ws.weight, raw[i])
+    ranked = token_part is not None  # some full scorer ranks tokens (a pre-beam means something)
+    if token_part is None:
+        token_part = torch.zeros(n, vocab_size, device=tokens.device)
     partial = [i for i, ws in enumerate(scorers) if ws.scorer.partial]
     use_pre_beam = partial and ranked and 0 < pre_beam < vocab_size - 1
     cands = _pre_beam(token_part, pre_beam, eos) if use_pre_beam else None
@@ -190,11 +191,17 @@ def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepSco
         token_part = token_part + scorers[i].weight * raw[i]
     ids = cands if cands is not None else \
         torch.arange(vocab_size, device=tokens.device).expand(n, vocab_size)
-    return _StepScores(token_part + row_part, token_part, raw, ids, new_states)
+    total = token_part if row_part is None else token_part + row_part
+    return _StepScores(total, token_part, raw, ids, new_states)
 
 
 def _first(a, b):
     return a if a is not None else b
+
+
+def _accumulate(total: torch.Tensor | None, weight: float, scores: torch.Tensor) -> torch.Tensor:
+    """total + weight * scores, where no total yet counts as zero."""
+    return weight * scores if total is None else total + weight * scores
 
 
 def _pre_beam(token_part: torch.Tensor, size: int, eos: int) -> torch.Tensor:
