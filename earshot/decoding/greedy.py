@@ -36,6 +36,7 @@ def greedy_attention(
     min_lens = torch.as_tensor(min_len, device=device).expand(n)
     out = torch.full((n, int(max_lens.max())), eos_id, dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # rows still decoding
+    row_max = max_lens  # their length limits
     tokens = torch.full((n,), bos_id, dtype=torch.long, device=device)
     state = decoder.init_state(memory)
     eos_banned = int(min_lens.max()) if n else 0  # steps in which some row may not end
@@ -45,13 +46,13 @@ def greedy_attention(
             log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens[rows] > t, -math.inf)
         tokens = log_probs.argmax(dim=-1)
         out[rows, t] = tokens
-        done = tokens.eq(eos_id) | (max_lens[rows] <= t + 1)
+        done = tokens.eq(eos_id) | (row_max <= t + 1)
         finished = int(done.sum())  # one host sync a step
         if finished == done.numel():
             break
         if finished:
             keep = (~done).nonzero(as_tuple=True)[0]
-            rows, tokens = rows[keep], tokens[keep]
+            rows, row_max, tokens = rows[keep], row_max[keep], tokens[keep]
             state = decoder.select_state(state, keep)
             memory = decoder.select_memory(memory, keep)
     return _strip_eos(out, eos_id, max_lens)
