@@ -8,7 +8,9 @@ Audio is loaded into memory first; each mode then encodes and decodes the same b
 second, real-time factor (decode seconds / audio seconds), peak memory (CUDA: peak
 allocated; CPU: the kernel's peak resident set size of the process while the mode ran),
 and the time relative to greedy. CTC and LM weights come from the
-model's decode section when set there, else 0.4 and 0.3.
+model's decode section when set there, else 0.4 and 0.3. A last row, "encode only", times
+the front end, encoder and CTC head alone (what every mode's figure includes), so the
+search's share of a mode is its time less that row's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, decode, mode_lm in modes(cfg.decode, lm):
         rows.append(measure(name, model, batches, decode, tokenizer, mode_lm, audio_seconds, device))
+    rows.append(measure_encode(model, batches, audio_seconds, device))
     greedy = rows[0]["seconds"]
     for row in rows:
         row["relative_to_greedy"] = round(row["seconds"] / greedy, 3)
@@ -105,12 +108,26 @@ def load_batches(manifest, sample_rate, batch_size, limit, device):
 
 
 def measure(name, model, batches, decode, tokenizer, lm, audio_seconds, device) -> dict:
-    decode_batch(model, *batches[0], decode, tokenizer, lm=lm, mode="auto")  # warm-up
+    def run(wavs, lens):
+        return decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto")
+    return timed(name, run, batches, audio_seconds, device)
+
+
+def measure_encode(model, batches, audio_seconds, device) -> dict:
+    @torch.inference_mode()
+    def run(wavs, lens):
+        return model.encode(wavs, lens).lens  # one entry per utterance
+    return timed("encode only", run, batches, audio_seconds, device)
+
+
+def timed(name, run, batches, audio_seconds, device) -> dict:
+    """One warm-up call on the first batch, then every batch, timed."""
+    run(*batches[0])
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         n = 0
         for wavs, lens in batches:
-            n += len(decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto"))
+            n += len(run(wavs, lens))
         seconds = time.perf_counter() - start
     return {"mode": name, "seconds": seconds, "rtf": round(seconds / audio_seconds, 4),
             "utt_per_s": round(n / seconds, 2), "peak_mem_mb": round(mem.peak_mb, 1)}

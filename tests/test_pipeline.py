@@ -217,3 +217,22 @@ def test_the_cli_parser_is_built_without_torch_and_knows_every_decoding_mode():
     code = ("import sys; from earshot.cli import build_parser; build_parser(); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # earshot --help is fast
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model, tmp_path,
+                                                                   batch_size):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("decode_bench", "benchmarks/decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.json"
+    assert bench.main(["--model", str(overfit_model / "exp" / "model"), "--manifest",
+                       str(overfit_model / "data" / "cuts.jsonl.gz"), "--batch-size",
+                       str(batch_size), "--json", str(out)]) == 0
+    rows = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["greedy", "beam10", "beam10+ctc", "encode only"]
+    assert rows["greedy"]["relative_to_greedy"] == 1.0
+    assert all(r["utt_per_s"] > 0 and r["rtf"] > 0 and r["peak_mem_mb"] > 0 for r in rows.values())
