@@ -77,7 +77,7 @@ class PaddedRNN(nn.Module):
     def forward(self, x: torch.Tensor, lens: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """x (B, T, D), lens (B,) -> (B, T, units * directions). ``padded=False`` promises
         that every row is T frames long."""
-        if not padded and not self.training:
+        if not padded and not self.training and x.device.type == "cpu":
             return self._fused(x)
         index = reversal_index(lens, x.size(1)) if len(self.layers[0]) == 2 else None
         for i, directions in enumerate(self.layers):
@@ -93,7 +93,8 @@ class PaddedRNN(nn.Module):
         """The whole stack in one call of PyTorch's multi-layer RNN kernel (what
         nn.LSTM.forward runs), for a batch without padding: the same result as the
         per-layer path, without its per-direction calls and reversals (a quarter of the
-        encoder's time for one short utterance on CPU)."""
+        encoder's time for one short utterance on CPU). CPU only: cuDNN wants one
+        contiguous weight buffer, which these per-layer modules do not share."""
         first = self.layers[0][0]
         directions, units = len(self.layers[0]), first.hidden_size
         weights = [w for layer in self.layers for rnn in layer for w in rnn._flat_weights]
