@@ -126,16 +126,17 @@ class CTCPrefixScorer(Scorer):
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, blank: int, eos: int,
                  window: int = 0, exclude: tuple[int, ...] = ()):
         self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
-        self.probs = self.log_probs.exp()
         self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
-        self.rows = None  # ctc_prefix.Rows of the search's rows, made by init_state
+        # made by init_state, once per search: the posteriors' exp, and ctc_prefix.Rows
+        self.probs = self.rows = None
         self.excluded = torch.zeros(log_probs.shape[-1], dtype=torch.bool, device=lens.device)
         self.excluded[list(exclude)] = True  # (V,) ids this scorer gives -inf
         # A prefix's probability never grows as it is extended; a window breaks the bound.
         self.max_step_score = 0.0 if window <= 0 else None
 
     def init_state(self, batch, beam):
-        self.beam, self.rows = beam, ctc_prefix.rows_for(self.log_probs, self.lens, beam)
+        self.beam, self.probs = beam, self.log_probs.exp()
+        self.rows = ctc_prefix.rows_for(self.log_probs, self.lens, beam)
         return ctc_prefix.initial_state(self.log_probs, self.blank, beam)
 
     def score(self, tokens, state, candidates, ctx):

@@ -156,21 +156,17 @@ class CNNBlock(nn.Module):
 
     def _pool(self, x: torch.Tensor, lens: torch.Tensor, keep: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        if keep is None:  # no padding: ceil-mode pooling alone is exact
-            if self.pool != (1, 1):
-                x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool,
-                                             ceil_mode=True).permute(0, 2, 3, 1)
-            return x, pooled_lengths(lens, self.pool[0])
-        if self.pool == (1, 1):
-            return x * keep, lens
-        if self.pool[0] > 1:
+        """Ceil-mode max pooling, and the padding zeroed again; ``keep`` None: no padding."""
+        if keep is not None and self.pool[0] > 1:
             # Padded frames get the lowest value so a window straddling the end keeps only
             # valid frames, exactly as ceil-mode pooling of the utterance alone would.
             x = x.masked_fill(keep == 0, torch.finfo(x.dtype).min)
-            lens = pooled_lengths(lens, self.pool[0])
-            keep = lengths_to_mask(lens, -(-x.size(1) // self.pool[0]))[:, :, None, None].to(x.dtype)
-        x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool, ceil_mode=True)
-        return x.permute(0, 2, 3, 1) * keep, lens
+            keep = lengths_to_mask(pooled_lengths(lens, self.pool[0]),
+                                   -(-x.size(1) // self.pool[0]))[:, :, None, None].to(x.dtype)
+        if self.pool != (1, 1):
+            x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool,
+                                         ceil_mode=True).permute(0, 2, 3, 1)
+        return (x if keep is None else x * keep), pooled_lengths(lens, self.pool[0])
 
 
 def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int, padded: bool = True
