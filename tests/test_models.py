@@ -98,6 +98,23 @@ def test_reachable_conv_equals_the_full_kernel(frames, groups):
     torch.testing.assert_close(reachable_conv(conv, x), conv(x), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [3, 30])
+def test_location_conv_training_path_gives_the_same_values_and_gradients(frames):
+    # Training takes ATen's im2col kernel, decoding oneDNN's: the same function.
+    conv = torch.nn.Conv1d(1, 10, 41, padding=20, bias=False)
+    x = torch.rand(6, 1, frames, requires_grad=True)
+    ours, theirs = reachable_conv(conv, x), conv(x)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    grads = [torch.autograd.grad((y * torch.arange(y.numel()).view_as(y).sin()).sum(),
+                                 (x, conv.weight)) for y in (ours, theirs)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # decoding: oneDNN's numbers, bit for bit
+        assert torch.equal(reachable_conv(conv, x), torch.nn.functional.conv1d(
+            x, conv.weight[:, :, 20 - (frames - 1): 20 + frames] if frames <= 20 else conv.weight,
+            padding=min(20, frames - 1)))
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_stack_frames_lengths_and_layout(k):
     x = torch.arange(2 * 7 * 2, dtype=torch.float).view(2, 7, 2)
