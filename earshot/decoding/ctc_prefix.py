@@ -55,14 +55,32 @@ class Rows:
 
     utt: torch.Tensor  # (N,) utterance of each row
     lens: torch.Tensor  # (N,) its frames
-    valid: torch.Tensor  # (N, T) True on its frames
+    padding: torch.Tensor  # (N, T) True after its frames
+    last_frame: torch.Tensor  # (N, 1) index of its last frame (0 when it has none)
 
 
 def rows_for(log_probs: torch.Tensor, lens: torch.Tensor, k: int) -> Rows:
     """``Rows`` for K rows per utterance of log_probs (B, T, V), lens (B,)."""
     utt = torch.arange(log_probs.shape[0], device=lens.device).repeat_interleave(k)
     row_lens = lens[utt]
-    return Rows(utt, row_lens, lengths_to_mask(row_lens, log_probs.shape[1]))
+    padding = ~lengths_to_mask(row_lens, log_probs.shape[1])
+    return Rows(utt, row_lens, padding, (row_lens - 1).clamp_min(0).unsqueeze(1))
+
+
+@dataclass
+class Inflow:
+    """phi_{t-1} (N, T) of N prefixes, for both ways their next label can start at frame
+    t: after any path when it differs from the last label (phi = a + b), after a blank
+    only when it repeats it (phi = b); -inf where a row's frames end or a window shuts
+    them. Made once a step, it serves every candidate's score and, selected by parent
+    row, the states of the extensions the search keeps (``extend``)."""
+
+    other: torch.Tensor  # (N, T)
+    repeat: torch.Tensor  # (N, T)
+
+    def select(self, index: torch.Tensor) -> Inflow:
+        """Rows ``index`` (N',)."""
+        return Inflow(self.other[index], self.repeat[index])
 
 
 def prepare_log_probs(log_probs: torch.Tensor, lens: torch.Tensor,
@@ -83,73 +101,67 @@ def initial_state(log_probs: torch.Tensor, blank: int, k: int = 1) -> PrefixStat
     return PrefixState(a, b, psi, last)
 
 
-def shifted_phi(state: PrefixState, valid: torch.Tensor, repeat: torch.Tensor | None,
-                window: torch.Tensor | None = None) -> torch.Tensor:
-    """phi_{t-1} (N, T): probability mass from which a new label may start at frame t.
+def inflow(state: PrefixState, rows: Rows, window: torch.Tensor | None = None) -> Inflow:
+    """The ``Inflow`` of the prefixes of ``state``. ``window`` (N, T) bool restricts the
+    frames where a new label may start."""
+    start = _empty(state).unsqueeze(1)  # before frame 0 only the empty prefix has mass
+    shut = rows.padding if window is None else rows.padding | ~window
 
-    ``valid`` (N, T) marks each row's frames. ``repeat`` (N,) bool marks rows whose new label equals
-    the prefix's last label (then only paths ending in blank may continue); None means
-    no row repeats. ``window`` (N, T) bool restricts the frames where a label may start.
-    """
-    phi = torch.logaddexp(state.a, state.b)
-    if repeat is not None:
-        phi = torch.where(repeat.unsqueeze(1), state.b, phi)
-    start = torch.where(state.last < 0, 0.0, NEG_INF).to(phi.dtype).unsqueeze(1)
-    shifted = torch.cat([start, phi[:, :-1]], dim=1)
-    keep = valid if window is None else valid & window
-    return shifted.masked_fill(~keep, NEG_INF)
+    def shifted(phi):
+        return torch.cat([start, phi[:, :-1]], dim=1).masked_fill(shut, NEG_INF)
+
+    return Inflow(shifted(torch.logaddexp(state.a, state.b)), shifted(state.b))
 
 
 def candidate_scores(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
                      blank: int, eos: int | None, candidates: torch.Tensor | None = None,
                      window: torch.Tensor | None = None, rows: Rows | None = None,
-                     probs: torch.Tensor | None = None) -> torch.Tensor:
+                     probs: torch.Tensor | None = None,
+                     flow: Inflow | None = None) -> torch.Tensor:
     """log psi(g c) for every prefix g and candidate c: (N, V), or (N, C) for candidates.
 
     log_probs (B, T, V) prepared; lens (B,); the N = B*K state rows are utterance-major
     (rows b*K .. b*K+K-1 belong to utterance b). candidates (N, C) token ids, or None for
     the whole vocabulary. The blank gets -inf; ``eos`` gets log P(exactly g | X).
-    ``rows`` (``rows_for``) and ``probs`` (exp of log_probs) may be passed in, made once
-    per search; they are made here when not.
+    ``rows`` (``rows_for``), ``probs`` (exp of log_probs) and ``flow`` (``inflow`` of
+    the state, with ``window``) may be passed in, made once; they are made here when not.
     """
     rows = rows if rows is not None else _rows(log_probs, lens, state)
     probs = probs if probs is not None else log_probs.exp()
-    phi = shifted_phi(state, rows.valid, None, window)
-    psi = _sum_over_frames(phi, probs, candidates, rows.utt)
-    tokens = _candidate_ids(log_probs, candidates, len(rows.utt))
-    repeat = tokens == state.last.unsqueeze(1)
-    if bool(repeat.any()):
-        phi_rep = shifted_phi(state, rows.valid, torch.ones_like(rows.utt, dtype=torch.bool),
-                              window)
-        x_last = log_probs[rows.utt, :, state.last.clamp_min(0)]
-        psi_rep = torch.logsumexp(phi_rep + x_last, dim=1, keepdim=True)
-        psi = torch.where(repeat, psi_rep, psi)
+    flow = flow if flow is not None else inflow(state, rows, window)
+    psi = _sum_over_frames(flow.other, probs, candidates, rows.utt)
+    tokens = _candidate_ids(log_probs, candidates)
+    # the last label again: only the paths that end in blank can continue
+    last = log_probs[rows.utt, :, state.last.clamp_min(0)]
+    psi_repeat = torch.logsumexp(flow.repeat + last, dim=1, keepdim=True)
+    psi = torch.where(tokens == state.last.unsqueeze(1), psi_repeat, psi)
     psi = psi.masked_fill(tokens == blank, NEG_INF)
     if eos is not None:
-        psi = torch.where(tokens == eos, final_score(state, rows.lens).unsqueeze(1), psi)
+        psi = torch.where(tokens == eos, final_score(state, rows).unsqueeze(1), psi)
     return psi
 
 
-def final_score(state: PrefixState, lens: torch.Tensor) -> torch.Tensor:
-    """log P(exactly the prefix | X) per row (N,), ``lens`` (N,) frames per row."""
-    idx = (lens - 1).clamp_min(0).unsqueeze(1)
-    end = torch.logaddexp(state.a.gather(1, idx), state.b.gather(1, idx)).squeeze(1)
+def final_score(state: PrefixState, rows: Rows) -> torch.Tensor:
+    """log P(exactly the prefix | X) per row (N,)."""
+    end = torch.logaddexp(state.a.gather(1, rows.last_frame),
+                          state.b.gather(1, rows.last_frame)).squeeze(1)
     # zero frames: only the empty prefix is possible, with probability 1
-    empty = torch.where(state.last < 0, 0.0, NEG_INF).to(end.dtype)
-    return torch.where(lens > 0, end, empty)
+    return torch.where(rows.lens > 0, end, _empty(state))
 
 
 def extend(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
            tokens: torch.Tensor, psi: torch.Tensor, blank: int,
-           window: torch.Tensor | None = None, rows: Rows | None = None) -> PrefixState:
+           window: torch.Tensor | None = None, rows: Rows | None = None,
+           flow: Inflow | None = None) -> PrefixState:
     """State of the prefixes g + tokens (N,), given their scores psi (N,).
 
-    log_probs (B, T, V) prepared, lens (B,), state rows utterance-major as above.
+    log_probs (B, T, V) prepared, lens (B,), state rows utterance-major as above;
+    ``flow``: the state's ``inflow`` (with ``window``), made here when not given.
     """
     rows = rows if rows is not None else _rows(log_probs, lens, state)
-    x = log_probs[rows.utt, :, tokens]  # (N, T)
-    phi = shifted_phi(state, rows.valid, tokens == state.last, window)
-    a = _linear_recurrence(phi, x)
+    flow = flow if flow is not None else inflow(state, rows, window)
+    phi = torch.where((tokens == state.last).unsqueeze(1), flow.repeat, flow.other)
+    a = _linear_recurrence(phi, log_probs[rows.utt, :, tokens])
     a_shift = torch.cat([torch.full_like(a[:, :1], NEG_INF), a[:, :-1]], dim=1)
     b = _linear_recurrence(a_shift, log_probs[rows.utt, :, blank])
     return PrefixState(a, b, psi, tokens.clone())
@@ -162,6 +174,11 @@ def select(state: PrefixState, index: torch.Tensor) -> PrefixState:
 
 def _rows(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState) -> Rows:
     return rows_for(log_probs, lens, state.last.shape[0] // log_probs.shape[0])
+
+
+def _empty(state: PrefixState) -> torch.Tensor:
+    """(N,) log 1 for the empty prefix, log 0 for the others."""
+    return state.last.lt(0).to(state.a.dtype).log()
 
 
 def _linear_recurrence(inflow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -177,8 +194,7 @@ def _sum_over_frames(phi: torch.Tensor, probs: torch.Tensor, candidates: torch.T
                      utt: torch.Tensor) -> torch.Tensor:
     """log sum_t exp(phi_t) y_t(c): (N, V), or (N, C) for candidates (N, C); probs
     (B, T, V) are the posteriors y, utt (N,) each row's utterance."""
-    peak = phi.max(dim=1, keepdim=True).values
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    peak = phi.amax(dim=1, keepdim=True).nan_to_num(neginf=0.0)  # 0 where all are -inf
     weights = (phi - peak).exp()  # (N, T)
     b, t, v = probs.shape
     if candidates is None:
@@ -189,9 +205,8 @@ def _sum_over_frames(phi: torch.Tensor, probs: torch.Tensor, candidates: torch.T
     return total.log() + peak
 
 
-def _candidate_ids(log_probs: torch.Tensor, candidates: torch.Tensor | None,
-                   n: int) -> torch.Tensor:
+def _candidate_ids(log_probs: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+    """The candidates (N, C), or the whole vocabulary as (1, V), broadcast over rows."""
     if candidates is not None:
         return candidates
-    v = log_probs.shape[2]
-    return torch.arange(v, device=log_probs.device).unsqueeze(0).expand(n, v)
+    return torch.arange(log_probs.shape[2], device=log_probs.device).unsqueeze(0)

@@ -110,7 +110,7 @@ class _CTCCandidates:
     prefix: ctc_prefix.PrefixState  # state of the parent prefixes (N rows)
     psi: torch.Tensor  # (N, V | C) prefix scores of every candidate extension
     candidates: torch.Tensor | None  # (N, C) ids, None for the whole vocabulary
-    window: torch.Tensor | None  # (N, T) frames where the new label may start
+    flow: ctc_prefix.Inflow  # of the parent prefixes (within the window, if any)
 
 
 class CTCPrefixScorer(Scorer):
@@ -140,23 +140,23 @@ class CTCPrefixScorer(Scorer):
         return ctc_prefix.initial_state(self.log_probs, self.blank, beam)
 
     def score(self, tokens, state, candidates, ctx):
-        window = self._window(ctx.attn)
+        flow = ctc_prefix.inflow(state, self.rows, self._window(ctx.attn))
         psi = ctc_prefix.candidate_scores(self.log_probs, self.lens, state, self.blank,
-                                          self.eos, candidates, window, self.rows, self.probs)
+                                          self.eos, candidates, rows=self.rows,
+                                          probs=self.probs, flow=flow)
         prev = state.psi.unsqueeze(1)
         inc = torch.where(torch.isneginf(prev), NEG_INF, psi - prev)
         excluded = self.excluded if candidates is None else self.excluded[candidates]
         inc = inc.masked_fill(excluded, NEG_INF)
-        return inc.float(), _CTCCandidates(state, psi, candidates, window)
+        return inc.float(), _CTCCandidates(state, psi, candidates, flow)
 
     def select_state(self, state, rows, tokens):
         cols = tokens if state.candidates is None else \
             (state.candidates[rows] == tokens.unsqueeze(1)).int().argmax(dim=1)
         psi = state.psi[rows, cols]
-        window = None if state.window is None else state.window[rows]
         parent = ctc_prefix.select(state.prefix, rows)
         return ctc_prefix.extend(self.log_probs, self.lens, parent, tokens, psi, self.blank,
-                                 window, self.rows)
+                                 rows=self.rows, flow=state.flow.select(rows))
 
     def select_utterances(self, state, utts, rows):
         self.log_probs, self.probs, self.lens = self.log_probs[utts], self.probs[utts], self.lens[utts]
