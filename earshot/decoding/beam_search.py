@@ -72,29 +72,32 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
     device = max_lens.device
     beam = _start(b, k, bos, len(scorers), device)
     states = [s.scorer.init_state(b, k) for s in scorers]
-    live = _Live(torch.arange(b, device=device), min_lens, max_lens,
-                 torch.zeros(b, dtype=torch.long, device=device),
-                 torch.full((b, cfg.nbest), NEG_INF, device=device))
+    live = _Live.of(torch.arange(b, device=device), min_lens, max_lens,
+                    torch.zeros(b, dtype=torch.long, device=device),
+                    torch.full((b, cfg.nbest), NEG_INF, device=device), k)
+    vocab_ids = torch.arange(vocab_size, device=device).unsqueeze(0)
     finished: list[tuple] = []
     fallback: dict[int, tuple] = {}
     step_bound = None if cfg.length_normalize else _step_bound(scorers)
     for step in range(int(max_lens.max()) + 1):
         n = live.ids.shape[0]
-        scored = _score(scorers, beam.tokens, states, vocab_size, cfg.pre_beam, eos, step)
-        total = _constrain(scored, beam.score, step, live.min_lens, live.max_lens, eos,
-                           cfg.eos_threshold, k)
-        top, rows, cols = _top(total, n, k)
+        scored = _score(scorers, beam.tokens, states, vocab_ids, cfg.pre_beam, eos, step)
+        total = _constrain(scored, beam.score, step, live, eos, cfg.eos_threshold)
+        top, rows, cols = _top(total, live.offsets, k)
         tokens = scored.cands[rows, cols]
-        final = (tokens == eos) & _rank_below(k, top) & torch.isfinite(top)
-        utt, toks, score, raw = _finish(beam, scored, final, rows, cols, tokens, top, k)
-        finished.append((live.ids[utt], toks, score, raw))
-        live.n_finished += final.sum(1)
+        final = (tokens == eos) & torch.isfinite(top)
+        final[:, k:] = False  # the first K ranks only
+        if bool(final.any()):
+            utt, toks, score, raw = _finish(beam, scored, final, rows, cols, tokens, top)
+            finished.append((live.ids[utt], toks, score, raw))
+            live.n_finished += final.sum(1)
+            if step_bound is not None:
+                best_final = torch.cat([live.best_final, top.masked_fill(~final, NEG_INF)], 1)
+                live.best_final = best_final.topk(cfg.nbest, dim=1).values
         beam, states = _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k)
         best = beam.score.view(n, k).max(dim=1).values
         done = (live.n_finished >= k) | (live.max_lens <= step) | ~torch.isfinite(best)
         if step_bound is not None:
-            live.best_final = torch.cat([live.best_final, top.masked_fill(~final, NEG_INF)], 1)
-            live.best_final = live.best_final.topk(cfg.nbest, dim=1).values
             done |= live.best_final[:, -1] >= best + step_bound * (live.max_lens - step)
         if bool(done.any()):  # always by step max(max_lens), where every utterance is done
             fallback.update(_fallbacks(beam, live, done & (live.n_finished == 0), k))
@@ -114,6 +117,16 @@ class _Live:
     max_lens: torch.Tensor  # (B',)
     n_finished: torch.Tensor  # (B',)
     best_final: torch.Tensor  # (B', nbest) best finished scores so far
+    row_min: torch.Tensor  # (B'*K,) min_lens and max_lens per beam row
+    row_max: torch.Tensor
+    offsets: torch.Tensor  # (B', 1) first beam row of each utterance
+
+    @staticmethod
+    def of(ids, min_lens, max_lens, n_finished, best_final, k: int) -> _Live:
+        """A ``_Live`` with its per-row tensors made for beams of K."""
+        offsets = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * k
+        return _Live(ids, min_lens, max_lens, n_finished, best_final,
+                     min_lens.repeat_interleave(k), max_lens.repeat_interleave(k), offsets)
 
 
 def _fallbacks(beam, live, which, k) -> dict[int, tuple]:
@@ -134,8 +147,8 @@ def _drop(beam, states, scorers, live, keep, k):
     rows = (utts.unsqueeze(1) * k + torch.arange(k, device=utts.device)).reshape(-1)
     beam = _Beam(beam.tokens[rows], beam.score[rows], beam.raw[rows])
     states = [ws.scorer.select_utterances(st, utts, rows) for ws, st in zip(scorers, states)]
-    live = _Live(live.ids[utts], live.min_lens[utts], live.max_lens[utts],
-                 live.n_finished[utts], live.best_final[utts])
+    live = _Live.of(live.ids[utts], live.min_lens[utts], live.max_lens[utts],
+                    live.n_finished[utts], live.best_final[utts], k)
     return beam, states, live
 
 
@@ -164,9 +177,10 @@ def _start(b: int, k: int, bos: int, s: int, device) -> _Beam:
     return _Beam(tokens, score.view(-1), torch.zeros(b * k, s, device=device))
 
 
-def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepScores:
-    """Run every scorer once: full ones first, then partial ones on the candidates."""
-    n = tokens.shape[0]
+def _score(scorers, tokens, states, vocab_ids, pre_beam, eos, step) -> _StepScores:
+    """Run every scorer once: full ones first, then partial ones on the candidates.
+    vocab_ids (1, V): every token id."""
+    n, vocab_size = tokens.shape[0], vocab_ids.shape[1]
     ctx = StepContext(step)
     token_part = row_part = None  # weighted sums (N, V) and (N, 1); None: nothing yet
     raw, new_states = [None] * len(scorers), [None] * len(scorers)
@@ -189,8 +203,7 @@ def _score(scorers, tokens, states, vocab_size, pre_beam, eos, step) -> _StepSco
     for i in partial:
         raw[i], new_states[i] = scorers[i].scorer.score(tokens, states[i], cands, ctx)
         token_part = token_part + scorers[i].weight * raw[i]
-    ids = cands if cands is not None else \
-        torch.arange(vocab_size, device=tokens.device).expand(n, vocab_size)
+    ids = cands if cands is not None else vocab_ids.expand(n, -1)
     total = token_part if row_part is None else token_part + row_part
     return _StepScores(total, token_part, raw, ids, new_states)
 
@@ -212,35 +225,30 @@ def _pre_beam(token_part: torch.Tensor, size: int, eos: int) -> torch.Tensor:
     return torch.cat([ids, torch.full_like(ids[:, :1], eos)], dim=1)
 
 
-def _constrain(scored: _StepScores, score, step, min_lens, max_lens, eos, eos_threshold, k):
+def _constrain(scored: _StepScores, score, step, live: _Live, eos, eos_threshold):
     """Cumulative scores (N, C) of every extension with length and eos rules applied."""
     is_eos = scored.cands == eos
-    row_min, row_max = min_lens.repeat_interleave(k), max_lens.repeat_interleave(k)
-    allow_eos = (row_min <= step).unsqueeze(1).expand_as(is_eos)
+    allow_eos = (live.row_min <= step).unsqueeze(1).expand_as(is_eos)
     if eos_threshold > 0:
         # SpeechBrain's rule on the token-dependent log-scores: eos only if close to the best
         best = scored.token_part.max(dim=1, keepdim=True).values
         allow_eos = allow_eos & (scored.token_part >= eos_threshold * best)
-    forced = (row_max <= step).unsqueeze(1)
+    forced = (live.row_max <= step).unsqueeze(1)
     ban = torch.where(forced, ~is_eos, is_eos & ~allow_eos)
     total = (score.unsqueeze(1) + scored.total).masked_fill(ban, NEG_INF)
     return total.nan_to_num(nan=NEG_INF, neginf=NEG_INF)
 
 
-def _top(total: torch.Tensor, b: int, k: int):
-    """Best min(2K, K*C) extensions per utterance: scores (B, M), parent rows, columns."""
+def _top(total: torch.Tensor, offsets: torch.Tensor, k: int):
+    """Best min(2K, K*C) extensions per utterance: scores (B, M), parent rows, columns;
+    ``offsets`` (B, 1) the first row of each utterance."""
     c = total.shape[1]
-    flat = total.view(b, k * c)
+    flat = total.view(offsets.shape[0], k * c)
     top, idx = flat.topk(min(2 * k, k * c), dim=1)
-    rows = idx // c + torch.arange(b, device=total.device).unsqueeze(1) * k
-    return top, rows, idx % c
+    return top, idx // c + offsets, idx % c
 
 
-def _rank_below(k: int, top: torch.Tensor) -> torch.Tensor:
-    return torch.arange(top.shape[1], device=top.device).unsqueeze(0) < k
-
-
-def _finish(beam, scored, final, rows, cols, tokens, top, k):
+def _finish(beam, scored, final, rows, cols, tokens, top):
     """Finished hypotheses of this step as tensors: (utt, tokens, score, raw)."""
     utt, pos = final.nonzero(as_tuple=True)
     r, c, t = rows[utt, pos], cols[utt, pos], tokens[utt, pos]

@@ -152,15 +152,19 @@ def final_score(state: PrefixState, rows: Rows) -> torch.Tensor:
 def extend(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
            tokens: torch.Tensor, psi: torch.Tensor, blank: int,
            window: torch.Tensor | None = None, rows: Rows | None = None,
-           flow: Inflow | None = None) -> PrefixState:
-    """State of the prefixes g + tokens (N,), given their scores psi (N,).
+           flow: Inflow | None = None, parents: torch.Tensor | None = None) -> PrefixState:
+    """State of the N prefixes g + tokens (N,), given their scores psi (N,).
 
-    log_probs (B, T, V) prepared, lens (B,), state rows utterance-major as above;
-    ``flow``: the state's ``inflow`` (with ``window``), made here when not given.
+    log_probs (B, T, V) prepared, lens (B,), rows utterance-major as above. ``parents``
+    (N,): the row of ``state`` each prefix g is (default: the same row); ``flow``: the
+    ``inflow`` of ``state`` (with ``window``), made here when not given.
     """
     rows = rows if rows is not None else _rows(log_probs, lens, state)
     flow = flow if flow is not None else inflow(state, rows, window)
-    phi = torch.where((tokens == state.last).unsqueeze(1), flow.repeat, flow.other)
+    last = state.last
+    if parents is not None:
+        flow, last = flow.select(parents), last[parents]
+    phi = torch.where((tokens == last).unsqueeze(1), flow.repeat, flow.other)
     a = _linear_recurrence(phi, log_probs[rows.utt, :, tokens])
     a_shift = torch.cat([torch.full_like(a[:, :1], NEG_INF), a[:, :-1]], dim=1)
     b = _linear_recurrence(a_shift, log_probs[rows.utt, :, blank])

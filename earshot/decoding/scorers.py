@@ -154,9 +154,8 @@ class CTCPrefixScorer(Scorer):
         cols = tokens if state.candidates is None else \
             (state.candidates[rows] == tokens.unsqueeze(1)).int().argmax(dim=1)
         psi = state.psi[rows, cols]
-        parent = ctc_prefix.select(state.prefix, rows)
-        return ctc_prefix.extend(self.log_probs, self.lens, parent, tokens, psi, self.blank,
-                                 rows=self.rows, flow=state.flow.select(rows))
+        return ctc_prefix.extend(self.log_probs, self.lens, state.prefix, tokens, psi,
+                                 self.blank, rows=self.rows, flow=state.flow, parents=rows)
 
     def select_utterances(self, state, utts, rows):
         self.log_probs, self.probs, self.lens = self.log_probs[utts], self.probs[utts], self.lens[utts]
