@@ -111,3 +111,25 @@ def test_rows_share_utterance_log_probs():
         one = cp.extend(lp[b:b + 1], lens[b:b + 1], one, tok, p1[:, tok[0]], BLANK)
         alone = cp.candidate_scores(lp[b:b + 1], lens[b:b + 1], one, BLANK, EOS)
         assert torch.allclose(alone[0], both[2 * b], atol=1e-12)
+
+
+def test_extend_from_parents_matches_selected_state():
+    """Extending rows ``parents`` of a state (with its shared inflow, as the beam search
+    does) gives the same state as selecting those rows first and extending them."""
+    torch.manual_seed(5)
+    lens = torch.tensor([6, 4])
+    lp = cp.prepare_log_probs(torch.randn(2, 6, 5, dtype=torch.float64).log_softmax(-1), lens)
+    st = cp.initial_state(lp, BLANK, k=3)
+    first = torch.tensor([1, 2, 4, 2, 1, 4])
+    psi = cp.candidate_scores(lp, lens, st, BLANK, EOS)
+    st = cp.extend(lp, lens, st, first, psi[torch.arange(6), first], BLANK)
+    rows = cp.rows_for(lp, lens, 3)
+    flow = cp.inflow(st, rows)
+    psi = cp.candidate_scores(lp, lens, st, BLANK, EOS, rows=rows, flow=flow)
+    parents = torch.tensor([2, 2, 0, 5, 3, 3])  # within each utterance, repeats included
+    tokens = torch.tensor([4, 1, 1, 2, 2, 4])  # row 0 repeats its parent's last label
+    scores = psi[parents, tokens]
+    shared = cp.extend(lp, lens, st, tokens, scores, BLANK, rows=rows, flow=flow, parents=parents)
+    alone = cp.extend(lp, lens, cp.select(st, parents), tokens, scores, BLANK)
+    for name in ("a", "b", "psi", "last"):
+        assert torch.equal(getattr(shared, name), getattr(alone, name)), name
