@@ -236,3 +236,19 @@ def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model
     assert list(rows) == ["greedy", "beam10", "beam10+ctc", "encode only"]
     assert rows["greedy"]["relative_to_greedy"] == 1.0
     assert all(r["utt_per_s"] > 0 and r["rtf"] > 0 and r["peak_mem_mb"] > 0 for r in rows.values())
+
+
+def test_search_benchmark_counts_operators_per_step(overfit_model, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_bench", "benchmarks/search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--model", str(overfit_model / "exp" / "model"), "--manifest",
+                       str(overfit_model / "data" / "cuts.jsonl.gz"), "--limit", "4",
+                       "--count-limit", "2", "--repeats", "2", "--threads", "1"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["greedy", "beam10", "beam10+ctc"]
+    ops = {mode: float(cols[0]) for mode, cols in rows.items()}
+    assert all(int(cols[1]) > 0 and float(cols[2]) > 0 for cols in rows.values())
+    assert ops["greedy"] < ops["beam10"] < ops["beam10+ctc"]  # the CTC scorer adds work
