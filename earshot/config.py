@@ -294,6 +294,7 @@ class TrainConfig:
     average_best: int = 1  # export the average of the K best epochs (1 = best only)
     average_last: int = 0  # instead export the average of the last N epochs (0 = off)
     validate_every: int = 1  # dev pass every N epochs (and after the last); newbob needs 1
+    validate_all_from: int = 0  # from this epoch on, a dev pass after every epoch (0: off)
     init_from: str = ""  # a model directory whose weights start a fresh run (fine-tuning)
     select_metric: Literal["cer", "wer", "loss"] = "cer"
     flush_denormal: bool = True
@@ -605,6 +606,8 @@ def _validate_training(cfg: Any) -> None:
     _check(cfg.train.average_best >= 1, "train.average_best", "must be >= 1")
     _check(cfg.train.average_last >= 0, "train.average_last", "must be >= 0 (0: by average_best)")
     _check(cfg.train.validate_every >= 1, "train.validate_every", "must be >= 1")
+    _check(cfg.train.validate_all_from >= 0, "train.validate_all_from",
+           "must be >= 0 (0: every train.validate_every epochs throughout)")
     _check(cfg.train.validate_every == 1 or cfg.optim.scheduler.type != "newbob",
            "train.validate_every", "must be 1 with optim.scheduler.type=newbob (it steps on "
            "every epoch's dev result)")

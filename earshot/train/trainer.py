@@ -627,7 +627,7 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     stats, state = train_one_epoch(run, state, epoch)
     lr_used = run.scheduler.lr
     train_cfg = run.cfg.train
-    validating = epoch % train_cfg.validate_every == 0 or epoch == train_cfg.epochs
+    validating = validates(train_cfg, epoch)
     dev_result = run.task.evaluate(run) if validating else None
     dev = dev_result.metrics() if validating else {}
     lr = run.scheduler.step_epoch(dev) if validating else run.scheduler.lr
@@ -646,6 +646,13 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
             run.task.after_validation(run, epoch)
     barrier(run.dist)
     return state
+
+
+def validates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether ``epoch`` ends with a dev pass: every ``validate_every`` epochs, every epoch
+    from ``validate_all_from`` on, and always the last."""
+    every_epoch = 0 < cfg.validate_all_from <= epoch
+    return every_epoch or epoch % cfg.validate_every == 0 or epoch == cfg.epochs
 
 
 def log_skips(run: Run, epoch: int, stats: EpochStats, dev_skipped: int) -> None:
