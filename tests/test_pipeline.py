@@ -238,6 +238,20 @@ def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model
     assert all(r["utt_per_s"] > 0 and r["rtf"] > 0 and r["peak_mem_mb"] > 0 for r in rows.values())
 
 
+def test_rnn_kernel_benchmark_times_both_kernels_on_the_same_weights(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rnn_bench", "benchmarks/rnn_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--input", "12", "--units", "8", "--lengths", "3,7", "--repeats", "2",
+                       "--threads", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["3", "7"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    assert all(float(row[4]) < 1e-4 for row in rows)  # the two kernels compute the same
+
+
 def test_search_benchmark_counts_operators_per_step(overfit_model, capsys):
     import importlib.util
 
