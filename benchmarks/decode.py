@@ -1,7 +1,8 @@
 """Decoding speed and memory: greedy vs beam 10 vs beam 10 + CTC vs beam 10 + CTC + LM.
 
     python benchmarks/decode.py --model exp/an4/model --manifest data/an4/dev.jsonl.gz \
-        [--lm exp/an4/lm] [--json bench.json] [--batch-size 16] [--limit 200] [--threads 2]
+        [--lm exp/an4/lm] [--json bench.json] [--batch-size 16] [--limit 200] [--threads 2] \
+        [--profile greedy]
 
 Audio is loaded into memory first; each mode then encodes and decodes the same batches
 (so every mode pays for the encoder, as a user does). Reported per mode: utterances per
@@ -10,7 +11,8 @@ allocated; CPU: the kernel's peak resident set size of the process while the mod
 and the time relative to greedy. CTC and LM weights come from the
 model's decode section when set there, else 0.4 and 0.3. A last row, "encode only", times
 the front end, encoder and CTC head alone (what every mode's figure includes), so the
-search's share of a mode is its time less that row's.
+search's share of a mode is its time less that row's. ``--profile MODE`` then runs that
+mode's pass once more under ``torch.profiler`` and prints its top operators by self time.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["relative_to_greedy"] = round(row["seconds"] / greedy, 3)
     print_table(rows, audio_seconds, sum(len(b[0]) for b in batches))
+    if args.profile:
+        name, decode, mode_lm = next(m for m in modes(cfg.decode, lm) if m[0] == args.profile)
+        print_profile(name, model, batches, decode, tokenizer, mode_lm)
     if args.json:
         keys = ("mode", "rtf", "utt_per_s", "relative_to_greedy", "peak_mem_mb")
         Path(args.json).write_text(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
@@ -70,7 +75,13 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    p.add_argument("--profile", default=None,
+                   choices=("greedy", "beam10", "beam10+ctc", "beam10+ctc+lm"),
+                   help="also profile this mode's pass (top operators by self time)")
+    args = p.parse_args(argv)
+    if args.profile == "beam10+ctc+lm" and not args.lm:
+        p.error("--profile beam10+ctc+lm needs --lm")
+    return args
 
 
 def modes(base, lm):
@@ -111,6 +122,15 @@ def measure(name, model, batches, decode, tokenizer, lm, audio_seconds, device) 
     def run(wavs, lens):
         return decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto")
     return timed(name, run, batches, audio_seconds, device)
+
+
+def print_profile(name, model, batches, decode, tokenizer, lm, rows: int = 15) -> None:
+    """One more pass of a mode under torch.profiler; its top operators by self CPU time."""
+    with torch.profiler.profile() as prof:
+        for wavs, lens in batches:
+            decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto")
+    print(f"\nprofile of {name}:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def measure_encode(model, batches, audio_seconds, device) -> dict:

@@ -219,19 +219,27 @@ def test_the_cli_parser_is_built_without_torch_and_knows_every_decoding_mode():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # earshot --help is fast
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model, tmp_path,
-                                                                   batch_size):
+def _benchmark(file: str):
+    """A script of benchmarks/ imported as a module (the folder is not a package)."""
     import importlib.util
-    import json
 
-    spec = importlib.util.spec_from_file_location("decode_bench", "benchmarks/decode.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(file).stem}", f"benchmarks/{file}")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model, tmp_path,
+                                                                   batch_size, capsys):
+    import json
+
+    bench = _benchmark("decode.py")
     out = tmp_path / "rows.json"
     assert bench.main(["--model", str(overfit_model / "exp" / "model"), "--manifest",
                        str(overfit_model / "data" / "cuts.jsonl.gz"), "--batch-size",
-                       str(batch_size), "--json", str(out)]) == 0
+                       str(batch_size), "--json", str(out), "--profile", "greedy"]) == 0
+    assert "profile of greedy:" in capsys.readouterr().out
     rows = {r["mode"]: r for r in json.loads(out.read_text())}
     assert list(rows) == ["greedy", "beam10", "beam10+ctc", "encode only"]
     assert rows["greedy"]["relative_to_greedy"] == 1.0
@@ -239,11 +247,7 @@ def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model
 
 
 def test_rnn_kernel_benchmark_times_both_kernels_on_the_same_weights(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rnn_bench", "benchmarks/rnn_kernels.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("rnn_kernels.py")
     assert bench.main(["--input", "12", "--units", "8", "--lengths", "3,7", "--repeats", "2",
                        "--threads", "1"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
@@ -253,11 +257,7 @@ def test_rnn_kernel_benchmark_times_both_kernels_on_the_same_weights(capsys):
 
 
 def test_search_benchmark_counts_operators_per_step(overfit_model, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("search_bench", "benchmarks/search.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("search.py")
     assert bench.main(["--model", str(overfit_model / "exp" / "model"), "--manifest",
                        str(overfit_model / "data" / "cuts.jsonl.gz"), "--limit", "4",
                        "--count-limit", "2", "--repeats", "2", "--threads", "1"]) == 0
