@@ -201,6 +201,11 @@ class LossConfig:
     ctc_weight: float = 0.3  # alpha in L = alpha * CTC + (1 - alpha) * NLL
     label_smoothing: float = 0.1
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
+    # Intermediate CTC (Lee & Watanabe, 2021): the outputs of these Conformer blocks
+    # (1-based, below the top one) also feed the CTC head in training, and the CTC term
+    # becomes (1 - w) * CTC(top) + w * mean over the tapped blocks. No new parameters.
+    intermediate_ctc_weight: float = 0.0  # w; 0 disables
+    intermediate_ctc_layers: tuple[int, ...] = ()  # e.g. (2,) for a 4-block Conformer
 
 
 @dataclass(frozen=True)
@@ -544,6 +549,7 @@ def validate(cfg: Any) -> None:
         _check(0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         _check(0.0 <= cfg.loss.scheduled_sampling.max_prob <= 1.0,
                "loss.scheduled_sampling.max_prob", "must be in [0, 1]")
+        _validate_intermediate_ctc(cfg.loss, cfg.model.encoder)
     if isinstance(cfg, (ExperimentConfig, ModelDescription, DecodeConfig)):
         dec = cfg if isinstance(cfg, DecodeConfig) else cfg.decode
         prefix = "" if isinstance(cfg, DecodeConfig) else "decode."
@@ -583,6 +589,26 @@ def _check_finite(cfg: Any, where: str = "") -> None:
                     _check_finite(item, f"{key}[{i}].")
                 elif isinstance(item, float):
                     _check(math.isfinite(item), f"{key}[{i}]", f"must be a finite number, got {item}")
+
+
+def _validate_intermediate_ctc(loss: LossConfig, enc: EncoderConfig) -> None:
+    weight, layers = loss.intermediate_ctc_weight, loss.intermediate_ctc_layers
+    _check(0.0 <= weight < 1.0, "loss.intermediate_ctc_weight", "must be in [0, 1) (0: off)")
+    if weight == 0 and not layers:
+        return
+    _check(bool(layers), "loss.intermediate_ctc_layers",
+           "must name at least one encoder block (e.g. [2]) when loss.intermediate_ctc_weight > 0")
+    _check(weight > 0, "loss.intermediate_ctc_weight",
+           "is 0, so loss.intermediate_ctc_layers would do nothing; give a weight (e.g. 0.3)")
+    _check(loss.ctc_weight > 0, "loss.ctc_weight",
+           "must be > 0 with intermediate CTC: the tapped blocks feed the CTC head")
+    _check(isinstance(enc, ConformerConfig), "loss.intermediate_ctc_layers",
+           f"taps Conformer blocks; model.encoder.type is {enc.type}")
+    top = enc.layers
+    _check(all(1 <= i < top for i in layers) and len(set(layers)) == len(layers),
+           "loss.intermediate_ctc_layers",
+           f"must be distinct blocks in [1, {top - 1}] (model.encoder.layers is {top}; "
+           f"the top block already feeds the CTC head), got {list(layers)}")
 
 
 def _validate_training(cfg: Any) -> None:

@@ -128,6 +128,20 @@ def test_encoder_configs_are_tagged_by_type(tmp_path):
     (["model.encoder.cnn_channels=[]", "model.encoder.time_pool=[]"], r"model\.encoder\.cnn_channels"),
     (["model.decoder.attention.type=multihead_location", "model.decoder.attention.heads=3"],
      r"model\.decoder\.attention\.heads"),
+    # intermediate CTC: Conformer blocks below the top one, with a weight, and a CTC head
+    (["loss.intermediate_ctc_weight=0.3", "loss.intermediate_ctc_layers=[1]"],
+     r"'loss\.intermediate_ctc_layers': taps Conformer blocks; model\.encoder\.type is crdnn"),
+    (["model.encoder.type=conformer", "model.encoder.layers=4", "loss.intermediate_ctc_weight=0.3",
+      "loss.intermediate_ctc_layers=[4]"],
+     r"'loss\.intermediate_ctc_layers': must be distinct blocks in \[1, 3\].*got \[4\]"),
+    (["model.encoder.type=conformer", "loss.intermediate_ctc_weight=0.3"],
+     r"'loss\.intermediate_ctc_layers': must name at least one encoder block"),
+    (["model.encoder.type=conformer", "loss.intermediate_ctc_layers=[2]"],
+     r"'loss\.intermediate_ctc_weight': is 0, so loss\.intermediate_ctc_layers would do nothing"),
+    (["model.encoder.type=conformer", "loss.intermediate_ctc_weight=1.0",
+      "loss.intermediate_ctc_layers=[2]"], r"'loss\.intermediate_ctc_weight': must be in \[0, 1\)"),
+    (["model.encoder.type=conformer", "loss.ctc_weight=0", "loss.intermediate_ctc_weight=0.3",
+      "loss.intermediate_ctc_layers=[2]"], r"'loss\.ctc_weight': must be > 0 with intermediate CTC"),
 ])
 def test_encoder_config_errors_name_the_key_and_the_type(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -481,6 +481,54 @@ def test_conformer_positions_matter_and_all_parameters_train():
         assert not torch.allclose(block(y.flip(1), mask).flip(1), out, atol=1e-4)
 
 
+def test_intermediate_ctc_mixes_the_tapped_blocks_ctc_into_the_loss():
+    from earshot.losses import ctc_loss
+    from earshot.models.asr import EncoderDecoderASR
+
+    torch.manual_seed(0)
+    model = EncoderDecoderASR(tiny_model_config("conformer"), V, SPECIALS).eval()
+    batch = tiny_batch()
+    plain = model(batch, LossConfig(ctc_weight=0.3, label_smoothing=0.0))
+    cfg = LossConfig(ctc_weight=0.3, label_smoothing=0.0, intermediate_ctc_weight=0.4,
+                     intermediate_ctc_layers=(1,))
+    out = model(batch, cfg)
+    assert plain.intermediate_ctc is None
+    torch.testing.assert_close(out.ctc, plain.ctc)  # the top block's CTC is the same
+    torch.testing.assert_close(out.nll, plain.nll)
+    # the tapped term is block 1's output through the same CTC head
+    feats, lens = model.frontend(batch.wavs, batch.wav_lens)
+    h, h_lens, (tapped,) = model.encoder.forward_with_taps(feats, lens, (1,))
+    expected = ctc_loss(model.ctc(tapped), h_lens, batch.tokens, batch.token_lens, SPECIALS["blank"])
+    torch.testing.assert_close(out.intermediate_ctc, expected.detach())
+    assert abs(out.intermediate_ctc.item() - out.ctc.item()) > 1e-3
+    torch.testing.assert_close(out.loss.detach(),
+                               0.3 * (0.6 * out.ctc + 0.4 * out.intermediate_ctc) + 0.7 * out.nll)
+    # the tapped block (and what is under it) gets the tapped term's gradient too
+    model.zero_grad()
+    model(batch, LossConfig(ctc_weight=1.0, label_smoothing=0.0, intermediate_ctc_weight=0.5,
+                            intermediate_ctc_layers=(1,))).loss.backward()
+    with_tap = model.encoder.blocks[0].ff1.net[1].weight.grad.clone()
+    model.zero_grad()
+    model(batch, LossConfig(ctc_weight=1.0, label_smoothing=0.0)).loss.backward()
+    assert not torch.allclose(with_tap, model.encoder.blocks[0].ff1.net[1].weight.grad)
+    # decoding never taps: encode gives no tapped outputs
+    assert model.encode(batch.wavs, batch.wav_lens).tapped_ctc_log_probs == ()
+
+
+def test_intermediate_ctc_taps_keep_rows_too_short_for_a_frame_at_zero():
+    from earshot.models.asr import EncoderDecoderASR
+
+    model = EncoderDecoderASR(tiny_model_config("conformer"), V, SPECIALS).eval()
+    wavs = torch.randn(3, 4000) * 0.1
+    lens = torch.tensor([4000, 10, 300])
+    enc = model.encode(wavs, lens, taps=(1,))
+    (tapped,) = enc.tapped_ctc_log_probs
+    assert tapped.shape == enc.ctc_log_probs.shape
+    alone = model.encode(wavs[:1], lens[:1], taps=(1,))
+    torch.testing.assert_close(alone.tapped_ctc_log_probs[0][0], tapped[0, : enc.lens[0]])
+    assert enc.select(torch.tensor([0])).tapped_ctc_log_probs[0].shape[0] == 1
+
+
 def test_conformer_stochastic_depth_skips_layers_only_in_training():
     torch.manual_seed(0)
     enc = Conformer(tiny_conformer(layers=4, stochastic_depth=0.9), input_dim=10)

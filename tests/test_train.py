@@ -538,3 +538,25 @@ def test_adam_falls_back_to_its_default_kernel_where_torch_has_no_fused_one():
     optimizer = trainer._fused(adam)([{"params": params}], OptimConfig())
     assert calls == [True, False] and not optimizer.defaults["fused"]
     assert trainer.OPTIMIZERS["adam"]([{"params": params}], OptimConfig()).defaults["fused"]
+
+
+def test_intermediate_ctc_trains_a_conformer_and_logs_the_tapped_loss(corpus, tmp_path):
+    train_csv, dev_csv = corpus
+    cfg_args = [
+        f"model.features.sample_rate={RATE}", "model.features.num_mel_bins=10",
+        "model.encoder.type=conformer", "model.encoder.dim=8", "model.encoder.layers=2",
+        "model.encoder.heads=2", "model.encoder.ffn_dim=8", "model.encoder.conv_kernel=3",
+        "model.encoder.subsampling_channels=2", "model.decoder.units=8",
+        "model.decoder.embedding_dim=4", "model.decoder.attention.dim=8",
+        "model.decoder.attention.location_channels=2", "model.decoder.attention.location_kernel=3",
+        "loss.intermediate_ctc_weight=0.3", "loss.intermediate_ctc_layers=[1]",
+        f"data.train={train_csv}", f"data.dev={dev_csv}", "data.max_duration=1.0",
+        f"train.exp_dir={tmp_path}", "train.device=cpu", "train.epochs=1", "train.log_every=1"]
+    train(load_config(None, cfg_args))
+    for row in _rows(tmp_path, "step") + _rows(tmp_path):
+        assert np.isfinite(row["intermediate_ctc"]) and row["intermediate_ctc"] > 0
+        assert np.isfinite(row["ctc"]) and np.isfinite(row["nll"])
+    # the head is shared, so the exported model has the parameters it would have without
+    _, tokenizer, model = load_model_dir(tmp_path / "model")
+    plain = build_model(load_config(None, [a for a in cfg_args if "intermediate" not in a]), tokenizer)
+    assert model.state_dict().keys() == plain.state_dict().keys()

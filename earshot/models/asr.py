@@ -36,12 +36,15 @@ from earshot.models.registry import ENCODERS
 
 @dataclass
 class LossOutput:
-    """loss: differentiable joint loss; ctc, nll: detached parts; ntokens: targets incl. eos."""
+    """loss: differentiable joint loss; ctc (the top block's), nll: detached parts;
+    ntokens: targets incl. eos; intermediate_ctc: the mean CTC loss of the tapped blocks
+    (detached) when intermediate CTC is on, else None."""
 
     loss: torch.Tensor
     ctc: torch.Tensor
     nll: torch.Tensor
     ntokens: int
+    intermediate_ctc: torch.Tensor | None = None
 
 
 @dataclass
@@ -50,17 +53,20 @@ class Encoded:
 
     memory: the decoder's view of the encoder output (enc (B, T', H), lengths, mask, keys);
     ctc_log_probs (B, T', V) float32; lens (B,) encoder frames (0 for an utterance too
-    short to give one).
+    short to give one); tapped_ctc_log_probs: the CTC head on each tapped encoder block
+    (intermediate CTC in training; empty otherwise).
     """
 
     memory: Memory
     ctc_log_probs: torch.Tensor
     lens: torch.Tensor
+    tapped_ctc_log_probs: tuple[torch.Tensor, ...] = ()
 
     def select(self, index: torch.Tensor) -> "Encoded":
         """Rows ``index`` (B',) of the batch."""
         return Encoded(AttentionalDecoder.select_memory(self.memory, index),
-                       self.ctc_log_probs.index_select(0, index), self.lens.index_select(0, index))
+                       self.ctc_log_probs.index_select(0, index), self.lens.index_select(0, index),
+                       tuple(t.index_select(0, index) for t in self.tapped_ctc_log_probs))
 
     def __len__(self) -> int:
         return self.lens.numel()
@@ -140,51 +146,76 @@ class EncoderDecoderASR(nn.Module):
 
     # -- encoding -----------------------------------------------------------------
 
-    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Encoded:
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor, taps: tuple[int, ...] = ()
+               ) -> Encoded:
         """wavs (B, S), wav_lens (B,) -> Encoded. An utterance too short for one feature
-        frame gets zero encoder frames (and all-zero outputs) instead of an error."""
+        frame gets zero encoder frames (and all-zero outputs) instead of an error.
+        ``taps``: encoder blocks (1-based) whose outputs also go through the CTC head
+        (intermediate CTC; the encoder must have ``forward_with_taps``)."""
         with torch.autograd.profiler.record_function("frontend"):
             feats, lens = self.frontend(wavs, wav_lens)
             if self.training and self.frontend.spectral:  # the front end's output has no grad
                 feats = spec_augment(feats, lens, self.cfg.specaugment)
         with torch.autograd.profiler.record_function("encoder"):
-            h, h_lens = self._encode_features(feats, lens)
+            h, h_lens, tapped = self._encode_features(feats, lens, taps)
         with torch.autograd.profiler.record_function("ctc"):
             log_probs = self.ctc(h)
-        return Encoded(self.decoder.memory(h, h_lens), log_probs, h_lens)
+            tapped_log_probs = tuple(self.ctc(t) for t in tapped)
+        return Encoded(self.decoder.memory(h, h_lens), log_probs, h_lens, tapped_log_probs)
 
-    def _encode_features(self, feats: torch.Tensor, lens: torch.Tensor):
+    def _run_encoder(self, feats: torch.Tensor, lens: torch.Tensor, taps: tuple[int, ...]):
+        if taps:
+            return self.encoder.forward_with_taps(feats, lens, taps)
+        return (*self.encoder(feats, lens), [])
+
+    def _encode_features(self, feats: torch.Tensor, lens: torch.Tensor, taps: tuple[int, ...]):
         valid = (lens > 0) & (self.encoder.output_lengths(lens) > 0)
         if bool(valid.all()):
-            return self.encoder(feats, lens)
+            return self._run_encoder(feats, lens, taps)
         b = feats.size(0)
         out_lens = torch.zeros_like(lens)
         if not bool(valid.any()):
-            return feats.new_zeros(b, 0, self.encoder.output_dim), out_lens
+            return feats.new_zeros(b, 0, self.encoder.output_dim), out_lens, [
+                feats.new_zeros(b, 0, self.encoder.output_dim) for _ in taps]
         rows = valid.nonzero(as_tuple=True)[0]
-        h_rows, lens_rows = self.encoder(feats[rows, : int(lens[rows].max())], lens[rows])
-        h = h_rows.new_zeros(b, h_rows.size(1), h_rows.size(2))
-        h[rows], out_lens[rows] = h_rows, lens_rows
-        return h, out_lens
+        h_rows, lens_rows, tapped_rows = self._run_encoder(
+            feats[rows, : int(lens[rows].max())], lens[rows], taps)
+
+        def scatter(x_rows: torch.Tensor) -> torch.Tensor:
+            x = x_rows.new_zeros(b, *x_rows.shape[1:])
+            x[rows] = x_rows
+            return x
+
+        out_lens[rows] = lens_rows
+        return scatter(h_rows), out_lens, [scatter(t) for t in tapped_rows]
 
     # -- training -----------------------------------------------------------------
 
     def forward(self, batch: Any, loss_cfg: LossConfig, sampling_prob: float = 0.0) -> LossOutput:
         """Joint loss for a Batch (wavs, wav_lens, tokens (B, U) padded with pad, token_lens).
         Every utterance must give at least one encoder frame (see ``encoded_lengths``)."""
-        enc = self.encode(batch.wavs, batch.wav_lens)
+        taps = loss_cfg.intermediate_ctc_layers if loss_cfg.intermediate_ctc_weight > 0 else ()
+        enc = self.encode(batch.wavs, batch.wav_lens, taps)
         with torch.autograd.profiler.record_function("ctc_loss"):
             ctc = ctc_loss(enc.ctc_log_probs, enc.lens, batch.tokens, batch.token_lens,
                            self.specials["blank"])
+            ctc_term, tapped = ctc, None
+            if enc.tapped_ctc_log_probs:
+                tapped = torch.stack([
+                    ctc_loss(lp, enc.lens, batch.tokens, batch.token_lens, self.specials["blank"])
+                    for lp in enc.tapped_ctc_log_probs]).mean()
+                w = loss_cfg.intermediate_ctc_weight
+                ctc_term = (1.0 - w) * ctc + w * tapped
         # attention branch: [bos] + y -> y + [eos]
         tokens_in, targets = self.decoder_io(batch.tokens, batch.token_lens)
         with torch.autograd.profiler.record_function("decoder"):
             logits = self.decoder(enc.memory, tokens_in, sampling_prob)
         nll = nll_loss(logits, targets, batch.token_lens + 1, self.specials["pad"],
                        loss_cfg.label_smoothing)
-        loss = joint_loss(ctc, nll, loss_cfg.ctc_weight)
+        loss = joint_loss(ctc_term, nll, loss_cfg.ctc_weight)
         ntokens = int((batch.token_lens + 1).sum())
-        return LossOutput(loss, ctc.detach(), nll.detach(), ntokens)
+        return LossOutput(loss, ctc.detach(), nll.detach(), ntokens,
+                          None if tapped is None else tapped.detach())
 
     def decoder_io(
         self, tokens: torch.Tensor, token_lens: torch.Tensor

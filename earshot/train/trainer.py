@@ -223,6 +223,8 @@ class ASRTask(Task):
         self.find_unused_parameters = (cfg.loss.ctc_weight in (0.0, 1.0)
                                        or model.may_leave_parameters_unused)
         self.model = model
+        if cfg.loss.intermediate_ctc_weight > 0:  # logged beside the top block's CTC
+            self.PARTS = ("ctc", "intermediate_ctc", "nll")
 
     def usable(self, batch):
         return drop_short_utterances(self.model, batch)
@@ -235,6 +237,8 @@ class ASRTask(Task):
         prob = sampling_probability(self.cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
         self.model.set_training_step(step)
         out = model(batch, self.cfg.loss, prob)
+        if out.intermediate_ctc is not None:
+            return out.loss, [out.ctc, out.intermediate_ctc, out.nll]
         return out.loss, [out.ctc, out.nll]
 
     def amount(self, batch) -> float:

@@ -211,10 +211,20 @@ class Conformer(nn.Module):
         return self.subsampling.output_lengths(lens)
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, lens, _ = self.forward_with_taps(feats, lens, ())
+        return h, lens
+
+    def forward_with_taps(self, feats: torch.Tensor, lens: torch.Tensor, taps: tuple[int, ...]
+                          ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """``forward``, plus the outputs of blocks ``taps`` (1-based; each (B, T', dim),
+        its padded frames not zeroed): what intermediate CTC trains the CTC head on."""
         x, lens = self.subsampling(feats, lens)
         # A row with no frame would attend to nothing (NaN); it gets one masked-in frame
         # of zeros instead, and its output is zeroed like every padded frame.
         key_mask = lengths_to_mask(lens.clamp(min=1), x.size(1))
-        for block in self.blocks:
+        tapped = []
+        for i, block in enumerate(self.blocks, start=1):
             x = block(x, lens, key_mask)
-        return zero_padding(x, lens), lens
+            if i in taps:
+                tapped.append(x)
+        return zero_padding(x, lens), lens, tapped
