@@ -74,7 +74,7 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
-def check_waveform(name: str, wav) -> torch.Tensor:
+def check_waveform(name: str, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
     """A waveform handed in through the Python API as a float32 tensor (S,); AudioError
     naming ``name`` unless it is 1-D floating-point samples, finite and in [-1, 1]
     (with the same tolerance as files)."""

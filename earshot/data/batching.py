@@ -30,6 +30,7 @@ import logging
 import random
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
@@ -43,6 +44,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from earshot.audio import load_audio
 from earshot.errors import AudioError
+
+if TYPE_CHECKING:
+    from earshot.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +143,8 @@ class CutDataset(Dataset):
     generator seeded with (seed, epoch, cut id): the same in every run, worker and resume.
     """
 
-    def __init__(self, tokenizer, sample_rate: int, speed_factors: tuple[float, ...] = (),
-                 seed: int = 0):
+    def __init__(self, tokenizer: Tokenizer | None, sample_rate: int,
+                 speed_factors: tuple[float, ...] = (), seed: int = 0) -> None:
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.speed_factors = tuple(speed_factors)
@@ -222,7 +226,8 @@ class EpochBatches(Sampler):
         return count
 
 
-def collate(ids: list[str], wavs: list[torch.Tensor], texts: list[str], tokenizer) -> Batch:
+def collate(ids: list[str], wavs: list[torch.Tensor], texts: list[str],
+            tokenizer: Tokenizer | None) -> Batch:
     """Pad waveforms (S,) with zeros and token ids with ``tokenizer.pad_id``; without a
     tokenizer (untranscribed audio, e.g. for pretraining) every row has no tokens."""
     if tokenizer is None:
@@ -251,7 +256,7 @@ def _as_is(item):
     return item
 
 
-def make_loader(cuts: CutSet, tokenizer, sample_rate: int, max_duration: float,
+def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max_duration: float,
                 shuffle: bool, seed: int = 0, num_buckets: int = 10, num_workers: int = 0,
                 drop_last: bool = False, speed_factors: tuple[float, ...] = (),
                 world_size: int = 1, rank: int = 0, even: bool = True,

@@ -20,11 +20,15 @@ import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 
 from earshot.data.espeak import EspeakError, speak
+
+if TYPE_CHECKING:
+    from lhotse import CutSet, MonoCut
 
 # --- the grammar ------------------------------------------------------------------
 # Homophones of other vocabulary words (read/red, ate/eight, for/four, new/knew,
@@ -204,7 +208,7 @@ def _render_all(specs: list[UtteranceSpec], sample_rate: int, workers: int) -> l
     return [n for shard in per_shard for n in shard]
 
 
-def _to_cut(spec: UtteranceSpec, num_samples: int, sample_rate: int):
+def _to_cut(spec: UtteranceSpec, num_samples: int, sample_rate: int) -> MonoCut:
     # lhotse is imported here, not at the top: it takes about a second to import and
     # every rendering worker process imports this module.
     from lhotse import MonoCut, Recording, SupervisionSegment
@@ -221,9 +225,9 @@ def _to_cut(spec: UtteranceSpec, num_samples: int, sample_rate: int):
                    supervisions=[sup], recording=recording)
 
 
-def synthesize_corpus(out_dir, num_train: int = 2000, num_dev: int = 100,
+def synthesize_corpus(out_dir: str | Path, num_train: int = 2000, num_dev: int = 100,
                       num_test: int = 150, seed: int = 0, sample_rate: int = 16000,
-                      workers: int = 2, verbose: bool = True) -> dict:
+                      workers: int = 2, verbose: bool = True) -> dict[str, CutSet]:
     """Synthesise the demo corpus -> {"train", "dev", "test"}: lhotse CutSet.
 
     Writes ``out_dir/wav/{split}/*.wav`` (16-bit PCM), ``out_dir/{split}.jsonl.gz``

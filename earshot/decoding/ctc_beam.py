@@ -16,13 +16,25 @@ with a CTC-only scorer, which gives the same result: tests/test_beam_search.py).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from earshot.decoding.beam_search import Hypothesis
 from earshot.decoding.greedy import greedy_ctc
 
+if TYPE_CHECKING:
+    from earshot.models.decoder import Memory
+
 NEG_INF = float("-inf")
+
+
+class TeacherForcedDecoder(Protocol):
+    """What ``attention_rescore`` needs of the model (``EncoderDecoderASR``)."""
+
+    def select_memory(self, memory: Memory, index: torch.Tensor) -> Memory: ...
+
+    def teacher_forced(self, memory: Memory, tokens_in: torch.Tensor) -> torch.Tensor: ...
 
 
 def ctc_greedy(log_probs: torch.Tensor, lens: torch.Tensor, blank: int) -> list[list[Hypothesis]]:
@@ -90,9 +102,9 @@ def _lse(a: float, b: float) -> float:
 
 
 @torch.no_grad()
-def attention_rescore(decoder, memory, nbest: list[list[Hypothesis]], bos: int, eos: int,
-                      pad: int, ctc_weight: float,
-                      length_bonus: float = 0.0) -> list[list[Hypothesis]]:
+def attention_rescore(decoder: TeacherForcedDecoder, memory: Memory,
+                      nbest: list[list[Hypothesis]], bos: int, eos: int, pad: int,
+                      ctc_weight: float, length_bonus: float = 0.0) -> list[list[Hypothesis]]:
     """Rerank each utterance's CTC n-best by (1 - ctc_weight) log p_att + ctc_weight
     log p_ctc + length_bonus (|Y| + 1); memory has B rows. One teacher-forced decoder
     pass over all hypotheses of the batch."""
@@ -109,7 +121,8 @@ def attention_rescore(decoder, memory, nbest: list[list[Hypothesis]], bos: int, 
     return [sorted(hyps, key=lambda h: -h.score) for hyps in out]
 
 
-def _attention_log_probs(decoder, memory, utt, seqs, bos, eos, pad) -> torch.Tensor:
+def _attention_log_probs(decoder: TeacherForcedDecoder, memory: Memory, utt: list[int],
+                         seqs: list[list[int]], bos: int, eos: int, pad: int) -> torch.Tensor:
     """log p_att(Y + eos | X) for each sequence (M,), rows of memory picked by ``utt``."""
     device = memory.enc.device
     idx = torch.tensor(utt, device=device)

@@ -9,16 +9,21 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from earshot.masks import lengths_to_mask
 
+if TYPE_CHECKING:
+    from earshot.decoding.scorers import StepDecoder
+    from earshot.models.decoder import Memory
+
 
 @torch.no_grad()
 def greedy_attention(
-    decoder,
-    memory,
+    decoder: StepDecoder,
+    memory: Memory,
     bos_id: int,
     eos_id: int,
     max_len_ratio: float,

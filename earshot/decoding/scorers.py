@@ -22,11 +22,15 @@ the search passes them to later scorers in ``StepContext`` (CTC window, coverage
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from earshot.decoding import ctc_prefix
+
+if TYPE_CHECKING:
+    from earshot.models.decoder import DecoderState, Memory
+    from earshot.models.lm import LMState, RNNLM
 
 NEG_INF = float("-inf")
 
@@ -37,6 +41,25 @@ class StepContext:
 
     step: int  # tokens emitted so far (bos excluded)
     attn: torch.Tensor | None = None  # (N, T') attention weights behind this step's scores
+
+
+class StepDecoder(Protocol):
+    """The attentional decoder's step interface, as the searches drive it: an
+    ``EncoderDecoderASR`` (whose methods delegate to its decoder) or a bare
+    ``AttentionalDecoder``."""
+
+    def init_state(self, memory: Memory) -> DecoderState: ...
+
+    def step(self, tokens: torch.Tensor, state: DecoderState,
+             memory: Memory) -> tuple[torch.Tensor, DecoderState]: ...
+
+    def select_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState: ...
+
+    def select_memory(self, memory: Memory, index: torch.Tensor) -> Memory: ...
+
+    def repeat_memory(self, memory: Memory, k: int) -> Memory: ...
+
+    def alignment(self, state: DecoderState) -> torch.Tensor: ...
 
 
 class Scorer:
@@ -72,8 +95,8 @@ class Scorer:
 
 @dataclass
 class _DecoderRows:
-    dec: Any  # DecoderState
-    memory: Any  # Memory repeated to N rows (never reordered)
+    dec: DecoderState
+    memory: Memory  # repeated to N rows (never reordered)
 
 
 class DecoderScorer(Scorer):
@@ -81,26 +104,29 @@ class DecoderScorer(Scorer):
 
     max_step_score = 0.0
 
-    def __init__(self, decoder, memory, temperature: float = 1.0):
+    def __init__(self, decoder: StepDecoder, memory: Memory, temperature: float = 1.0) -> None:
         self.decoder, self.memory, self.temperature = decoder, memory, temperature
 
     def init_state(self, batch: int, beam: int) -> _DecoderRows:
         memory = self.decoder.repeat_memory(self.memory, beam) if beam > 1 else self.memory
         return _DecoderRows(self.decoder.init_state(memory), memory)
 
-    def score(self, tokens, state, candidates, ctx):
+    def score(self, tokens: torch.Tensor, state: _DecoderRows, candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, _DecoderRows]:
         log_probs, dec = self.decoder.step(tokens[:, -1], state.dec, state.memory)
         if self.temperature != 1.0:
             log_probs = torch.log_softmax(log_probs / self.temperature, dim=-1)
         return log_probs, _DecoderRows(dec, state.memory)
 
-    def select_state(self, state, rows, tokens):
+    def select_state(self, state: _DecoderRows, rows: torch.Tensor,
+                     tokens: torch.Tensor) -> _DecoderRows:
         return _DecoderRows(self.decoder.select_state(state.dec, rows), state.memory)
 
-    def attention(self, state):
+    def attention(self, state: _DecoderRows) -> torch.Tensor:
         return self.decoder.alignment(state.dec)
 
-    def select_utterances(self, state, utts, rows):
+    def select_utterances(self, state: _DecoderRows, utts: torch.Tensor,
+                          rows: torch.Tensor) -> _DecoderRows:
         return _DecoderRows(self.decoder.select_state(state.dec, rows),
                             self.decoder.select_memory(state.memory, rows))
 
@@ -124,7 +150,7 @@ class CTCPrefixScorer(Scorer):
     partial = True
 
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, blank: int, eos: int,
-                 window: int = 0, exclude: tuple[int, ...] = ()):
+                 window: int = 0, exclude: tuple[int, ...] = ()) -> None:
         self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
         self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
         # made by init_state, once per search: the posteriors' exp, and ctc_prefix.Rows
@@ -134,12 +160,14 @@ class CTCPrefixScorer(Scorer):
         # A prefix's probability never grows as it is extended; a window breaks the bound.
         self.max_step_score = 0.0 if window <= 0 else None
 
-    def init_state(self, batch, beam):
+    def init_state(self, batch: int, beam: int) -> ctc_prefix.PrefixState:
         self.beam, self.probs = beam, self.log_probs.exp()
         self.rows = ctc_prefix.rows_for(self.log_probs, self.lens, beam)
         return ctc_prefix.initial_state(self.log_probs, self.blank, beam)
 
-    def score(self, tokens, state, candidates, ctx):
+    def score(self, tokens: torch.Tensor, state: ctc_prefix.PrefixState,
+              candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, _CTCCandidates]:
         flow = ctc_prefix.inflow(state, self.rows, self._window(ctx.attn))
         psi = ctc_prefix.candidate_scores(self.log_probs, self.lens, state, self.blank,
                                           self.eos, candidates, rows=self.rows,
@@ -150,14 +178,16 @@ class CTCPrefixScorer(Scorer):
         inc = inc.masked_fill(excluded, NEG_INF)
         return inc.float(), _CTCCandidates(state, psi, candidates, flow)
 
-    def select_state(self, state, rows, tokens):
+    def select_state(self, state: _CTCCandidates, rows: torch.Tensor,
+                     tokens: torch.Tensor) -> ctc_prefix.PrefixState:
         cols = tokens if state.candidates is None else \
             (state.candidates[rows] == tokens.unsqueeze(1)).int().argmax(dim=1)
         psi = state.psi[rows, cols]
         return ctc_prefix.extend(self.log_probs, self.lens, state.prefix, tokens, psi,
                                  self.blank, rows=self.rows, flow=state.flow, parents=rows)
 
-    def select_utterances(self, state, utts, rows):
+    def select_utterances(self, state: ctc_prefix.PrefixState, utts: torch.Tensor,
+                          rows: torch.Tensor) -> ctc_prefix.PrefixState:
         self.log_probs, self.probs, self.lens = self.log_probs[utts], self.probs[utts], self.lens[utts]
         self.rows = ctc_prefix.rows_for(self.log_probs, self.lens, self.beam)
         return ctc_prefix.select(state, rows)
@@ -175,19 +205,21 @@ class LMScorer(Scorer):
 
     max_step_score = 0.0
 
-    def __init__(self, lm, device: torch.device):
+    def __init__(self, lm: RNNLM, device: torch.device) -> None:
         self.lm, self.device = lm, device
 
-    def init_state(self, batch, beam):
+    def init_state(self, batch: int, beam: int) -> LMState:
         return self.lm.init_state(batch * beam, self.device)
 
-    def score(self, tokens, state, candidates, ctx):
+    def score(self, tokens: torch.Tensor, state: LMState, candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, LMState]:
         return self.lm.step(tokens[:, -1], state)
 
-    def select_state(self, state, rows, tokens):
+    def select_state(self, state: LMState, rows: torch.Tensor, tokens: torch.Tensor) -> LMState:
         return self.lm.select_state(state, rows)
 
-    def select_utterances(self, state, utts, rows):
+    def select_utterances(self, state: LMState, utts: torch.Tensor,
+                          rows: torch.Tensor) -> LMState:
         return self.lm.select_state(state, rows)
 
 
@@ -196,7 +228,8 @@ class LengthBonus(Scorer):
 
     max_step_score = 1.0
 
-    def score(self, tokens, state, candidates, ctx):
+    def score(self, tokens: torch.Tensor, state: None, candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, None]:
         return tokens.new_ones(tokens.shape[0], 1, dtype=torch.float32), None
 
 
@@ -204,10 +237,12 @@ class CoverageScorer(Scorer):
     """Increase in the number of encoder frames whose cumulative attention exceeds
     ``threshold`` (Chorowski & Jaitly, 2017): a bonus for covering the whole input."""
 
-    def __init__(self, threshold: float = 0.5):
+    def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
 
-    def score(self, tokens, state, candidates, ctx):
+    def score(self, tokens: torch.Tensor, state: torch.Tensor | None,
+              candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         if ctx.attn is None:
             raise ValueError("CoverageScorer needs an attention scorer listed before it")
         cov = ctx.attn if state is None else state + ctx.attn
@@ -215,7 +250,8 @@ class CoverageScorer(Scorer):
         gain = (cov > self.threshold).sum(1) - before
         return gain.float().unsqueeze(1), cov
 
-    def select_state(self, state, rows, tokens):
+    def select_state(self, state: torch.Tensor, rows: torch.Tensor,
+                     tokens: torch.Tensor) -> torch.Tensor:
         return state[rows]
 
 
@@ -225,10 +261,12 @@ class AttentionShiftLimit(Scorer):
 
     max_step_score = 0.0
 
-    def __init__(self, max_shift: int):
+    def __init__(self, max_shift: int) -> None:
         self.max_shift = max_shift
 
-    def score(self, tokens, state, candidates, ctx):
+    def score(self, tokens: torch.Tensor, state: torch.Tensor | None,
+              candidates: torch.Tensor | None,
+              ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         if ctx.attn is None:
             raise ValueError("AttentionShiftLimit needs an attention scorer listed before it")
         peak = ctx.attn.argmax(dim=1)
@@ -236,5 +274,6 @@ class AttentionShiftLimit(Scorer):
         ok = (peak - prev).abs() <= self.max_shift
         return torch.where(ok, 0.0, NEG_INF).unsqueeze(1), peak
 
-    def select_state(self, state, rows, tokens):
+    def select_state(self, state: torch.Tensor, rows: torch.Tensor,
+                     tokens: torch.Tensor) -> torch.Tensor:
         return state[rows]
