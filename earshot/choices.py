@@ -99,7 +99,7 @@ DECODE_MODES = Table("decoding mode", {
     "greedy": Choice("earshot.decoding.api:greedy", "attention decoder argmax"),
     "beam": Choice("earshot.decoding.api:beam", "joint CTC/attention beam search (+ LM)"),
     "joint": Choice("earshot.decoding.api:beam", "the same as beam"),
-    "ctc_greedy": Choice("earshot.decoding.api:ctc_greedy", "best CTC path, collapsed"),
+    "ctc_greedy": Choice("earshot.decoding.api:ctc_greedy_mode", "best CTC path, collapsed"),
     "ctc_beam": Choice("earshot.decoding.api:ctc_beam", "CTC prefix beam search"),
     "rescore": Choice("earshot.decoding.api:rescore", "CTC n-best rescored by the attention decoder"),
 })

@@ -13,7 +13,8 @@ corpus statistics it needs. Statistics are gathered through the front end itself
 ``STATISTICS`` names the state-dict entries (relative to the front end) that hold corpus
 statistics, so fine-tuning on another corpus knows to estimate them afresh.
 
->>> from earshot.config import FeatureConfig
+>>> from earshot.choices import FRONTENDS
+from earshot.config import FeatureConfig
 >>> fe = build_frontend(FeatureConfig(kind="fbank", num_mel_bins=40))
 >>> feats, lens = fe(torch.zeros(2, 16000), torch.tensor([16000, 8000]))
 >>> fe.out_dim, fe.frame_rate, feats.shape, lens.tolist()
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from earshot.choices import FRONTENDS
 from earshot.config import FeatureConfig
 from earshot.features import CMVNAccumulator, FeatureExtractor, GlobalCMVN
 from earshot.masks import lengths_to_mask
@@ -135,8 +137,7 @@ class WaveformFrontEnd(FrontEnd):
         return ((x - mean) / torch.sqrt(var + 1e-7)).masked_fill(~mask, 0.0)
 
 
-FRONTENDS = {"fbank": FilterbankFrontEnd, "mfcc": FilterbankFrontEnd, "waveform": WaveformFrontEnd}
 
 
 def build_frontend(cfg: FeatureConfig) -> FrontEnd:
-    return FRONTENDS[cfg.kind](cfg)
+    return FRONTENDS.load(cfg.kind, "config key 'model.features.kind'")(cfg)

@@ -74,8 +74,7 @@ def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescripti
     """Write description, tokenizer and weights to ``directory``, replacing it as a whole.
     The description is the model's own portable one (an ssl encoder's architecture, not
     the checkpoint path it was first loaded from), so the directory stands alone."""
-    if hasattr(model, "portable_config"):
-        cfg = dataclasses.replace(cfg, model=model.portable_config(cfg.model))
+    cfg = dataclasses.replace(cfg, model=model.portable_config(cfg.model))
     with staged_directory(directory) as staging:
         save_config(describe(cfg, card), staging / CONFIG_FILE)
         tokenizer.save(staging / TOKENIZER_DIR)

@@ -102,10 +102,13 @@ def test_recipes_are_valid():
 
 
 def test_encoder_configs_are_tagged_by_type(tmp_path):
-    from earshot.config import ConformerConfig, CRDNNConfig, EncoderConfig
-    from earshot.models.registry import ENCODERS
+    from earshot.choices import ENCODERS
+    from earshot.config import EncoderConfig
+    from earshot.models.encoders.conformer import ConformerConfig
+    from earshot.models.encoders.crdnn import CRDNNConfig
 
-    assert set(EncoderConfig.TYPES) == set(ENCODERS)  # one config dataclass per encoder
+    for name in ENCODERS:  # one config dataclass per encoder, its default type its name
+        assert EncoderConfig.member(name)().type == name
     cfg = load_config(None, ["model.encoder.type=conformer", "model.encoder.layers=3"])
     assert isinstance(cfg.model.encoder, ConformerConfig) and cfg.model.encoder.layers == 3
     assert isinstance(ExperimentConfig().model.encoder, CRDNNConfig)
@@ -130,7 +133,7 @@ def test_encoder_configs_are_tagged_by_type(tmp_path):
      r"model\.decoder\.attention\.heads"),
     # intermediate CTC: Conformer blocks below the top one, with a weight, and a CTC head
     (["loss.intermediate_ctc_weight=0.3", "loss.intermediate_ctc_layers=[1]"],
-     r"'loss\.intermediate_ctc_layers': taps Conformer blocks; model\.encoder\.type is crdnn"),
+     r"'loss\.intermediate_ctc_layers': taps encoder blocks, which model\.encoder\.type crdnn does not offer"),
     (["model.encoder.type=conformer", "model.encoder.layers=4", "loss.intermediate_ctc_weight=0.3",
       "loss.intermediate_ctc_layers=[4]"],
      r"'loss\.intermediate_ctc_layers': must be distinct blocks in \[1, 3\].*got \[4\]"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from earshot.config import FeatureConfig
-from earshot.frontends import FRONTENDS, build_frontend
+from earshot.choices import FRONTENDS
+from earshot.frontends import build_frontend
 from earshot.masks import lengths_to_mask
 
 KINDS = {
@@ -26,6 +27,8 @@ def _batch(lens, seed=0):
 
 def test_the_table_names_every_kind():
     assert set(FRONTENDS) == {"fbank", "mfcc", "waveform"}
+    assert {kind: type(build_frontend(FeatureConfig(kind=kind))).__name__ for kind in FRONTENDS} == {
+        "fbank": "FilterbankFrontEnd", "mfcc": "FilterbankFrontEnd", "waveform": "WaveformFrontEnd"}
 
 
 @pytest.mark.parametrize("kind", KINDS)

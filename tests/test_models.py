@@ -8,10 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from earshot.config import (AttentionConfig, ConformerConfig, CRDNNConfig, DecoderConfig, FeatureConfig,
-                            LossConfig, ModelConfig)
+from earshot.config import (AttentionConfig, DecoderConfig, FeatureConfig, LossConfig,
+                            ModelConfig)
 from earshot.decoding.greedy import greedy_attention, greedy_ctc
 from earshot.masks import lengths_to_mask
+from earshot.models.encoders.conformer import ConformerConfig
+from earshot.models.encoders.crdnn import CRDNNConfig
 from earshot.models.attention import (ContentAttention, LocationAwareAttention,
                                       MultiHeadLocationAttention, reachable_conv)
 from earshot.models.encoders.conformer import Conformer

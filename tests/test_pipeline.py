@@ -206,14 +206,10 @@ def test_evaluate_reports_what_it_could_not_score(overfit_model, corpus, tmp_pat
     assert "never seen ('~')" in caplog.text
 
 
-def test_the_cli_parser_is_built_without_torch_and_knows_every_decoding_mode():
+def test_the_cli_parser_is_built_without_torch():
     import subprocess
     import sys
 
-    from earshot.config import DECODE_MODES
-    from earshot.decoding.api import MODES
-
-    assert tuple(MODES) == DECODE_MODES
     code = ("import sys; from earshot.cli import build_parser; build_parser(); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # earshot --help is fast

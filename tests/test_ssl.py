@@ -15,11 +15,10 @@ transformers = pytest.importorskip("transformers", reason="the ssl extra (pip in
 
 from earshot.cli import main  # noqa: E402
 from earshot.config import (DecodeConfig, DecoderConfig, AttentionConfig, FeatureConfig,  # noqa: E402
-                            ModelConfig, PretrainExperimentConfig, SSLConfig, TokenizerConfig,
-                            load_config)
+                            ModelConfig, PretrainExperimentConfig, TokenizerConfig, load_config)
 from earshot.errors import ConfigError  # noqa: E402
 from earshot.models.asr import EncoderDecoderASR  # noqa: E402
-from earshot.models.encoders.ssl import span_mask  # noqa: E402
+from earshot.models.encoders.ssl import SSLConfig, span_mask  # noqa: E402
 from earshot.train.pretrain import sample_negatives  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")

@@ -15,26 +15,32 @@ beam_size is 1 and no CTC, LM, length or coverage weight is set, else "beam".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from earshot.choices import DECODE_MODES
 from earshot.config import DecodeConfig
 from earshot.decoding import scorers as sc
 from earshot.decoding.beam_search import Hypothesis, WeightedScorer, beam_search, length_limits
 from earshot.decoding.ctc_beam import attention_rescore, ctc_greedy, ctc_prefix_beam_search
 from earshot.decoding.greedy import greedy_attention
-from earshot.errors import ConfigError
 from earshot.models.asr import Encoded
 
-__all__ = ["Hypothesis", "decode_batch", "decode_encoded", "joint_scorers", "MODES"]
+if TYPE_CHECKING:
+    from earshot.models.asr import EncoderDecoderASR
+    from earshot.models.lm import RNNLM
+    from earshot.tokenizer import Tokenizer
+
+__all__ = ["Hypothesis", "decode_batch", "decode_encoded", "joint_scorers"]
 
 
 @dataclass
-class _Search:
+class Search:
     """What every mode decodes from: the model (its step interface), the encoded batch
     and the special ids."""
 
-    model: object
+    model: EncoderDecoderASR
     enc: Encoded
     blank: int
     bos: int
@@ -43,25 +49,25 @@ class _Search:
 
 
 @torch.inference_mode()
-def decode_batch(model, wavs: torch.Tensor, wav_lens: torch.Tensor, cfg: DecodeConfig,
-                 tokenizer, lm=None, mode: str = "auto") -> list[list[Hypothesis]]:
+def decode_batch(model: EncoderDecoderASR, wavs: torch.Tensor, wav_lens: torch.Tensor,
+                 cfg: DecodeConfig, tokenizer: Tokenizer, lm: RNNLM | None = None,
+                 mode: str = "auto") -> list[list[Hypothesis]]:
     """wavs (B, S), wav_lens (B,) -> per utterance its n-best list (best first), with
     text filled by ``tokenizer.decode``. An utterance too short to give one encoder
     frame gets one empty hypothesis."""
     return decode_encoded(model, model.encode(wavs, wav_lens), cfg, tokenizer, lm, mode)
 
 
-def decode_encoded(model, enc: Encoded, cfg: DecodeConfig, tokenizer, lm=None,
-                   mode: str = "auto") -> list[list[Hypothesis]]:
+def decode_encoded(model: EncoderDecoderASR, enc: Encoded, cfg: DecodeConfig,
+                   tokenizer: Tokenizer, lm: RNNLM | None = None, mode: str = "auto") -> list[list[Hypothesis]]:
     """Decode an encoded batch (``model.encode``) with ``mode``."""
-    if mode not in MODES:
-        raise ConfigError(f"decoding mode '{mode}': not one of {sorted(MODES)}")
+    search_fn = DECODE_MODES.load(mode, "option --mode")
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, {})] for _ in range(len(enc))]
     keep = (enc.lens > 0).nonzero(as_tuple=True)[0]
     if len(keep):
-        search = _Search(model, enc if len(keep) == len(enc) else enc.select(keep),
+        search = Search(model, enc if len(keep) == len(enc) else enc.select(keep),
                          tokenizer.blank_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
-        for i, hyps in zip(keep.tolist(), MODES[mode](search, cfg, lm)):
+        for i, hyps in zip(keep.tolist(), search_fn(search, cfg, lm)):
             results[i] = hyps
     for hyps in results:
         for hyp in hyps:
@@ -69,7 +75,7 @@ def decode_encoded(model, enc: Encoded, cfg: DecodeConfig, tokenizer, lm=None,
     return results
 
 
-def joint_scorers(search: _Search, cfg: DecodeConfig, lm=None) -> list[WeightedScorer]:
+def joint_scorers(search: Search, cfg: DecodeConfig, lm: RNNLM | None = None) -> list[WeightedScorer]:
     """The weighted scorers of (1 - lambda) att + lambda CTC + beta LM + gamma |Y| (+ coverage)."""
     enc = search.enc
     att_weight = 1.0 - cfg.ctc_weight
@@ -92,29 +98,29 @@ def joint_scorers(search: _Search, cfg: DecodeConfig, lm=None) -> list[WeightedS
     return scorers
 
 
-def _beam(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def beam(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     min_lens, max_lens = length_limits(search.enc.lens, cfg)
     return beam_search(joint_scorers(search, cfg, lm), search.model.vocab_size, min_lens,
                        max_lens, search.bos, search.eos, cfg)
 
 
-def _greedy(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def greedy(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     min_lens, _ = length_limits(search.enc.lens, cfg)
     tokens = greedy_attention(search.model, search.enc.memory, search.bos, search.eos,
                               cfg.max_len_ratio, min_len=min_lens)
     return [[Hypothesis(t, 0.0, {})] for t in tokens]
 
 
-def _ctc_greedy(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def ctc_greedy_mode(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     return ctc_greedy(search.enc.ctc_log_probs, search.enc.lens, search.blank)
 
 
-def _ctc_beam(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def ctc_beam(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     return ctc_prefix_beam_search(search.enc.ctc_log_probs, search.enc.lens, search.blank,
                                   cfg.beam_size, cfg.nbest, (search.bos, search.eos, search.pad))
 
 
-def _rescore(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def rescore(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     nbest = ctc_prefix_beam_search(search.enc.ctc_log_probs, search.enc.lens, search.blank,
                                    cfg.beam_size, exclude=(search.bos, search.eos, search.pad))
     ranked = attention_rescore(search.model, search.enc.memory, nbest, search.bos, search.eos,
@@ -122,19 +128,9 @@ def _rescore(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
     return [hyps[: cfg.nbest] for hyps in ranked]
 
 
-def _auto(search: _Search, cfg: DecodeConfig, lm) -> list[list[Hypothesis]]:
+def auto(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     plain = (cfg.beam_size == 1 and cfg.ctc_weight == 0 and (lm is None or cfg.lm_weight == 0)
              and cfg.length_bonus == 0 and cfg.coverage_weight == 0 and cfg.temperature == 1.0
              and cfg.max_attn_shift == 0)
-    return (_greedy if plain else _beam)(search, cfg, lm)
+    return (greedy if plain else beam)(search, cfg, lm)
 
-
-MODES = {
-    "auto": _auto,
-    "greedy": _greedy,
-    "beam": _beam,
-    "joint": _beam,
-    "ctc_greedy": _ctc_greedy,
-    "ctc_beam": _ctc_beam,
-    "rescore": _rescore,
-}  # the names are config.DECODE_MODES (tests/test_pipeline.py checks they agree)

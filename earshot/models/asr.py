@@ -1,7 +1,7 @@
 """The whole recogniser: a composition of parts that meet at narrow interfaces.
 
-    front end (frontends.FRONTENDS)   waveforms -> normalised features (owns its statistics)
-    encoder   (registry.ENCODERS)     features -> h (B, T', H), exact lengths
+    front end (choices.FRONTENDS)     waveforms -> normalised features (owns its statistics)
+    encoder   (choices.ENCODERS)      features -> h (B, T', H), exact lengths
     CTC head                          h -> log-probs (B, T', V)
     decoder                           attentional GRU/LSTM over h
 
@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from earshot.augment import spec_augment
+from earshot.choices import ENCODERS
 from earshot.config import LossConfig, ModelConfig
 from earshot.errors import ConfigError
 from earshot.frontends import build_frontend
 from earshot.losses import ctc_loss, joint_loss, nll_loss
 from earshot.models.ctc import CTCHead
 from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
-from earshot.models.registry import ENCODERS
+from earshot.models.encoders.base import Encoder
 
 
 @dataclass
@@ -81,8 +82,8 @@ class EncoderDecoderASR(nn.Module):
         self.specials = dict(specials)
         self.vocab_size = vocab_size
         self.frontend = build_frontend(cfg.features)
-        self.encoder = ENCODERS[cfg.encoder.type](cfg.encoder, self.frontend.out_dim)
-        rate = getattr(self.encoder, "sample_rate", None)  # what a pretrained encoder was trained at
+        self.encoder: Encoder = ENCODERS.load(cfg.encoder.type)(cfg.encoder, self.frontend.out_dim)
+        rate = self.encoder.sample_rate  # what a pretrained encoder was trained at
         if rate is not None and rate != cfg.features.sample_rate:
             raise ConfigError(f"config key 'model.features.sample_rate': {cfg.features.sample_rate} Hz, "
                               f"but the encoder's checkpoint was trained on {rate} Hz audio; set it "
@@ -102,7 +103,8 @@ class EncoderDecoderASR(nn.Module):
     @property
     def statistics_names(self) -> tuple[str, ...]:
         """State-dict names of corpus statistics (estimated on each new training set)."""
-        return tuple(f"frontend.{n}" for n in self.frontend.STATISTICS)
+        return (*(f"frontend.{n}" for n in self.frontend.STATISTICS),
+                *(f"encoder.{n}" for n in self.encoder.STATISTICS))
 
     @property
     def sample_rate(self) -> int:
@@ -122,22 +124,17 @@ class EncoderDecoderASR(nn.Module):
     def may_leave_parameters_unused(self) -> bool:
         """Whether some parameters can get no gradient in a step (a frozen or dropped part),
         which a data-parallel wrapper must be told."""
-        return bool(getattr(self.encoder, "may_leave_parameters_unused", False))
+        return self.encoder.may_leave_parameters_unused
 
     def set_training_step(self, step: int) -> None:
         """Tell the parts how many optimizer steps are done (an encoder that unfreezes
         after N steps reads it); the trainer calls this before each training batch."""
-        if hasattr(self.encoder, "set_training_step"):
-            self.encoder.set_training_step(step)
+        self.encoder.set_training_step(step)
 
     def portable_config(self, cfg: ModelConfig) -> ModelConfig:
         """``cfg`` (this model's config) with what it takes to rebuild the model from its
         weights alone: an ssl encoder's architecture instead of its checkpoint path."""
-        arch = getattr(self.encoder, "architecture", None)
-        if arch is None or cfg.encoder.type != "ssl":
-            return cfg
-        return dataclasses.replace(cfg, encoder=dataclasses.replace(
-            cfg.encoder, path="", from_scratch=False, architecture=arch))
+        return dataclasses.replace(cfg, encoder=self.encoder.portable_config(cfg.encoder))
 
     def encoded_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
         """Encoder frames for waveform lengths (B,), without running the network."""

@@ -26,7 +26,7 @@ from torch import nn
 from earshot.config import DecoderConfig
 from earshot.masks import lengths_to_mask
 from earshot.models.dropout import Dropout
-from earshot.models.registry import ATTENTIONS
+from earshot.choices import ATTENTIONS
 
 
 @dataclass
@@ -69,7 +69,7 @@ class AttentionalDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)
         sizes = [cfg.embedding_dim + enc_dim] + [cfg.units] * (cfg.layers - 1)
         self.cells = nn.ModuleList(_CELLS[cfg.rnn_type](size, cfg.units) for size in sizes)
-        self.attention = ATTENTIONS[cfg.attention.type](cfg.attention, enc_dim, cfg.units)
+        self.attention = ATTENTIONS.load(cfg.attention.type)(cfg.attention, enc_dim, cfg.units)
         self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(cfg.units + enc_dim, vocab_size)
 

@@ -10,7 +10,6 @@ in the convolution module would mix padded frames into its statistics). Output l
 are exact: each stride-s subsampling convolution maps L frames to ceil(L / s).
 
 >>> import torch
->>> from earshot.config import ConformerConfig
 >>> enc = Conformer(ConformerConfig(dim=16, layers=2, heads=2, ffn_dim=32), input_dim=20).eval()
 >>> h, h_lens = enc(torch.randn(2, 17, 20), torch.tensor([17, 9]))
 >>> h.shape, h_lens.tolist()
@@ -20,14 +19,57 @@ are exact: each stride-s subsampling convolution maps L frames to ceil(L / s).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earshot.config import ConformerConfig
+from earshot.config import EncoderConfig
+from earshot.config.core import dotted, require
 from earshot.masks import lengths_to_mask, zero_padding
 from earshot.models.dropout import Dropout
+from earshot.models.encoders.base import Encoder
+
+
+
+@dataclass(frozen=True)
+class ConformerConfig(EncoderConfig):
+    """``model.encoder`` with ``type: conformer`` (Gulati et al., 2020)."""
+
+    type: Literal["conformer"] = "conformer"
+    subsampling: Literal[4, 6, 8] = 4  # convolutional subsampling factor in time
+    subsampling_channels: int = 64  # channels of the subsampling convolutions
+    dim: int = 144  # model width
+    layers: int = 8
+    heads: int = 4
+    ffn_dim: int = 576  # each macaron feed-forward half: dim -> ffn_dim -> dim
+    conv_kernel: int = 15  # depthwise convolution kernel; odd
+    positional: Literal["rotary", "relative"] = "rotary"
+    dropout: float = 0.1  # on every residual branch and the subsampling output
+    attention_dropout: float = 0.0  # on the attention weights
+    stochastic_depth: float = 0.0  # layer drop probability, rising linearly to this at the top
+
+    def tappable_blocks(self) -> int:
+        return self.layers
+
+    def check(self, key: str) -> None:
+        def at(name: str) -> str:
+            return dotted(key, name)
+
+        require(self.dim >= 1 and self.heads >= 1 and self.dim % self.heads == 0, at("dim"),
+                f"must be a positive multiple of {at('heads')}")
+        require(self.positional != "rotary" or (self.dim // max(self.heads, 1)) % 2 == 0, at("dim"),
+                "rotary positions need an even width per head (dim / heads)")
+        require(self.layers >= 1, at("layers"), "must be >= 1")
+        require(self.ffn_dim >= 1, at("ffn_dim"), "must be >= 1")
+        require(self.subsampling_channels >= 1, at("subsampling_channels"), "must be >= 1")
+        require(self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, at("conv_kernel"),
+                "must be odd and >= 1")
+        for name in ("dropout", "attention_dropout", "stochastic_depth"):
+            require(0.0 <= getattr(self, name) < 1.0, at(name), "must be in [0, 1)")
+
 
 # Time strides of the subsampling convolutions for each overall factor.
 SUBSAMPLING_STRIDES = {4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}
@@ -194,8 +236,10 @@ class ConformerBlock(nn.Module):
         return self.norm(x)
 
 
-class Conformer(nn.Module):
+class Conformer(Encoder):
     """Conformer encoder: (feats (B, T, D), lens) -> (h (B, T', dim) zero past h_lens, h_lens)."""
+
+    Config = ConformerConfig
 
     def __init__(self, cfg: ConformerConfig, input_dim: int):
         super().__init__()

@@ -9,7 +9,6 @@ the batch, as one utterance at a time always is) skips the masking, which is the
 identity, and in evaluation runs its RNN as one fused bidirectional call.
 
 >>> import torch
->>> from earshot.config import CRDNNConfig
 >>> cfg = CRDNNConfig(cnn_channels=(4, 8), rnn_units=8, dnn_units=8)
 >>> enc = CRDNN(cfg, input_dim=20).eval()
 >>> h, h_lens = enc(torch.randn(2, 17, 20), torch.tensor([17, 9]))
@@ -19,12 +18,17 @@ identity, and in evaluation runs its RNN as one fused bidirectional call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from earshot.config import CRDNNConfig
+from earshot.config import EncoderConfig
+from earshot.config.core import dotted, require
 from earshot.masks import lengths_to_mask, zero_padding
 from earshot.models.dropout import Dropout
+from earshot.models.encoders.base import Encoder
 
 _RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -178,8 +182,46 @@ def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int, padded: bool = Tru
     return x.reshape(b, (t + pad) // k, k * d), pooled_lengths(lens, k)
 
 
-class CRDNN(nn.Module):
+@dataclass(frozen=True)
+class CRDNNConfig(EncoderConfig):
+    """``model.encoder`` with ``type: crdnn``: conv + recurrent + dense."""
+
+    type: Literal["crdnn"] = "crdnn"
+    cnn_channels: tuple[int, ...] = (64, 128)  # one CNN block per entry
+    cnn_kernel: int = 3
+    freq_pool: int = 2  # frequency pooling after each CNN block
+    time_pool: tuple[int, ...] = (1, 2)  # time subsampling after each CNN block
+    rnn_type: Literal["lstm", "gru"] = "lstm"
+    rnn_layers: int = 2
+    rnn_units: int = 256  # per direction
+    bidirectional: bool = True
+    rnn_time_pool: int = 2  # extra time subsampling (frame stacking) before the RNN
+    dnn_layers: int = 1
+    dnn_units: int = 256
+    dropout: float = 0.15
+
+    def check(self, key: str) -> None:
+        def at(name: str) -> str:
+            return dotted(key, name)
+
+        require(len(self.cnn_channels) >= 1 and min(self.cnn_channels) >= 1, at("cnn_channels"),
+                "needs at least one block, each with >= 1 channel")
+        require(len(self.time_pool) == len(self.cnn_channels), at("time_pool"),
+                f"needs one entry per {at('cnn_channels')} entry")
+        require(min(self.time_pool, default=1) >= 1 and self.freq_pool >= 1 and self.rnn_time_pool >= 1,
+                at("time_pool"), "pooling factors (time_pool, freq_pool, rnn_time_pool) must be >= 1")
+        require(self.cnn_kernel >= 1 and self.cnn_kernel % 2 == 1, at("cnn_kernel"), "must be odd and >= 1")
+        require(self.rnn_layers >= 1, at("rnn_layers"), "must be >= 1")
+        require(self.rnn_units >= 1, at("rnn_units"), "must be >= 1")
+        require(self.dnn_layers >= 0, at("dnn_layers"), "must be >= 0")
+        require(self.dnn_units >= 1, at("dnn_units"), "must be >= 1")
+        require(0.0 <= self.dropout < 1.0, at("dropout"), "must be in [0, 1)")
+
+
+class CRDNN(Encoder):
     """Conv + recurrent + dense encoder: (feats (B, T, D), lens) -> (h (B, T', H), h_lens)."""
+
+    Config = CRDNNConfig
 
     def __init__(self, cfg: CRDNNConfig, input_dim: int):
         super().__init__()

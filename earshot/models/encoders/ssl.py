@@ -28,16 +28,20 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earshot.config import SSLConfig
+from earshot.config import EncoderConfig
+from earshot.config.core import dotted, require
 from earshot.errors import ConfigError
 from earshot.masks import lengths_to_mask, zero_padding
 from earshot.models.dropout import Dropout
+from earshot.models.encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,58 @@ GENERIC_CONFIG_KEYS = ("transformers_version", "_name_or_path", "architectures",
                        "problem_type")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class SSLConfig(EncoderConfig):
+    """``model.encoder`` with ``type: ssl``: a pretrained self-supervised encoder (wav2vec
+    2.0, HuBERT, WavLM) through Hugging Face transformers (``pip install earshot[ssl]``),
+    on the ``waveform`` front end. ``path`` is a local checkpoint directory (config.json
+    and weights), never a hub name; ``architecture`` instead builds the encoder, randomly
+    initialised, from a transformers config mapping (``model_type`` and its keys). A model
+    directory stores the architecture and the weights, so it needs neither."""
+
+    FRONTEND = "waveform"
+    FRONTEND_REASON = "the self-supervised encoder learns its own front end from samples"
+
+    type: Literal["ssl"] = "ssl"
+    path: str = ""  # local transformers checkpoint directory, e.g. /models/wav2vec2-base
+    architecture: dict = field(default_factory=dict)  # transformers config; set by model dirs
+    from_scratch: bool = False  # build path's architecture but leave its weights (an ablation)
+    layer: int = -1  # hidden state used: 0 = before the first transformer layer, -1 = the output
+    weighted_layers: bool = False  # a learned softmax-weighted sum of every hidden state instead
+    output_norm: bool = False  # layer-normalise (no parameters) each hidden state used
+    projection: Literal["linear", "dnn", "none"] = "linear"  # into the decoder's memory
+    projection_dim: int = 256
+    projection_layers: int = 2  # dnn only: Linear + LayerNorm + LeakyReLU + dropout each
+    dropout: float = 0.1  # on the projection's input and hidden layers
+    freeze: Literal["none", "feature_encoder", "all"] = "feature_encoder"
+    unfreeze_after: int = 0  # optimizer steps after which the frozen part trains; 0: never
+    mask_prob: float = 0.05  # time masking in fine-tuning: share of frames starting a span
+    mask_length: int = 10  # frames per masked span
+    layerdrop: float | None = None  # transformer layer drop in training; None: the checkpoint's
+    gradient_checkpointing: bool = False  # recompute activations in backward (long utterances)
+
+    def check(self, key: str) -> None:
+        def at(name: str) -> str:
+            return dotted(key, name)
+
+        require(bool(self.path) != bool(self.architecture), at("path"),
+                f"give either {at('path')} or {at('architecture')}, not both" if self.path else
+                "give a local checkpoint directory (config.json and weights, e.g. one written "
+                "by earshot pretrain)")
+        require(not self.architecture or isinstance(self.architecture.get("model_type"), str),
+                at("architecture"), "needs a model_type (e.g. wav2vec2, hubert, wavlm)")
+        require(self.projection_dim >= 1, at("projection_dim"), "must be >= 1")
+        require(self.projection_layers >= 1, at("projection_layers"), "must be >= 1")
+        require(0.0 <= self.dropout < 1.0, at("dropout"), "must be in [0, 1)")
+        require(self.unfreeze_after >= 0, at("unfreeze_after"), "must be >= 0 (0: never)")
+        require(self.unfreeze_after == 0 or self.freeze != "none", at("unfreeze_after"),
+                f"needs {at('freeze')} to say what is frozen until then")
+        require(0.0 <= self.mask_prob < 1.0, at("mask_prob"), "must be in [0, 1)")
+        require(self.mask_length >= 1, at("mask_length"), "must be >= 1")
+        require(self.layerdrop is None or 0.0 <= self.layerdrop < 1.0, at("layerdrop"),
+                "must be in [0, 1)")
 
 
 def import_transformers():
@@ -170,8 +226,10 @@ class Projection(nn.Module):
         return self.net(self.dropout(x))
 
 
-class SSLEncoder(nn.Module):
+class SSLEncoder(Encoder):
     """(wavs (B, S, 1), lens) -> (h (B, T', output_dim) zero past h_lens, h_lens)."""
+
+    Config = SSLConfig
 
     def __init__(self, cfg: SSLConfig, input_dim: int):
         super().__init__()
@@ -226,6 +284,14 @@ class SSLEncoder(nn.Module):
 
     def set_training_step(self, step: int) -> None:
         self.step = step
+
+    def parameter_groups(self) -> dict[str, str]:
+        """The pretrained transformers model, and the new projection (and layer weights)."""
+        return {"pretrained": "model.", "projection": "projection."}
+
+    def portable_config(self, cfg: SSLConfig) -> SSLConfig:
+        """The architecture instead of the checkpoint path it was first loaded from."""
+        return replace(cfg, path="", from_scratch=False, architecture=self.architecture)
 
     def frozen_part(self) -> str:
         """What is frozen now: "none", "feature_encoder" or "all"."""

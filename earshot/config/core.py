@@ -1,0 +1,261 @@
+"""YAML <-> frozen dataclasses: parsing with checked keys and types, overrides, range checks.
+
+A config is a tree of frozen dataclasses whose defaults are the documented ones. YAML
+holds values only. ``from_dict`` builds a dataclass from a mapping and refuses an
+unknown key or a value of the wrong type with a ``ConfigError`` naming the dotted key;
+``check`` then walks the tree and lets each dataclass check its own ranges (its
+``check(key)`` method, ``key`` being its dotted place in the tree). A family of configs
+chosen by a ``type`` key (encoders) is a ``TaggedConfig`` whose members come from a
+table in ``earshot.choices``.
+
+>>> from earshot.config import DecodeConfig
+>>> from_dict(DecodeConfig, {"beam_size": 4}).beam_size
+4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from earshot.errors import ConfigError
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def require(ok: bool, key: str, reason: str) -> None:
+    """A ConfigError "config key 'KEY': REASON" unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config key '{key}': {reason}")
+
+
+def dotted(prefix: str, name: str) -> str:
+    """``name`` under ``prefix`` ("model.encoder" + "dim" -> "model.encoder.dim")."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+class TaggedConfig:
+    """Base of a family of configs chosen by their ``type`` key (e.g. ``model.encoder``).
+
+    ``TABLE`` (an ``earshot.choices.Table``) names the members; the implementation each
+    name loads carries its config dataclass as ``Config``, a frozen dataclass with a
+    ``type`` field whose default is its name. ``from_dict`` picks the member from the
+    mapping's ``type`` (default ``DEFAULT``) and accepts only that member's keys.
+    """
+
+    TABLE: ClassVar[Any] = None
+    DEFAULT: ClassVar[str] = ""
+
+    @classmethod
+    def member(cls, name: str, key: str = "") -> type:
+        """The config dataclass of member ``name``."""
+        config = cls.TABLE.load(name, f"config key '{dotted(key, 'type')}'" if key else "").Config
+        if not (isinstance(config, type) and issubclass(config, cls)):
+            raise TypeError(f"{cls.TABLE.what} {name!r}: its Config is not a {cls.__name__}")
+        return config
+
+    @classmethod
+    def default(cls) -> Any:
+        """A default config of the family's default member."""
+        return cls.member(cls.DEFAULT)()
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{dotted(where, unknown[0])}' "
+                          f"(valid keys here: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(hints[name], value, dotted(where, name)) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, TaggedConfig) and not dataclasses.is_dataclass(tp):
+        return _tagged(tp, value, key)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is dict or origin is dict:  # a free-form mapping (a third-party config)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def _tagged(family: type, value: Any, key: str) -> Any:
+    """The member of a tagged family named by ``value['type']`` (default: the family's)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+    name = value.get("type", family.DEFAULT)
+    if not isinstance(name, str) or name not in family.TABLE:
+        raise ConfigError(f"config key '{key}.type': unknown {family.TABLE.what} type {name!r} "
+                          f"(known: {', '.join(sorted(family.TABLE))})")
+    cls = family.member(name, key)
+    names = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(set(value) - names)
+    if foreign:
+        owners = [t for t in family.TABLE
+                  if foreign[0] in {f.name for f in dataclasses.fields(family.member(t))}]
+        belongs = f"; it belongs to {family.TABLE.what} type {', '.join(owners)}" if owners else ""
+        raise ConfigError(f"config key '{key}.{foreign[0]}' is not a key of {family.TABLE.what} "
+                          f"type '{name}'{belongs} (valid keys for '{name}': "
+                          f"{', '.join(sorted(names))})")
+    return from_dict(cls, value, key)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict of YAML-safe values (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def check(cfg: Any, key: str = "") -> None:
+    """Range checks that types alone cannot express, over the whole tree under ``cfg``:
+    at each dataclass, first that no number is nan or infinite, then the sections below
+    it, then its own ``check(key)`` (which may look across its sections)."""
+    for f in dataclasses.fields(cfg):
+        value, where = getattr(cfg, f.name), dotted(key, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for i, item in enumerate(items):
+            at = f"{where}[{i}]" if isinstance(value, tuple) else where
+            if isinstance(item, float):
+                require(math.isfinite(item), at, f"must be a finite number, got {item}")
+            elif dataclasses.is_dataclass(item):
+                check(item, at)
+    if hasattr(cfg, "check"):
+        cfg.check(key)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file; a ConfigError naming the file when it is missing, not
+    text, not YAML, or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                cls: type | None = None) -> Any:
+    """Read YAML (or start from defaults), apply overrides, check into ``cls`` (default:
+    ``ExperimentConfig``, the ASR training config)."""
+    if cls is None:
+        from earshot.config.asr import ExperimentConfig as cls
+    data = read_yaml(path) if path is not None else {}
+    if hasattr(cls, "upgrade"):  # an older layout of the same config
+        data = cls.upgrade(data or {})
+    data = apply_overrides(data, list(overrides))
+    try:
+        cfg = from_dict(cls, data)
+        check(cfg)
+    except ConfigError as err:  # named with the file it came from
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+    return cfg
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write ``cfg`` as YAML, keys in declaration order."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for frozen configs."""
+    return dataclasses.replace(cfg, **changes)
