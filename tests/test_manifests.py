@@ -10,15 +10,8 @@ import pytest
 import soundfile as sf
 from conftest import shared_data
 
-from earshot.data.manifests import (
-    import_csv,
-    import_jsonl,
-    load_cuts,
-    prepare_an4,
-    prepare_csv,
-    prepare_fsdd,
-    read_manifest,
-)
+from earshot.data.corpora import prepare_an4, prepare_csv, prepare_fsdd
+from earshot.data.manifests import import_csv, import_jsonl, load_cuts, read_manifest
 from earshot.errors import ConfigError, ManifestError
 
 RATE = 8000
@@ -198,7 +191,7 @@ def _fake_an4(root: Path, speakers: int = 10, per_speaker: int = 3) -> None:
 
 def test_an4_speaker_disjoint_deterministic_dev(tmp_path, caplog):
     _fake_an4(tmp_path / "an4")
-    with caplog.at_level(logging.INFO, logger="earshot.data.manifests"):
+    with caplog.at_level(logging.INFO, logger="earshot.data"):
         first = prepare_an4(tmp_path / "an4", tmp_path / "o1", dev_speakers=2)
     again = prepare_an4(tmp_path / "an4", tmp_path / "o2", dev_speakers=2)
     assert set(first) == {"train", "dev"} and len(first["dev"]) == 6 and len(first["train"]) == 24
