@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 __version__ = "0.2.0"
 
 
-def load_model(model_dir: str | Path, device: str = "cpu") -> Transcriber:
-    """Load a model directory (config.yaml, tokenizer/, model.safetensors) as a Transcriber."""
+def load_model(model_dir: str | Path, device: str | None = "auto") -> Transcriber:
+    """Load a model directory (config.yaml, tokenizer/, model.safetensors) as a Transcriber
+    on ``device``: auto (the default: CUDA, else mps, else the CPU), cpu, cuda, cuda:N or mps."""
     from earshot.inference import Transcriber
 
     return Transcriber.load(model_dir, device=device)

@@ -8,23 +8,44 @@
     earshot average exp/an4 --best 5         earshot plot exp/an4
     earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev
     earshot transcribe --model exp/an4/model a.wav b.flac
+
+Each command parses its arguments, turns them into a config, and calls one library
+function; errors a user can fix are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import sys
 import typing
 from pathlib import Path
 
-from earshot.config import DECODE_MODES, DecodeConfig, replace
+from earshot.choices import DECODE_MODES, PREPARERS
+from earshot.config import DecodeConfig, replace
 from earshot.errors import ConfigError, EarshotError
 
 log = logging.getLogger("earshot")
 
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help texts with their defaults ("(default: X)" unless the text says it already or
+    there is none to say) and the examples epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or action.required or action.nargs in ("*", "+")):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 # ---------------------------------------------------------------------------
@@ -51,48 +72,45 @@ DECODE_HELP = {
 
 
 def add_decode_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("decoding (defaults: the model's decode section)")
+    """``--beam-size`` etc. (one per DecodeConfig field), ``--mode`` and ``--lm``."""
+    group = parser.add_argument_group("decoding (each default: the model's decode section)")
     hints = typing.get_type_hints(DecodeConfig)
     for f in dataclasses.fields(DecodeConfig):
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
+        text = f"{DECODE_HELP[f.name]} (default: the model's; earshot's own: {f.default})"
         if tp is bool:
             group.add_argument(flag, dest=f"decode_{f.name}", action=argparse.BooleanOptionalAction,
-                               default=None, help=DECODE_HELP.get(f.name))
+                               default=None, help=text)
         else:
             group.add_argument(flag, dest=f"decode_{f.name}", type=tp, default=None,
-                               metavar="N", help=DECODE_HELP.get(f.name))
-    group.add_argument("--mode", choices=sorted(DECODE_MODES), default="auto",
-                       help="auto: greedy for beam 1 without CTC/LM, else joint beam search")
-    group.add_argument("--lm", type=Path, default=None, help="language model directory (train-lm)")
+                               metavar="N", help=text)
+    group.add_argument("--mode", choices=DECODE_MODES.names, default="auto",
+                       help="the search: " + DECODE_MODES.help())
+    group.add_argument("--lm", type=Path, default=None,
+                       help="language model directory from train-lm (default: none)")
 
 
-def check_device(name: str) -> str:
-    """``--device`` as given, or a ConfigError naming the flag when it cannot be used."""
-    import torch
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, else mps, else CPU), cpu, cuda, cuda:N or mps")
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"option --device: {name!r} is not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"option --device: {name!r} but no CUDA device is available "
-                              f"(torch {torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"option --device: {name!r} but this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s)")
-    return name
+
+def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("config", type=Path, help="the YAML config (a recipe, e.g. recipes/...)")
+    parser.add_argument("overrides", nargs="*",
+                        help=f"key.sub=value overrides of the config, e.g. {example}")
 
 
 def decode_config(args: argparse.Namespace, base: DecodeConfig) -> DecodeConfig:
-    from earshot.config import validate
+    """The model's decoding settings with the flags given; an error names the flag."""
+    from earshot.config import check
 
     changes = {f.name: getattr(args, f"decode_{f.name}") for f in dataclasses.fields(DecodeConfig)
                if getattr(args, f"decode_{f.name}") is not None}
     cfg = replace(base, **changes)
     try:
-        validate(cfg)
+        check(cfg)
     except ConfigError as err:  # name the flag the user typed, not the config key
         for name in changes:
             key = f"config key '{name}'"
@@ -102,43 +120,50 @@ def decode_config(args: argparse.Namespace, base: DecodeConfig) -> DecodeConfig:
     return cfg
 
 
+def device_of(args: argparse.Namespace) -> str:
+    """``--device``, checked against this machine (the torch device's name)."""
+    from earshot.devices import resolve_device
+
+    return str(resolve_device(args.device, "option --device"))
+
+
 # ---------------------------------------------------------------------------
 # subcommands
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from earshot.demo import run_demo
 
     run_demo(args.out, quick=args.quick, seed=args.seed)
     return 0
 
 
-def cmd_prepare(args) -> int:
-    from earshot.data import manifests
+# What ``prepare`` passes on, by the preparer's keyword name: (flag, value) of the options.
+PREPARE_OPTIONS = {"dev_fraction": "--dev-fraction", "audio_root": "--audio-root",
+                   "dev_speakers": "--dev-speakers", "utterances": "--utterances", "seed": "--seed"}
 
-    out = Path(args.out)
-    if args.corpus == "synthetic":
-        from earshot.data.synth import synthesize_corpus
 
-        synthesize_corpus(out, num_train=args.utterances, seed=args.seed)
-        for name in ("train", "dev", "test"):
-            print(f"wrote {out / (name + '.jsonl.gz')}")
-        return 0
-    if args.source is None:
+def cmd_prepare(args: argparse.Namespace) -> int:
+    prepare = PREPARERS.load(args.corpus)
+    accepted = inspect.signature(prepare).parameters
+    options = {}
+    for name, flag in PREPARE_OPTIONS.items():
+        value = getattr(args, name)
+        if name in accepted:
+            if value is not None:
+                options[name] = value
+        elif value is not None:
+            raise ConfigError(f"option {flag}: prepare {args.corpus} does not take it")
+    if args.source is None and args.corpus != "synthetic":
         raise ConfigError(f"prepare {args.corpus}: give the source (a file, or the corpus folder)")
-    if args.corpus == "fsdd":
-        splits = manifests.prepare_fsdd(args.source, out)
-    elif args.corpus == "an4":
-        splits = manifests.prepare_an4(args.source, out, dev_speakers=args.dev_speakers)
-    else:
-        splits = manifests.prepare_csv(args.source, out, dev_fraction=args.dev_fraction,
-                                       audio_root=args.audio_root, kind="." + args.corpus)
-    for name in splits:  # counts and hours are logged by the importer
+    out = Path(args.out)
+    splits = prepare(args.source, out, **options)
+    for name in splits:  # counts and hours are logged by the preparer
         print(f"wrote {out / (name + '.jsonl.gz')}")
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from earshot.config import load_config
     from earshot.train.trainer import train
 
@@ -148,7 +173,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     from earshot.config import load_config
     from earshot.validate import format_report, validate_experiment
 
@@ -163,22 +188,31 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_average(args) -> int:
+def cmd_average(args: argparse.Namespace) -> int:
     from earshot.train.trainer import average_experiment
 
-    device = check_device(args.device)
-    print(f"model: {average_experiment(args.exp_dir, args.best, args.last, args.out, device)}")
+    device = device_of(args)
+    print(f"model: {average_experiment(args.exp_dir, args.best or 0, args.last or 0, args.out, device)}")
     return 0
 
 
-def cmd_plot(args) -> int:
+def run_dir(path: Path) -> Path:
+    """The run directory holding ``metrics.jsonl``: ``path`` itself, or the single run
+    below it (``earshot demo --out DIR`` trains in ``DIR/train``)."""
+    if (path / "metrics.jsonl").is_file() or not path.is_dir():
+        return path
+    found = sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+    return found[0] if len(found) == 1 else path
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
     from earshot.train.monitor import plot_curves
 
-    print(plot_curves(args.exp_dir, args.out))
+    print(plot_curves(run_dir(args.exp_dir), args.out))
     return 0
 
 
-def cmd_train_lm(args) -> int:
+def cmd_train_lm(args: argparse.Namespace) -> int:
     from earshot.config import LMExperimentConfig, load_config
     from earshot.train.lm_trainer import train_lm
 
@@ -188,7 +222,7 @@ def cmd_train_lm(args) -> int:
     return 0
 
 
-def cmd_pretrain(args) -> int:
+def cmd_pretrain(args: argparse.Namespace) -> int:
     from earshot.config import PretrainExperimentConfig, load_config
     from earshot.train.pretrain import pretrain
 
@@ -197,7 +231,7 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from earshot.inference import evaluate
     from earshot.metrics import format_table
     from earshot.modeldir import CONFIG_FILE, check_model_dir, read_description
@@ -206,16 +240,16 @@ def cmd_evaluate(args) -> int:
     base = read_description(Path(args.model) / CONFIG_FILE)[0].decode
     decode = decode_config(args, base)
     rates = evaluate(args.model, args.manifest, args.out, decode, lm_dir=args.lm,
-                     mode=args.mode, device=check_device(args.device))
+                     mode=args.mode, device=device_of(args))
     print(format_table([{"set": Path(args.manifest).name, **rates.to_dict()}]))
     print(f"report: {Path(args.out) / 'summary.json'}")
     return 0
 
 
-def cmd_transcribe(args) -> int:
+def cmd_transcribe(args: argparse.Namespace) -> int:
     from earshot.inference import Transcriber, load_lm_dir, write_nbest
 
-    model = Transcriber.load(args.model, device=check_device(args.device))
+    model = Transcriber.load(args.model, device=device_of(args))
     decode = decode_config(args, model.cfg.decode)
     lm = load_lm_dir(args.lm, model) if args.lm else None
     utts = model.transcribe_detailed(args.audio, decode, lm=lm, mode=args.mode, on_error="keep")
@@ -242,86 +276,117 @@ def cmd_transcribe(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earshot", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=_version())
+    parser = argparse.ArgumentParser(prog="earshot", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter,
+                                     epilog=examples("earshot demo", "earshot COMMAND --help"))
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print earshot's version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="synthesise a spoken corpus, train, evaluate (about 6 min on 2 cores)")
-    p.add_argument("--out", default="exp/demo", help="output directory (default: exp/demo)")
+    def command(name: str, text: str, *example_lines: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter,
+                              epilog=examples(*example_lines))
+
+    p = command("demo", "synthesise a spoken corpus, train, evaluate (about 6 min on 2 cores)",
+                "earshot demo", "earshot demo --quick --out /tmp/demo")
+    p.add_argument("--out", type=Path, default=Path("exp/demo"),
+                   help="output directory: data/, train/ (the run), model/, summary.json")
     p.add_argument("--quick", action="store_true", help="tiny corpus and 1 epoch: a smoke test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the corpus (texts, voices) and training")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("prepare", help="corpus -> lhotse CutSet manifests (no downloads)")
-    p.add_argument("corpus", choices=["csv", "jsonl", "fsdd", "an4", "synthetic"])
+    p = command("prepare", "corpus -> lhotse CutSet manifests OUT/{split}.jsonl.gz (no downloads)",
+                "earshot prepare fsdd ../shared/data/fsdd --out data/fsdd",
+                "earshot prepare csv my_corpus.csv --out data/mine --dev-fraction 0.1")
+    p.add_argument("corpus", choices=PREPARERS.names, metavar="CORPUS",
+                   help="one of: " + PREPARERS.help())
     p.add_argument("source", nargs="?", default=None,
-                   help="csv/jsonl file, or the corpus folder for fsdd/an4 (synthetic: none)")
+                   help="the csv/jsonl file, or the corpus folder (synthetic: none)")
     p.add_argument("--out", required=True, help="output directory for {split}.jsonl.gz")
-    p.add_argument("--audio-root", default=None, help="csv/jsonl: base for relative audio paths")
-    p.add_argument("--dev-fraction", type=float, default=0.0, help="csv/jsonl: hold out a dev set")
-    p.add_argument("--dev-speakers", type=int, default=8, help="an4: speakers held out for dev")
-    p.add_argument("--utterances", type=int, default=2000,
-                   help="synthetic: training utterances spoken by espeak-ng (the demo's corpus; "
-                        "2000 are about 1.2 h)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic: texts and voices")
+    p.add_argument("--audio-root", default=None,
+                   help="csv/jsonl: base for relative audio paths (default: the file's folder)")
+    p.add_argument("--dev-fraction", type=float, default=None,
+                   help="csv/jsonl: hold out this share as dev (default: 0, one cuts.jsonl.gz)")
+    p.add_argument("--dev-speakers", type=int, default=None,
+                   help="an4: speakers held out for dev (default: 8)")
+    p.add_argument("--utterances", type=int, default=None,
+                   help="synthetic: training utterances spoken by espeak-ng (default: 2000, "
+                        "about 1.2 h)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="csv/jsonl/an4: the dev split's draw; synthetic: texts and voices (default: 0)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train an ASR model from a YAML config")
-    p.add_argument("config", type=Path)
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
+    p = command("train", "train an ASR model from a YAML config",
+                "earshot train recipes/fsdd/crdnn.yaml train.epochs=30",
+                "earshot train recipes/fsdd/crdnn.yaml --resume")
+    add_config_args(p, "train.epochs=5")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("validate", help="check a training config and its data without training")
-    p.add_argument("config", type=Path)
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for train")
+    p = command("validate", "check a training config and its data without training",
+                "earshot validate recipes/an4/crdnn.yaml",
+                "earshot validate recipes/an4/crdnn.yaml --decode-audio")
+    add_config_args(p, "data.train=data/mine/train.jsonl.gz")
     p.add_argument("--decode-audio", action="store_true",
                    help="decode every file (slow; also finds corrupt bodies and NaN samples), "
                         "not only read its header")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("average", help="average a run's saved epoch checkpoints into a model directory")
+    p = command("average", "average a run's saved epoch checkpoints into a model directory",
+                "earshot average exp/an4 --best 5", "earshot average exp/an4 --last 3 --out exp/an4/avg")
     p.add_argument("exp_dir", type=Path, help="the run's train.exp_dir")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--best", type=int, default=0, help="the N epochs with the best dev metric")
-    which.add_argument("--last", type=int, default=0, help="the last N epochs")
+    which.add_argument("--best", type=int, default=None,
+                       help="the N epochs with the best dev metric (this or --last)")
+    which.add_argument("--last", type=int, default=None, help="the last N epochs (this or --best)")
     p.add_argument("--out", type=Path, default=None, help="default: EXP_DIR/model-bestN or -lastN")
-    p.add_argument("--device", default="cpu")
+    add_device_arg(p)
     p.set_defaults(func=cmd_average)
 
-    p = sub.add_parser("plot", help="draw loss / WER / lr curves of a run to EXP_DIR/plots/curves.png")
-    p.add_argument("exp_dir", type=Path)
+    p = command("plot", "draw loss / WER / lr curves of a run to EXP_DIR/plots/curves.png",
+                "earshot plot exp/an4", "earshot plot exp/demo --out curves.png")
+    p.add_argument("exp_dir", type=Path,
+                   help="the run's train.exp_dir (holding metrics.jsonl), or a folder with one "
+                        "run below it, as earshot demo --out writes")
     p.add_argument("--out", type=Path, default=None, help="default: EXP_DIR/plots/curves.png")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("train-lm", help="train an RNN language model with a model's tokenizer")
-    p.add_argument("config", type=Path)
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.asr_model=DIR")
+    p = command("train-lm", "train an RNN language model with a model's tokenizer",
+                "earshot train-lm recipes/an4/lm.yaml data.asr_model=exp/an4/model",
+                "earshot train-lm recipes/an4/lm.yaml --resume")
+    add_config_args(p, "data.asr_model=DIR")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train_lm)
 
-    p = sub.add_parser("pretrain", help="self-supervised wav2vec 2.0 pretraining on unlabeled audio "
-                                        "(needs earshot[ssl])")
-    p.add_argument("config", type=Path)
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.train=[a.jsonl.gz,wavs/]")
+    p = command("pretrain", "self-supervised wav2vec 2.0 pretraining on unlabeled audio "
+                            "(needs earshot[ssl])",
+                "earshot pretrain recipes/an4/pretrain.yaml",
+                "earshot pretrain recipes/an4/pretrain.yaml 'data.train=[a.jsonl.gz,wavs/]'")
+    add_config_args(p, "data.train=[a.jsonl.gz,wavs/]")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="decode a manifest; write WER/CER report and alignments")
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--manifest", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--device", default="cpu")
+    p = command("evaluate", "decode a manifest; write WER/CER report and alignments",
+                "earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev",
+                "earshot evaluate ... --beam-size 10 --ctc-weight 0.4 --lm exp/an4/lm --lm-weight 0.3")
+    p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")
+    p.add_argument("--manifest", required=True, type=Path,
+                   help="a CutSet manifest with transcripts (.jsonl.gz from earshot prepare)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="report directory: summary.json, hypotheses.jsonl, alignments")
+    add_device_arg(p)
     add_decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("transcribe", help="print transcripts of audio files")
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("audio", nargs="+", type=Path)
-    p.add_argument("--device", default="cpu")
+    p = command("transcribe", "print transcripts of audio files",
+                "earshot transcribe --model exp/an4/model a.wav b.flac",
+                "earshot transcribe --model exp/an4/model --beam-size 10 --ctc-weight 0.4 --json a.wav")
+    p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")
+    p.add_argument("audio", nargs="+", type=Path, help="audio files (any format soundfile reads)")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object per file")
-    p.add_argument("--nbest-out", type=Path, default=None, help="write n-best JSONL here")
+    p.add_argument("--nbest-out", type=Path, default=None, help="also write the n-best lists as JSONL here (default: not written)")
     add_decode_args(p)
     p.set_defaults(func=cmd_transcribe)
     return parser

@@ -19,6 +19,7 @@ import torch
 from earshot.audio import check_waveform, load_audio
 from earshot.config import DecodeConfig, ExperimentConfig, to_dict
 from earshot.decoding.api import Hypothesis, decode_batch
+from earshot.devices import resolve_device
 from earshot.errors import AudioError, EarshotError
 from earshot.metrics import ErrorRates, write_report
 from earshot.modeldir import load_model_dir
@@ -40,12 +41,6 @@ class Utterance:
         return self.hypotheses[0].text if self.hypotheses else ""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Transcriber:
     """A loaded model directory plus the decoding that turns audio into text."""
 
@@ -56,8 +51,9 @@ class Transcriber:
         self.device = device
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Transcriber":
-        dev = resolve_device(device)
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = "auto") -> Transcriber:
+        """A model directory on ``device`` (``earshot.devices``: auto, cpu, cuda, cuda:N, mps)."""
+        dev = resolve_device(device, "load_model(device=...)")
         cfg, tokenizer, model = load_model_dir(model_dir, device=dev)
         return cls(cfg, tokenizer, model, dev)
 
@@ -159,7 +155,7 @@ def decode_max_duration(decode: DecodeConfig) -> float:
 
 def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
              decode: DecodeConfig | None = None, lm_dir: str | Path | None = None,
-             mode: str = "auto", device: str = "cpu") -> ErrorRates:
+             mode: str = "auto", device: str | torch.device | None = "auto") -> ErrorRates:
     """Decode a manifest, write summary.json, alignments and hypotheses to ``out_dir``."""
     from earshot.data.manifests import load_cuts
 
