@@ -98,10 +98,10 @@ class FilterbankFrontEnd(FrontEnd):
     def num_frames(self, wav_lens: torch.Tensor) -> torch.Tensor:
         return self.features.num_frames(wav_lens)
 
-    def raw(self, wavs, wav_lens):
+    def raw(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features(wavs, wav_lens)
 
-    def normalize(self, x, lens):
+    def normalize(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         return self.normalizer(x, lens)
 
     def new_statistics(self) -> CMVNAccumulator:
@@ -122,12 +122,12 @@ class WaveformFrontEnd(FrontEnd):
     def num_frames(self, wav_lens: torch.Tensor) -> torch.Tensor:
         return wav_lens.long()
 
-    def raw(self, wavs, wav_lens):
+    def raw(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lens = wav_lens.to(wavs.device).long()
         mask = lengths_to_mask(lens, wavs.size(1))
         return wavs.masked_fill(~mask, 0.0).unsqueeze(2), lens
 
-    def normalize(self, x, lens):
+    def normalize(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         if self.cfg.waveform_norm == "none":
             return x
         mask = lengths_to_mask(lens, x.size(1)).unsqueeze(2)

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,11 @@ from earshot.devices import resolve_device
 from earshot.errors import AudioError, EarshotError
 from earshot.metrics import ErrorRates, write_report
 from earshot.modeldir import load_model_dir
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
+
+    from earshot.models.lm import RNNLM
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +68,15 @@ class Transcriber:
         return self.cfg.model.features.sample_rate
 
     def transcribe(self, paths: list[str | Path], decode: DecodeConfig | None = None,
-                   lm=None, mode: str = "auto", on_error: str = "raise") -> list[str | None]:
+                   lm: RNNLM | None = None, mode: str = "auto", on_error: str = "raise") -> list[str | None]:
         """Transcribe audio files; returns one text per path, in order. A file that cannot
         be read raises ``AudioError`` naming it, before anything is decoded; with
         ``on_error="keep"`` its text is None and the other files are transcribed."""
         return [None if u.error else u.text
                 for u in self.transcribe_detailed(paths, decode, lm, mode, on_error)]
 
-    def transcribe_detailed(self, paths, decode: DecodeConfig | None = None, lm=None,
-                            mode: str = "auto", on_error: str = "raise") -> list[Utterance]:
+    def transcribe_detailed(self, paths: list[str | Path], decode: DecodeConfig | None = None,
+                            lm: RNNLM | None = None, mode: str = "auto", on_error: str = "raise") -> list[Utterance]:
         """Like ``transcribe`` but returns each file's n-best list with scores; with
         ``on_error="keep"`` an unreadable file's Utterance has no hypotheses and its
         ``error`` says why."""
@@ -97,7 +103,7 @@ class Transcriber:
         return out
 
     def decode_waveforms(self, ids: list[str], wavs: list[torch.Tensor],
-                         decode: DecodeConfig | None = None, lm=None,
+                         decode: DecodeConfig | None = None, lm: RNNLM | None = None,
                          mode: str = "auto") -> list[Utterance]:
         """Decode mono waveforms (S,) at ``self.sample_rate``, batched longest first.
         Each must be floating-point samples in [-1, 1], finite and not empty (AudioError
@@ -127,7 +133,7 @@ class Transcriber:
                             self.tokenizer, lm=lm, mode=mode)
 
     @torch.inference_mode()
-    def decode_cuts(self, cuts, decode: DecodeConfig | None = None, lm=None,
+    def decode_cuts(self, cuts: CutSet, decode: DecodeConfig | None = None, lm: RNNLM | None = None,
                     mode: str = "auto", progress: bool = True) -> list[Utterance]:
         """Decode every cut of a CutSet (batched by duration); unreadable audio is skipped."""
         from tqdm import tqdm
@@ -189,7 +195,9 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
                         [u.text for u in utts], extra=extra)
 
 
-def load_lm_dir(lm_dir, transcriber: Transcriber):
+def load_lm_dir(lm_dir: str | Path, transcriber: Transcriber) -> RNNLM:
+    """The language model in ``lm_dir``, on the transcriber's device, checked to share its
+    tokenizer's vocabulary."""
     from earshot.models.lm import load_lm
 
     lm = load_lm(lm_dir, device=transcriber.device)

@@ -28,6 +28,7 @@ from earshot.augment import spec_augment
 from earshot.choices import ENCODERS
 from earshot.config import LossConfig, ModelConfig
 from earshot.errors import ConfigError
+from earshot.features import CMVNAccumulator
 from earshot.frontends import build_frontend
 from earshot.losses import ctc_loss, joint_loss, nll_loss
 from earshot.models.ctc import CTCHead
@@ -110,14 +111,14 @@ class EncoderDecoderASR(nn.Module):
     def sample_rate(self) -> int:
         return self.frontend.sample_rate
 
-    def new_statistics(self):
+    def new_statistics(self) -> CMVNAccumulator | None:
         """An empty accumulator for the front end's statistics, or None if it has none."""
         return self.frontend.new_statistics()
 
-    def accumulate_statistics(self, acc, wavs: torch.Tensor, wav_lens: torch.Tensor) -> None:
+    def accumulate_statistics(self, acc: CMVNAccumulator, wavs: torch.Tensor, wav_lens: torch.Tensor) -> None:
         self.frontend.accumulate(acc, wavs, wav_lens)
 
-    def set_statistics(self, acc) -> None:
+    def set_statistics(self, acc: CMVNAccumulator) -> None:
         self.frontend.set_statistics(acc)
 
     @property
@@ -231,7 +232,8 @@ class EncoderDecoderASR(nn.Module):
     def init_state(self, memory: Memory) -> DecoderState:
         return self.decoder.init_state(memory)
 
-    def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory):
+    def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+             ) -> tuple[torch.Tensor, DecoderState]:
         """Previous tokens (N,) -> (log_probs (N, V) float32, new state)."""
         return self.decoder.step(tokens, state, memory)
 

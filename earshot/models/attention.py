@@ -164,7 +164,9 @@ class MultiHeadLocationAttention(nn.Module):
         uniform = mask / enc_lens.clamp(min=1).unsqueeze(1).to(enc.dtype)
         return uniform.unsqueeze(1).expand(-1, self.heads, -1).contiguous()
 
-    def forward(self, query, enc, keys, enc_mask, prev_weights):
+    def forward(self, query: torch.Tensor, enc: torch.Tensor, keys: torch.Tensor,
+                enc_mask: torch.Tensor, prev_weights: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """query (N, Q), keys (N, T', 2, heads, dh), prev (N, heads, T') ->
         (context (N, H_enc), weights (N, heads, T'))."""
         n, t = prev_weights.shape[0], prev_weights.shape[2]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -24,6 +25,9 @@ from earshot.config import LMConfig, LMExperimentConfig, load_config, save_confi
 from earshot.errors import ConfigError
 from earshot.integrity import verify_checksums
 from earshot.models.dropout import Dropout
+
+if TYPE_CHECKING:
+    from earshot.tokenizer import Tokenizer
 
 
 @dataclass
@@ -71,7 +75,7 @@ class RNNLM(nn.Module):
         return LMState(state.hidden.index_select(1, index), state.cell.index_select(1, index))
 
 
-def save_lm_dir(out_dir: str | Path, lm: RNNLM, cfg: LMExperimentConfig, tokenizer) -> Path:
+def save_lm_dir(out_dir: str | Path, lm: RNNLM, cfg: LMExperimentConfig, tokenizer: Tokenizer) -> Path:
     """Write config.yaml, tokenizer/ and model.safetensors to ``out_dir``, atomically (a
     crash leaves the previous directory, or none, never half of one)."""
     from earshot.modeldir import staged_directory

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -110,7 +111,7 @@ class SSLConfig(EncoderConfig):
                 "must be in [0, 1)")
 
 
-def import_transformers():
+def import_transformers() -> types.ModuleType:
     """The transformers module, or a ConfigError saying how to install it."""
     try:
         import transformers
