@@ -22,7 +22,8 @@ from earshot.data.batching import make_loader
 from earshot.data.manifests import load_cuts
 from earshot.modeldir import build_model
 from earshot.tokenizer import train_tokenizer
-from earshot.train.trainer import build_optimizer, drop_short_utterances
+from earshot.train.optim import build_optimizer
+from earshot.train.trainer import drop_short_utterances
 
 STAGES = ("data", "frontend", "encoder", "ctc", "ctc_loss", "decoder", "backward", "optimizer")
 

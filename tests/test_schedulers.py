@@ -6,9 +6,9 @@ import typing
 import pytest
 import torch
 
+from earshot.choices import SCHEDULERS
 from earshot.config import SchedulerConfig
-from earshot.train.schedulers import (SCHEDULERS, ConstantLR, NewBob, WarmupCosine, WarmupDecay,
-                                      build_scheduler)
+from earshot.train.schedulers import ConstantLR, NewBob, WarmupCosine, WarmupDecay, build_scheduler
 
 
 def _optimizer(lr=1.0):

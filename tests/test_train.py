@@ -522,8 +522,9 @@ def test_training_caps_onednn_primitive_cache_unless_the_user_set_it(monkeypatch
 
 
 def test_adam_falls_back_to_its_default_kernel_where_torch_has_no_fused_one():
+    from earshot.choices import OPTIMIZERS
     from earshot.config import OptimConfig
-    from earshot.train import trainer
+    from earshot.train import optim
 
     calls = []
 
@@ -535,9 +536,9 @@ def test_adam_falls_back_to_its_default_kernel_where_torch_has_no_fused_one():
         return torch.optim.Adam(groups, **kw)
 
     params = [torch.nn.Parameter(torch.zeros(2))]
-    optimizer = trainer._fused(adam)([{"params": params}], OptimConfig())
+    optimizer = optim._fused(adam)([{"params": params}], OptimConfig())
     assert calls == [True, False] and not optimizer.defaults["fused"]
-    assert trainer.OPTIMIZERS["adam"]([{"params": params}], OptimConfig()).defaults["fused"]
+    assert OPTIMIZERS.load("adam")([{"params": params}], OptimConfig()).defaults["fused"]
 
 
 def test_intermediate_ctc_trains_a_conformer_and_logs_the_tapped_loss(corpus, tmp_path):

@@ -6,9 +6,9 @@ Every scheduler owns the learning rate of one optimizer and is told about two ev
 evaluation; each returns the learning rate now in force. ``state_dict()`` holds plain
 numbers so it can sit in a ``weights_only`` checkpoint. The rate a schedule sets is the
 base one; a parameter group with its own ``lr_scale`` (see ``build_optimizer``) gets
-that multiple of it. Pick one with ``build_scheduler``,
-which looks ``SchedulerConfig.type`` up in ``SCHEDULERS``; a schedule whose class sets
-``NEEDS_TOTAL_STEPS`` is told how many optimizer steps the whole run will take.
+that multiple of it. Pick one with ``build_scheduler``, which looks
+``SchedulerConfig.type`` up in ``earshot.choices.SCHEDULERS``; a schedule whose class
+sets ``NEEDS_TOTAL_STEPS`` is told how many optimizer steps the whole run will take.
 
 >>> import torch
 >>> from earshot.config import SchedulerConfig
@@ -21,10 +21,26 @@ which looks ``SchedulerConfig.type`` up in ``SCHEDULERS``; a schedule whose clas
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 
+from earshot.choices import SCHEDULERS
 from earshot.config import SchedulerConfig
+
+
+class Scheduler(Protocol):
+    """What the engine needs of a schedule (each class here is one)."""
+
+    lr: float
+
+    def step_batch(self) -> float: ...
+
+    def step_epoch(self, metrics: dict[str, float]) -> float: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
@@ -176,16 +192,12 @@ class WarmupCosine(WarmupDecay):
         self.total = int(state["total_steps"])
 
 
-SCHEDULERS = {"none": ConstantLR, "newbob": NewBob, "warmup": WarmupDecay, "noam": Noam,
-              "cosine": WarmupCosine}
-
-
 def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, base_lr: float,
-                    total_steps: int = 0):
+                    total_steps: int = 0) -> Scheduler:
     """The scheduler named by ``cfg.type``; it sets the optimizer's lr right away.
     ``total_steps`` (the optimizer steps of the whole run) is passed on to the schedules
     that need it."""
-    cls = SCHEDULERS[cfg.type]
+    cls = SCHEDULERS.load(cfg.type, "config key 'optim.scheduler.type'")
     if getattr(cls, "NEEDS_TOTAL_STEPS", False):
         return cls(cfg, optimizer, base_lr, total_steps)
     return cls(cfg, optimizer, base_lr)

@@ -53,7 +53,7 @@ from earshot.losses import sampling_probability
 from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
 from earshot.train import checkpoint as ckpt
 from earshot.train import faults
-from earshot.train.schedulers import SCHEDULERS, build_scheduler
+from earshot.train.optim import build_optimization
 from earshot.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,6 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 
-def _fused(adam):
-    """``adam`` with its fused kernel (one pass over each parameter instead of a dozen
-    elementwise ops; about 2.5x faster a step on CPU), where this torch has one for the
-    parameters' device (CPU since torch 2.4), else its default implementation."""
-    def make(groups, cfg):
-        try:
-            return adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        except RuntimeError:  # "`fused=True` requires ... supported devices"
-            return adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return make
-
-
-OPTIMIZERS = {
-    "adam": _fused(torch.optim.Adam),
-    "adamw": _fused(torch.optim.AdamW),
-    "adadelta": lambda groups, cfg: torch.optim.Adadelta(groups, lr=cfg.lr, rho=0.95, eps=1e-8,
-                                                         weight_decay=cfg.weight_decay),
-}
 # See configure_torch.
 ONEDNN_CACHE_CAPACITY = 128
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -506,54 +488,6 @@ def build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts) -> R
              len(dev_cuts), device)
     return Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
                scaler, train_loader, dev_loader, hours, ASRTask(cfg, model))
-
-
-def build_optimization(cfg, model: torch.nn.Module, device: torch.device, train_loader):
-    """Optimizer (with parameter groups), its schedule (told the run's total steps when it
-    needs them) and the grad scaler (enabled for fp16) of any task's run."""
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, cfg.optim.lr,
-                                total_steps=total_optimizer_steps(cfg, train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    return optimizer, scheduler, scaler
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """``cfg.name`` over the model's parameters, split into ``cfg.param_groups`` (first
-    matching name prefix wins) and a last group with the rest at ``cfg.lr``. Each group
-    carries ``lr_scale``, its rate over the base one, which the schedulers keep; a group
-    at lr 0 is frozen (its parameters stop requiring gradients)."""
-    named = list(model.named_parameters())
-    chosen: list[list[torch.nn.Parameter]] = [[] for _ in cfg.param_groups]
-    rest = []
-    for name, param in named:
-        index = next((i for i, g in enumerate(cfg.param_groups) if name.startswith(g.prefix)), None)
-        (rest if index is None else chosen[index]).append(param)
-    groups = []
-    for i, (group, params) in enumerate(zip(cfg.param_groups, chosen)):
-        if not params:
-            tops = sorted({name.split(".")[0] + "." for name, _ in named})
-            raise ConfigError(f"config key 'optim.param_groups[{i}].prefix': {group.prefix!r} matches "
-                              f"no parameter (names start with {', '.join(tops)})")
-        if group.lr == 0:
-            for param in params:
-                param.requires_grad_(False)
-        decay = cfg.weight_decay if group.weight_decay is None else group.weight_decay
-        groups.append({"params": params, "lr_scale": group.lr / cfg.lr, "weight_decay": decay})
-    if rest:
-        groups.append({"params": rest, "lr_scale": 1.0, "weight_decay": cfg.weight_decay})
-    return OPTIMIZERS[cfg.name](groups, cfg)
-
-
-def total_optimizer_steps(cfg, train_loader) -> int:
-    """Optimizer steps of the whole run, for schedules that end at the last one: epochs x
-    batches of the first epoch / accum_steps (epochs of a bucketed sampler differ by a few)."""
-    if not getattr(SCHEDULERS[cfg.optim.scheduler.type], "NEEDS_TOTAL_STEPS", False):
-        return 0
-    from earshot.data.batching import batches_in_epoch
-
-    per_epoch = math.ceil(batches_in_epoch(train_loader, 1) / cfg.optim.accum_steps)
-    return max(1, cfg.train.epochs * per_epoch)
 
 
 def wrap_ddp(model: torch.nn.Module, world: Dist, device: torch.device, find_unused: bool):
