@@ -23,7 +23,7 @@ from earshot.data.manifests import load_cuts
 from earshot.modeldir import build_model
 from earshot.tokenizer import train_tokenizer
 from earshot.train.optim import build_optimizer
-from earshot.train.trainer import drop_short_utterances
+from earshot.train.tasks.asr import drop_short_utterances
 
 STAGES = ("data", "frontend", "encoder", "ctc", "ctc_loss", "decoder", "backward", "optimizer")
 

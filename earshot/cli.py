@@ -165,7 +165,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from earshot.config import load_config
-    from earshot.train.trainer import train
+    from earshot.train.tasks.asr import train
 
     cfg = load_config(args.config, args.overrides)
     model_dir = train(cfg, resume=args.resume)
@@ -189,7 +189,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from earshot.train.trainer import average_experiment
+    from earshot.train.average import average_experiment
 
     device = device_of(args)
     print(f"model: {average_experiment(args.exp_dir, args.best or 0, args.last or 0, args.out, device)}")
@@ -214,7 +214,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_train_lm(args: argparse.Namespace) -> int:
     from earshot.config import LMExperimentConfig, load_config
-    from earshot.train.lm_trainer import train_lm
+    from earshot.train.tasks.lm import train_lm
 
     cfg = load_config(args.config, args.overrides, cls=LMExperimentConfig)
     lm_dir = train_lm(cfg, resume=args.resume)
@@ -224,7 +224,7 @@ def cmd_train_lm(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from earshot.config import PretrainExperimentConfig, load_config
-    from earshot.train.pretrain import pretrain
+    from earshot.train.tasks.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides, cls=PretrainExperimentConfig)
     print(f"checkpoint: {pretrain(cfg, resume=args.resume)}")

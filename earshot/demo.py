@@ -59,7 +59,7 @@ def run_demo(out_dir: str | Path = "exp/demo", quick: bool = False, seed: int = 
     from earshot.data.synth import synthesize_corpus
     from earshot.inference import evaluate
     from earshot.metrics import format_table
-    from earshot.train.trainer import train
+    from earshot.train.tasks.asr import train
 
     out_dir = Path(out_dir)
     start = time.perf_counter()

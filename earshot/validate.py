@@ -70,7 +70,8 @@ def validate_experiment(cfg: ExperimentConfig, decode: bool = False) -> Report:
     from earshot.data.batching import load_cut_audio
     from earshot.modeldir import build_model, check_model_dir
     from earshot.tokenizer import train_tokenizer, warn_unknown_chars
-    from earshot.train.trainer import Dist, check_precision, select_device
+    from earshot.train.distributed import Dist
+    from earshot.train.environment import check_precision, select_device
 
     validate(cfg)
     check_precision(cfg.train.precision, select_device(cfg.train.device, Dist()))

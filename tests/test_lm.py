@@ -8,7 +8,7 @@ import torch
 from earshot.config import LMConfig, LMExperimentConfig, load_config
 from earshot.models.lm import RNNLM, load_lm, save_lm_dir
 from earshot.tokenizer import CharTokenizer
-from earshot.train.lm_trainer import encode_texts, train_lm
+from earshot.train.tasks.lm import encode_texts, train_lm
 
 
 def tiny_lm(vocab=12, seed=0):

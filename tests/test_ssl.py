@@ -19,7 +19,7 @@ from earshot.config import (DecodeConfig, DecoderConfig, AttentionConfig, Featur
 from earshot.errors import ConfigError  # noqa: E402
 from earshot.models.asr import EncoderDecoderASR  # noqa: E402
 from earshot.models.encoders.ssl import SSLConfig, span_mask  # noqa: E402
-from earshot.train.pretrain import sample_negatives  # noqa: E402
+from earshot.models.wav2vec2_pretraining import sample_negatives  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
 
@@ -162,7 +162,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
 
 def test_a_frozen_encoder_tells_data_parallel_training_to_expect_unused_parameters(tmp_path):
     from earshot.config import ExperimentConfig, LossConfig
-    from earshot.train.trainer import ASRTask
+    from earshot.train.tasks.asr import ASRTask
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     loss = LossConfig(ctc_weight=0.3)
@@ -361,7 +361,7 @@ def test_resumed_pretraining_ends_with_the_same_parameters(pretrained, tmp_path)
 def test_fine_tuning_on_a_pretrained_checkpoint_trains_and_resumes_exactly(pretrained, tmp_path):
     from earshot.inference import Transcriber
     from earshot.train import checkpoint as ckpt
-    from earshot.train.trainer import train
+    from earshot.train.tasks.asr import train
 
     folder, exp = pretrained
     lines = ["id,path,text"] + [f"u{i},{folder / f'u{i}.wav'},{'ab'[i % 2] * (1 + i % 3)}" for i in range(8)]
@@ -403,14 +403,14 @@ def test_an_utterance_over_the_batch_budget_is_left_out_with_its_name(pretrained
 
 def test_pretraining_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="model.architecture.hiden_size' is not a Wav2Vec2Config key"):
-        from earshot.train.pretrain import pretrain
+        from earshot.train.tasks.pretrain import pretrain
 
         pretrain(load_config(None, ["data.train=[x]", "model.architecture.hiden_size=3",
                                     f"train.exp_dir={tmp_path}"], cls=PretrainExperimentConfig))
     with pytest.raises(ConfigError, match="data.train"):
         load_config(None, [], cls=PretrainExperimentConfig)
     with pytest.raises(ConfigError, match="'nowhere' is neither a manifest nor a folder"):
-        from earshot.train.pretrain import pretrain
+        from earshot.train.tasks.pretrain import pretrain
 
         pretrain(load_config(None, ["data.train=[nowhere]", f"train.exp_dir={tmp_path / 'e'}"],
                              cls=PretrainExperimentConfig))

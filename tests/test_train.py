@@ -13,7 +13,7 @@ from earshot.errors import ConfigError, EarshotError
 from earshot.modeldir import build_model, load_model_dir, save_model_dir
 from earshot.train import checkpoint as ckpt
 from earshot.tokenizer import load_tokenizer
-from earshot.train.trainer import train
+from earshot.train.tasks.asr import train
 
 # lhotse's bucket-size heuristic averages an empty list of bins for a 2-cut dev set.
 pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
@@ -255,13 +255,13 @@ def test_training_from_a_model_dir_starts_at_its_weights(corpus, straight_run, t
         train(_cfg(corpus, tmp_path / "bad", f"train.init_from={tmp_path / 'nowhere'}"))
     import shutil
 
-    from earshot.train import trainer
+    from earshot.train.tasks import asr
 
     shutil.copytree(model_dir, tmp_path / "damaged")
     weights = tmp_path / "damaged" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with monkeypatch.context() as patch:  # refused before the minutes of statistics
-        patch.setattr(trainer, "compute_cmvn", lambda *a: pytest.fail("statistics first"))
+        patch.setattr(asr, "compute_cmvn", lambda *a: pytest.fail("statistics first"))
         with pytest.raises(EarshotError, match="model.safetensors: its SHA-256 differs"):
             train(_cfg(corpus, tmp_path / "bad2", f"train.init_from={tmp_path / 'damaged'}"))
         (tmp_path / "damaged" / "checksums.sha256").unlink()
@@ -435,7 +435,7 @@ def test_validate_every_runs_the_dev_pass_every_n_epochs_and_after_the_last(corp
 
 def test_validate_all_from_adds_a_dev_pass_after_every_late_epoch():
     from earshot.config import TrainConfig
-    from earshot.train.trainer import validates
+    from earshot.train.engine import validates
 
     cfg = TrainConfig(epochs=12, validate_every=5, validate_all_from=9)
     assert [e for e in range(1, 13) if validates(cfg, e)] == [5, 9, 10, 11, 12]
@@ -447,9 +447,9 @@ def test_validate_all_from_adds_a_dev_pass_after_every_late_epoch():
 
 def test_repeated_non_finite_updates_stop_the_run_naming_the_batch(corpus, tmp_path, monkeypatch):
     from earshot.errors import TrainingError
-    from earshot.train import trainer
+    from earshot.train import engine
 
-    monkeypatch.setattr(trainer, "optimizer_step", lambda run: float("nan"))
+    monkeypatch.setattr(engine, "optimizer_step", lambda run: float("nan"))
     with pytest.raises(TrainingError, match=r"2 updates in a row.*train.max_bad_steps=2.*(train\d)"):
         train(_cfg(corpus, tmp_path, "train.max_bad_steps=2"))
 
@@ -474,16 +474,16 @@ def test_average_plot_tensorboard_and_alignment_plots(corpus, straight_run, tmp_
 
 def test_an_out_of_memory_batch_is_split_and_a_hopeless_utterance_skipped(corpus, tmp_path,
                                                                           monkeypatch, caplog):
-    from earshot.train import trainer
+    from earshot.train import engine
 
-    real = trainer.forward_backward
+    real = engine.forward_backward
 
     def tight_memory(run, batch, *args, **kwargs):
         if len(batch) > 1 or batch.ids == ["train3"]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(run, batch, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "forward_backward", tight_memory)
+    monkeypatch.setattr(engine, "forward_backward", tight_memory)
     train(_cfg(corpus, tmp_path, "train.epochs=1"))
     assert "retrying it in two halves" in caplog.text
     assert "skipping utterance 'train3'" in caplog.text and "out of memory even alone" in caplog.text
@@ -510,14 +510,14 @@ def test_non_finite_weights_are_never_exported(corpus, tmp_path, monkeypatch):
 
 def test_training_caps_onednn_primitive_cache_unless_the_user_set_it(monkeypatch):
     from earshot.config import TrainConfig
-    from earshot.train import trainer
+    from earshot.train import environment
 
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.setattr(torch, "set_flush_denormal", lambda on: True)
-    trainer.configure_torch(TrainConfig(num_threads=0))
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(trainer.ONEDNN_CACHE_CAPACITY)
+    environment.configure_torch(TrainConfig(num_threads=0))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(environment.ONEDNN_CACHE_CAPACITY)
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
-    trainer.configure_torch(TrainConfig(num_threads=0))
+    environment.configure_torch(TrainConfig(num_threads=0))
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
 
 

@@ -4,7 +4,7 @@ A checkpoint holds everything needed to continue a run exactly: model, optimizer
 scheduler and grad scaler states and the TrainState, whose ``epoch_batches`` says how far
 into the next epoch it was written. No generator state is stored: every random draw of
 a training step comes from generators seeded by (seed, rank, epoch, batch) (see
-``earshot.train.trainer.seed_step``), so the position alone replays the randomness.
+``earshot.train.engine.seed_step``), so the position alone replays the randomness.
 
 A checkpoint is written to a temporary file in the same directory, fsynced and renamed
 over the target, so a crash leaves either the old file or the new one, never half of
@@ -18,18 +18,23 @@ Files in ``<exp_dir>/checkpoints/``: ``epoch-0003.pt`` at the end of epoch 3, an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from earshot.errors import EarshotError
+from earshot.errors import ConfigError, EarshotError
 from earshot.integrity import file_sha256
 from earshot.train.state import TrainState
+
+if TYPE_CHECKING:
+    from earshot.train.schedulers import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +120,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path, model, optimizer, scheduler, scaler, train_state,
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Scheduler, scaler: torch.amp.GradScaler | None, train_state: TrainState,
                     before_rename: Callable[[], None] | None = None) -> None:
     """Write one training checkpoint atomically. ``model`` is the bare module (not
     DDP-wrapped); ``scaler`` may be None."""
@@ -256,8 +262,52 @@ def remove_partial(ckpt_dir: str | Path) -> list[Path]:
     return stale
 
 
+def check_same_model(cfg: object, saved_path: Path) -> None:
+    """ConfigError naming the keys when the model or tokenizer sections of ``cfg`` (any
+    experiment config) differ from the saved run's config file, which a resumed
+    checkpoint's weights were made for."""
+    from earshot.config import load_config
+
+    if not saved_path.is_file():
+        log.warning("%s: missing; cannot check the resumed model matches", saved_path)
+        return
+    saved = load_config(saved_path, cls=type(cfg))
+    changed = []
+    for section in ("model", "tokenizer"):
+        if hasattr(cfg, section):
+            changed += _changed_keys(getattr(saved, section), getattr(cfg, section), section)
+    if changed:
+        raise ConfigError(f"cannot resume {saved_path.parent}: these keys differ from "
+                          f"{saved_path}: {', '.join(changed)}")
+
+
+def _changed_keys(old: object, new: object, where: str) -> list[str]:
+    if dataclasses.is_dataclass(old):
+        keys = []
+        for f in dataclasses.fields(old):
+            keys += _changed_keys(getattr(old, f.name), getattr(new, f.name), f"{where}.{f.name}")
+        return keys
+    return [] if old == new else [f"{where} ({old!r} -> {new!r})"]
+
+
 # ---------------------------------------------------------------------------
 # averaging
+
+
+def best_weights(ckpt_dir: str | Path, state: TrainState, average_best: int, average_last: int
+                 ) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """The epochs to export and their weights: the mean of the last ``average_last`` epochs
+    when that is set, else of the ``average_best`` best by ``state``'s dev history (one
+    epoch's own weights when one is chosen). ConfigError when none of them is kept."""
+    available = list_checkpoints(ckpt_dir)
+    if average_last > 0:
+        epochs = sorted(available)[-average_last:]
+    else:
+        epochs = [e for e in state.best_epochs(average_best) if e in available]
+    if not epochs:
+        raise ConfigError(f"{ckpt_dir}: no checkpoint of the best epochs to export")
+    paths = [available[e] for e in epochs]
+    return epochs, average_checkpoints(paths) if len(paths) > 1 else load_checkpoint(paths[0]).model
 
 
 def average_checkpoints(paths: list[str | Path]) -> dict[str, torch.Tensor]:

@@ -18,10 +18,16 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from earshot.errors import EarshotError
+
+if TYPE_CHECKING:
+    from earshot.data.batching import Batch
+    from earshot.models.asr import EncoderDecoderASR
+    from earshot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,8 @@ class TensorBoard:
 
 
 @torch.no_grad()
-def alignments(model, batch, tokenizer) -> list[tuple[str, str, torch.Tensor]]:
+def alignments(model: EncoderDecoderASR, batch: Batch, tokenizer: Tokenizer
+               ) -> list[tuple[str, str, torch.Tensor]]:
     """(id, text, weights (U + 1, T')) per utterance: attention while teacher forcing the
     reference (bos first; the last row is the step that should emit eos)."""
     was_training = model.training

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from earshot.choices import OPTIMIZERS, SCHEDULERS
-from earshot.config import ExperimentConfig, LMExperimentConfig, OptimConfig, PretrainExperimentConfig
+from earshot.config import OptimConfig
 from earshot.errors import ConfigError
 from earshot.train.schedulers import Scheduler, build_scheduler
 
-# The experiment config of any task: each has train, optim and data sections.
-RunConfig = ExperimentConfig | LMExperimentConfig | PretrainExperimentConfig
+if TYPE_CHECKING:
+    from earshot.train.environment import RunConfig
 
 
 def _fused(adam: Callable[..., torch.optim.Optimizer]

@@ -1,7 +1,7 @@
 """TrainState: where a training run stands (epoch, step, best so far), kept apart from config.
 
 The config says what to train; the state says how far it got. The state is a value: the
-trainer passes it in and gets a new one back, and it round-trips through plain Python
+engine passes it in and gets a new one back, and it round-trips through plain Python
 types so a checkpoint holding it loads with ``torch.load(weights_only=True)``.
 
 >>> s = TrainState(lr=1e-3)
@@ -26,8 +26,9 @@ class TrainState:
     history: tuple[tuple[int, float], ...] = ()  # (epoch, dev metric) per validated epoch
     lr: float = 0.0  # learning rate after the last scheduler update
     # The epoch in progress (epoch + 1), for checkpoints written inside it: batches of it
-    # already trained (on this rank), and its running sums (loss, ctc, nll weighted by
-    # utterances, and utterances) over all ranks. Both are empty at an epoch boundary.
+    # already trained (on this rank), and its running sums over all ranks (see
+    # earshot.train.meters.EpochSums: the loss and its parts, rows skipped). Both are
+    # empty at an epoch boundary.
     epoch_batches: int = 0
     epoch_sums: tuple[float, ...] = ()
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, whole run

@@ -1,13 +1,15 @@
-"""Train the RNN language model on text with an ASR model's tokenizer (`earshot train-lm`).
+"""The RNN language model (``earshot train-lm``), trained on text with an ASR model's
+tokenizer for shallow fusion in beam search.
 
 Text comes from a CutSet manifest (the supervisions' text, e.g. the ASR training
-transcripts) or a plain text file (one sentence per line). Training runs on the same
-engine as ``earshot train`` (``earshot.train.trainer.fit``): the same checkpoints inside
-and between epochs, ``--resume``, precision, DDP, skipped updates and ``metrics.jsonl``
-/ TensorBoard, in ``train.exp_dir``. Each epoch reports the dev loss (per token, eos
-included) and perplexity; the best epoch (or the mean of the ``train.average_best``
-best) is exported, atomically, as an LM directory ``<train.exp_dir>/model`` (see
-models/lm.py); ``--lm`` accepts the experiment directory too.
+transcripts) or a plain text file (one sentence per line), in batches of sentences
+(``sentence_loader``). Training runs on the engine (``earshot.train.engine.fit``): the
+same checkpoints inside and between epochs, ``--resume``, precision, DDP, skipped updates
+and ``metrics.jsonl`` / TensorBoard as ``earshot train``, in ``train.exp_dir``. Each epoch
+reports the dev loss (per token, eos included) and perplexity; the best epoch (or the
+mean of the ``train.average_best`` best) is exported, atomically, as an LM directory
+``<train.exp_dir>/model`` (see models/lm.py); ``--lm`` accepts the experiment directory
+too.
 
 >>> from earshot.config import load_config, LMExperimentConfig      # doctest: +SKIP
 >>> cfg = load_config("recipes/an4/lm.yaml", cls=LMExperimentConfig)   # doctest: +SKIP
@@ -21,28 +23,33 @@ import copy
 import logging
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from earshot.config import LMExperimentConfig, validate
+from earshot.config import LMExperimentConfig, check
 from earshot.data.batching import EpochBatches
 from earshot.errors import ConfigError
 from earshot.models.lm import RNNLM, save_lm_dir
-from earshot.train import trainer as engine
+from earshot.train.distributed import reduce_sums
+from earshot.train.engine import Run, Task, begin_run, fit, restore
+from earshot.train.environment import autocast
 from earshot.train.state import TrainState
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from earshot.tokenizer import Tokenizer
 
-LM_DIR = "model"
+log = logging.getLogger(__name__)
 
 
 def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
     """Train on the engine, export the best epoch(s); returns the LM directory."""
-    validate(cfg)  # (texts and tokenizer are read before the experiment directory is made)
+    check(cfg)  # (texts and tokenizer are read before the experiment directory is made)
     tokenizer = _asr_tokenizer(cfg.data.asr_model)
     from earshot.tokenizer import warn_unknown_chars
 
@@ -52,20 +59,18 @@ def train_lm(cfg: LMExperimentConfig, resume: bool = False) -> Path:
     dev_seqs = encode_texts(read_texts(cfg.data.dev_text, "data.dev_text"), tokenizer) \
         if cfg.data.dev_text else None
     train_seqs, dev_seqs = _split_dev(train_seqs, dev_seqs, cfg.train.seed)
-    world, device, exp_dir, saved = engine.begin_run(cfg, resume)
+    world, device, exp_dir, saved = begin_run(cfg, resume)
     model = RNNLM(cfg.model, tokenizer.vocab_size).to(device)
     shard = {"world_size": world.world_size, "rank": world.rank}
     train_loader = sentence_loader(train_seqs, tokenizer.pad_id, cfg.data.batch_size, True,
                                    cfg.train.seed, **shard)
     dev_loader = sentence_loader(dev_seqs, tokenizer.pad_id, cfg.data.batch_size, False,
                                  cfg.train.seed, even=False, **shard)
-    optimizer, scheduler, scaler = engine.build_optimization(cfg, model, device, train_loader)
-    log.info("language model: %.2fM parameters; %d training and %d dev sentences; device %s",
-             sum(p.numel() for p in model.parameters()) / 1e6, len(train_seqs), len(dev_seqs), device)
-    run = engine.Run(cfg, exp_dir, world, device, tokenizer, model, model, optimizer, scheduler,
-                     scaler, train_loader, dev_loader, 0.0, LMTask(tokenizer.pad_id))
-    state = engine.restore(run, *saved) if saved is not None else TrainState(lr=scheduler.lr)
-    return engine.fit(run, state)
+    run = Run.start(cfg, exp_dir, world, device, model=model, task=LMTask(tokenizer.pad_id),
+                    train_loader=train_loader, dev_loader=dev_loader, tokenizer=tokenizer,
+                    data=f"{len(train_seqs)} training and {len(dev_seqs)} dev sentences")
+    state = restore(run, *saved) if saved is not None else TrainState(lr=run.scheduler.lr)
+    return fit(run, state)
 
 
 # ---------------------------------------------------------------------------
@@ -84,7 +89,7 @@ class SentenceBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def to(self, device, non_blocking: bool = False) -> SentenceBatch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SentenceBatch:
         return SentenceBatch(self.ids, self.inputs.to(device), self.targets.to(device), self.lens.to(device))
 
     def select(self, index: torch.Tensor) -> SentenceBatch:
@@ -104,7 +109,7 @@ class SentenceSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         order = list(range(self.count))
         if self.shuffle:
             random.Random(f"{self.seed}/{self.epoch}").shuffle(order)
@@ -134,7 +139,7 @@ def sentence_loader(seqs: list[list[int]], pad: int, batch_size: int, shuffle: b
     return DataLoader(SentenceDataset(seqs, pad), sampler=sampler, batch_size=None, collate_fn=_as_is)
 
 
-def _as_is(batch):
+def _as_is(batch: SentenceBatch) -> SentenceBatch:
     return batch
 
 
@@ -152,16 +157,18 @@ class LMDevResult:
         return {"loss": self.loss, "perplexity": self.perplexity}
 
 
-class LMTask(engine.Task):
+class LMTask(Task):
     """Next-token cross-entropy of an RNNLM, averaged over tokens (eos included)."""
 
+    NAME = "language model"
     AMOUNT = "tokens"
     ROWS = "sentences"
 
     def __init__(self, pad: int):
         self.pad = pad
 
-    def forward(self, model, batch: SentenceBatch, epoch: int, step: int):
+    def forward(self, model: torch.nn.Module, batch: SentenceBatch, epoch: int, step: int
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         nll, tokens = _batch_nll(model, batch, self.pad)
         return nll / max(tokens, 1), []
 
@@ -172,27 +179,23 @@ class LMTask(engine.Task):
         return float(batch.lens.sum())
 
     @torch.no_grad()
-    def evaluate(self, run) -> LMDevResult:
+    def dev_pass(self, run: Run) -> LMDevResult:
+        """Loss per dev token and perplexity, over all ranks."""
         run.model.eval()
         sums = np.zeros(2)
         for batch in run.dev_loader:
-            with engine.autocast(run.cfg.train.precision, run.device):
+            with autocast(run.cfg.train.precision, run.device):
                 nll, tokens = _batch_nll(run.model, batch.to(run.device), self.pad)
             sums += [float(nll), tokens]
-        nll, tokens = engine.reduce_sums(run, sums).tolist()
+        nll, tokens = reduce_sums(run.dist, run.device, sums).tolist()
         loss = nll / max(tokens, 1)
         return LMDevResult(loss, math.exp(min(loss, 50.0)))
 
-    def export(self, run, state: TrainState) -> Path:
-        epochs = engine.load_best_epochs(run, state)
-        dev = self.evaluate(run)
-        out = run.exp_dir / LM_DIR
-        if run.dist.is_main:
-            save_lm_dir(out, copy.deepcopy(run.model).cpu().eval(), run.cfg, run.tokenizer)
-            log.info("exported epoch(s) %s to %s (dev perplexity %.2f)",
-                     ", ".join(map(str, epochs)), out, dev.perplexity)
-        engine.barrier(run.dist)
-        return out
+    def save_export(self, run: Run, out: Path, epochs: list[int], dev: LMDevResult,
+                    state: TrainState) -> None:
+        save_lm_dir(out, copy.deepcopy(run.model).cpu().eval(), run.cfg, run.tokenizer)
+        log.info("exported epoch(s) %s to %s (dev perplexity %.2f)",
+                 ", ".join(map(str, epochs)), out, dev.perplexity)
 
 
 def read_texts(path: str, key: str) -> list[str]:
@@ -215,12 +218,12 @@ def read_texts(path: str, key: str) -> list[str]:
     return kept
 
 
-def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
+def encode_texts(texts: list[str], tokenizer: Tokenizer) -> list[list[int]]:
     """Each sentence as [bos] + tokens + [eos]."""
     return [[tokenizer.bos_id] + tokenizer.encode(t) + [tokenizer.eos_id] for t in texts]
 
 
-def _batch_nll(lm, batch: SentenceBatch, pad: int) -> tuple[torch.Tensor, int]:
+def _batch_nll(lm: RNNLM, batch: SentenceBatch, pad: int) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL of a batch (in float32), and its token count."""
     logits = lm(batch.inputs, batch.lens)
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(),
@@ -228,7 +231,7 @@ def _batch_nll(lm, batch: SentenceBatch, pad: int) -> tuple[torch.Tensor, int]:
     return nll, int(batch.lens.sum())
 
 
-def _asr_tokenizer(model_dir: str):
+def _asr_tokenizer(model_dir: str) -> Tokenizer:
     from earshot.tokenizer import load_tokenizer
 
     tok_dir = Path(model_dir) / "tokenizer"
@@ -238,7 +241,8 @@ def _asr_tokenizer(model_dir: str):
     return load_tokenizer(tok_dir)
 
 
-def _split_dev(train, dev, seed):
+def _split_dev(train: list[list[int]], dev: list[list[int]] | None, seed: int
+               ) -> tuple[list[list[int]], list[list[int]]]:
     """Without a dev text, hold out 5% of the training sentences (at least one)."""
     if dev:
         return train, dev

@@ -1,0 +1,175 @@
+"""What the training engine counts and writes to ``<exp_dir>/metrics.jsonl``.
+
+One JSON object a line. ``kind: "step"`` rows (every ``train.log_every`` optimizer steps)
+hold the step's losses, learning rate, gradient norm and the throughput since the previous
+row; ``kind: "epoch"`` rows hold the epoch's training averages, its dev metrics, what it
+skipped and its wall time (``seconds``).
+
+>>> from earshot.train.state import TrainState
+>>> row = epoch_row(1, TrainState(global_step=10), EpochStats(0.5, {}, 4), {}, lr=0.1,
+...                 seconds=1.5, dev_skipped=0)
+>>> row["step"], row["train_loss"], row["seconds"]
+(10, 0.5, 1.5)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from earshot.train.distributed import reduce_sums
+
+if TYPE_CHECKING:
+    from earshot.train.engine import Run, Task
+    from earshot.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+# Why a training row (utterance, sentence) was not trained on, as counted in an epoch.
+SKIP_REASONS = {
+    "unreadable": "audio did not load",
+    "unusable": "unusable by the model",  # Task.UNUSABLE says which rows (ASR: too short)
+    "out_of_memory": "out of memory even alone",
+    "other_rank": "in a round another rank's batch could not train",
+}
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Training-set averages over one epoch (weighted by the task's items), the loss's
+    named parts (ASR: ctc, nll), the batches seen and the rows skipped, by reason (the
+    keys of SKIP_REASONS; over all ranks)."""
+
+    loss: float
+    parts: dict
+    batches: int
+    skipped: dict = field(default_factory=dict)
+
+
+class EpochSums:
+    """Running sums of one epoch on this rank, in one float64 array (``values``): the loss
+    and its parts weighted by the task's items, the items and the rows skipped by reason.
+    A mid-epoch checkpoint holds ``saved()``: those totalled over ranks. Rank 0 carries a
+    resumed epoch's sums on, the other ranks start from zero, so nothing is counted twice;
+    entries a checkpoint written by an older version lacks start at 0."""
+
+    def __init__(self, parts: int, saved: tuple[float, ...] = (), main: bool = True):
+        self.n = 1 + parts  # the loss and its parts
+        self.skip = {reason: self.n + 1 + i for i, reason in enumerate(SKIP_REASONS)}
+        self.values = np.zeros(self.n + 1 + len(SKIP_REASONS))
+        if saved and main:
+            self.values[:len(saved)] = saved
+
+    def add_losses(self, items: float, losses: list[float]) -> None:
+        self.values[:self.n + 1] += [*(items * v for v in losses), items]
+
+    def add_skipped(self, reason: str, rows: int) -> None:
+        self.values[self.skip[reason]] += rows
+
+    def saved(self, totals: np.ndarray) -> tuple[float, ...]:
+        """What a mid-epoch checkpoint holds, given ``values`` totalled over ranks."""
+        return tuple(float(v) for v in totals)
+
+    def carry_on(self, totals: np.ndarray, main: bool) -> None:
+        """After a mid-epoch checkpoint: rank 0 goes on from the totals, the others from 0."""
+        self.values = totals if main else np.zeros_like(self.values)
+
+    def stats(self, totals: np.ndarray, parts: tuple[str, ...], batches: int) -> EpochStats:
+        """The epoch's EpochStats from ``values`` totalled over ranks."""
+        n = self.n
+        loss, *part_losses = (totals[:n] / max(totals[n], 1)).tolist()
+        skipped = {reason: int(totals[i]) for reason, i in self.skip.items()}
+        return EpochStats(loss, dict(zip(parts, part_losses)), batches, skipped)
+
+
+class StepMeter:
+    """Per-step numbers for ``metrics.jsonl``: losses of the last step, the task's amount
+    (audio seconds, tokens) and rows per second (all ranks) since the previous row, peak
+    memory."""
+
+    def __init__(self, run: Run):
+        self.run, self.task = run, run.task
+        self.amount = self.items = 0.0
+        self.losses = [math.nan] * (1 + len(self.task.PARTS))
+        self.since = time.monotonic()
+
+    def add(self, amount: float, rows: int, losses: list[float]) -> None:
+        """A trained (part of a) batch: its amount, rows and [loss, *parts]."""
+        self.amount += amount
+        self.items += rows
+        self.losses = losses
+
+    def row(self, epoch: int, step: int, lr: float, norm: float, skipped: int) -> dict:
+        seconds = max(time.monotonic() - self.since, 1e-9)
+        amount, items = reduce_sums(self.run.dist, self.run.device,
+                                    np.array([self.amount, self.items])).tolist()
+        row = {"kind": "step", "epoch": epoch, "step": step, "loss": self.losses[0],
+               **dict(zip(self.task.PARTS, self.losses[1:])), "lr": lr, "grad_norm": norm,
+               "skipped_steps": skipped,
+               f"{self.task.AMOUNT}_per_second": round(amount / seconds, 2),
+               f"{self.task.ROWS}_per_second": round(items / seconds, 2),
+               "max_rss_mb": max_rss_mb()}
+        if self.run.device.type == "cuda":
+            row["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(self.run.device) / 2**20, 1)
+        self.amount = self.items = 0.0
+        self.since = time.monotonic()
+        return row
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def epoch_row(epoch: int, state: TrainState, stats: EpochStats, dev: dict[str, float], *,
+              lr: float, seconds: float, dev_skipped: int) -> dict:
+    """The ``kind: "epoch"`` row of ``epoch``, ``state`` being the state after it."""
+    return {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
+            **stats.parts, **{f"dev_{name}": value for name, value in dev.items()}, "lr": lr,
+            "skipped_steps": state.skipped_steps, "skipped_rows": sum(stats.skipped.values()),
+            "skipped": stats.skipped, "dev_skipped": dev_skipped, "seconds": round(seconds, 3)}
+
+
+def log_skips(task: Task, epoch: int, stats: EpochStats, dev_skipped: int) -> None:
+    """One warning line for what the epoch left out, by reason (each was named as it was
+    skipped)."""
+    reasons = {**SKIP_REASONS, "unusable": task.UNUSABLE}
+    parts = [f"{count} {reasons[reason]}" for reason, count in stats.skipped.items() if count]
+    if parts:
+        log.warning("epoch %d: %d training %s skipped (%s)", epoch, sum(stats.skipped.values()),
+                    task.ROWS, ", ".join(parts))
+    if dev_skipped:
+        log.warning("epoch %d: %d dev %s not scored (audio did not load, or too short)", epoch,
+                    dev_skipped, task.ROWS)
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """One JSON line: ``kind`` "step" (every ``train.log_every`` steps) or "epoch"."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(path: Path, last_step: int, last_epoch: int) -> None:
+    """Drop the lines written after the checkpoint being resumed (that training is done
+    again), and a last line cut short by a kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] <= last_step and (row.get("kind") == "step" or row["epoch"] <= last_epoch):
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))

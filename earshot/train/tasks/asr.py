@@ -1,0 +1,278 @@
+"""Joint CTC/attention speech recognition (``earshot train``): config in, model directory out.
+
+``train(cfg)`` reads like a table of contents: load the data, fit the tokenizer, build the
+model, estimate the front end's statistics (global CMVN), then the engine's epochs
+(``earshot.train.engine.fit``): each trains the EncoderDecoderASR on the training CutSet
+(scheduled sampling, the CTC weight of ``loss``) and scores it on dev (teacher-forced loss
+and greedy attention WER/CER, ``score_dev``), with attention plots of a few dev
+utterances. At the end the best epoch (or the average of the best K) is exported as
+``<exp_dir>/model`` (see ``earshot.modeldir``), its card holding the dev WER/CER of
+exactly those weights.
+
+>>> from earshot.config import load_config
+>>> cfg = load_config("recipes/fsdd/crdnn.yaml", ["train.epochs=1"])  # doctest: +SKIP
+>>> model_dir = train(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm import tqdm
+
+from earshot.config import DataConfig, ExperimentConfig, ModelCard
+from earshot.errors import ConfigError
+from earshot.losses import sampling_probability
+from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
+from earshot.train.distributed import Dist, barrier, gather_objects
+from earshot.train.engine import Run, Task, begin_run, fit, restore
+from earshot.train.environment import autocast
+from earshot.train.state import TrainState
+from earshot.train.tasks import drop_short_rows, drop_unbatchable
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
+
+    from earshot.data.batching import Batch
+    from earshot.models.asr import EncoderDecoderASR
+    from earshot.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
+    """Train ``cfg`` and return the exported model directory (``<exp_dir>/model``)."""
+    world, device, exp_dir, saved = begin_run(cfg, resume)
+    if cfg.train.init_from and saved is None:
+        check_model_dir(cfg.train.init_from, deep=True)  # before minutes of data loading
+    train_cuts, dev_cuts = load_data(cfg)
+    tokenizer = fit_or_load_tokenizer(cfg, exp_dir, train_cuts, saved is not None, world)
+    from earshot.tokenizer import warn_unknown_chars
+
+    warn_unknown_chars(tokenizer, [cut.supervisions[0].text for cut in dev_cuts], cfg.data.dev)
+    run = build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts)
+    if saved is not None:
+        state = restore(run, *saved)
+    else:
+        compute_cmvn(run, train_cuts)
+        if cfg.train.init_from:
+            init_from_model_dir(run.model, cfg, tokenizer, cfg.train.init_from)
+        state = TrainState(lr=run.scheduler.lr)
+    return fit(run, state)
+
+
+@dataclass(frozen=True)
+class DevResult:
+    loss: float
+    wer: float
+    cer: float
+    skipped: int = 0  # dev utterances not scored (audio did not load, too short)
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.loss, "wer": self.wer, "cer": self.cer}
+
+
+class ASRTask(Task):
+    """Joint CTC/attention training of an EncoderDecoderASR on a lhotse CutSet."""
+
+    PARTS = ("ctc", "nll")
+    AMOUNT = "audio_seconds"
+    ROWS = "utterances"
+    UNUSABLE = "too short for one encoder frame"
+
+    def __init__(self, cfg: ExperimentConfig, model: EncoderDecoderASR):
+        self.cfg, self.rate = cfg, model.sample_rate
+        # With alpha 0 or 1 one branch gets no gradient, nor does a frozen part; DDP must
+        # be told to expect that.
+        self.find_unused_parameters = (cfg.loss.ctc_weight in (0.0, 1.0)
+                                       or model.may_leave_parameters_unused)
+        self.model = model
+        if cfg.loss.intermediate_ctc_weight > 0:  # logged beside the top block's CTC
+            self.PARTS = ("ctc", "intermediate_ctc", "nll")
+
+    def usable(self, batch: Batch) -> Batch | None:
+        return drop_short_utterances(self.model, batch)
+
+    def unreadable(self, batch: Batch) -> int:
+        return len(batch.dropped)
+
+    def forward(self, model: torch.nn.Module, batch: Batch, epoch: int, step: int
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # Scheduled sampling counts completed steps/epochs: it starts at 0 on epoch 1.
+        prob = sampling_probability(self.cfg.loss.scheduled_sampling, step=step, epoch=epoch - 1)
+        self.model.set_training_step(step)
+        out = model(batch, self.cfg.loss, prob)
+        if out.intermediate_ctc is not None:
+            return out.loss, [out.ctc, out.intermediate_ctc, out.nll]
+        return out.loss, [out.ctc, out.nll]
+
+    def amount(self, batch: Batch) -> float:
+        return float(batch.wav_lens.sum()) / self.rate
+
+    def dev_pass(self, run: Run) -> DevResult:
+        return score_dev(run.model, run.tokenizer, run.dev_loader, run.cfg, run.device, run.dist)
+
+    def after_validation(self, run: Run, epoch: int) -> None:
+        plot_dev_alignments(run, epoch)
+
+    def save_export(self, run: Run, out: Path, epochs: list[int], dev: DevResult,
+                    state: TrainState) -> None:
+        card = model_card(run.cfg, run.model, dev, run.train_hours, epochs, state.epoch)
+        save_model_dir(out, run.cfg, run.tokenizer, copy.deepcopy(run.model).cpu(), card)
+        log.info("exported epoch(s) %s to %s (dev WER %.2f CER %.2f)",
+                 ", ".join(map(str, epochs)), out, dev.wer, dev.cer)
+
+
+# ---------------------------------------------------------------------------
+# setup
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[CutSet, CutSet]:
+    """Train and dev CutSets; over-long training cuts are left out (and counted)."""
+    from earshot.data.manifests import load_cuts
+
+    for key in ("train", "dev"):
+        if not getattr(cfg.data, key):
+            raise ConfigError(f"config key 'data.{key}': no manifest given")
+    return drop_unbatchable(load_cuts(cfg.data.train), cfg.data, cfg.data.train), load_cuts(cfg.data.dev)
+
+
+def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts: CutSet, resuming: bool,
+                          world: Dist) -> Tokenizer:
+    """Train the tokenizer on the training transcripts (rank 0), or reload it on resume."""
+    from earshot.tokenizer import load_tokenizer, train_tokenizer
+
+    tok_dir = exp_dir / TOKENIZER_DIR
+    if not resuming and world.is_main:
+        texts = [cut.supervisions[0].text for cut in train_cuts]
+        train_tokenizer(texts, cfg.tokenizer).save(tok_dir)
+    barrier(world)
+    tokenizer = load_tokenizer(tok_dir)
+    log.info("tokenizer: %s", tokenizer)
+    return tokenizer
+
+
+def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.device,
+              tokenizer: Tokenizer, train_cuts: CutSet, dev_cuts: CutSet) -> Run:
+    """The model (fresh weights from ``train.seed``), this rank's loaders and the Run."""
+    from earshot.data.batching import make_loader
+
+    model = build_model(cfg, tokenizer).to(device)
+    rate, data = model.sample_rate, cfg.data
+    shard = {"world_size": world.world_size, "rank": world.rank}
+    train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
+                               seed=cfg.train.seed, num_buckets=data.num_buckets,
+                               num_workers=data.num_workers, speed_factors=data.speed_perturb,
+                               keep_empty=True, **shard)
+    dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
+                             num_buckets=data.num_buckets, num_workers=data.num_workers,
+                             even=False, keep_empty=True, **shard)
+    hours = sum(cut.duration for cut in train_cuts) / 3600
+    return Run.start(cfg, exp_dir, world, device, model=model, task=ASRTask(cfg, model),
+                     train_loader=train_loader, dev_loader=dev_loader, tokenizer=tokenizer,
+                     train_hours=hours,
+                     data=f"train: {len(train_cuts)} cuts ({hours:.2f} h); dev: {len(dev_cuts)} cuts")
+
+
+@torch.no_grad()
+def compute_cmvn(run: Run, train_cuts: CutSet) -> None:
+    """The front end's corpus statistics (global CMVN for fbank/MFCC; nothing for a front
+    end that keeps none) over the training set. Each rank reads its shard; sums and counts
+    are added over ranks before the mean and std are taken."""
+    from earshot.data.batching import make_loader
+
+    model, data = run.model, run.cfg.data
+    acc = model.new_statistics()
+    if acc is None:
+        return
+    loader = make_loader(train_cuts, run.tokenizer, model.sample_rate, data.max_duration,
+                         shuffle=False, num_buckets=data.num_buckets, num_workers=data.num_workers,
+                         world_size=run.dist.world_size, rank=run.dist.rank, even=False)
+    for batch in tqdm(loader, desc="feature statistics", unit="batch", disable=not run.dist.is_main):
+        model.accumulate_statistics(acc, batch.wavs.to(run.device), batch.wav_lens.to(run.device))
+    acc.all_reduce()
+    model.set_statistics(acc)
+
+
+def drop_short_utterances(model: EncoderDecoderASR, batch: Batch) -> Batch | None:
+    """The batch without utterances too short to give one encoder frame (warned about,
+    naming each and its length); None when none is left."""
+    return drop_short_rows(batch, model.encoded_lengths(batch.wav_lens), 1, "encoder frames (too short)")
+
+
+# ---------------------------------------------------------------------------
+# dev
+
+
+@torch.no_grad()
+def score_dev(model: EncoderDecoderASR, tok: Tokenizer, loader: torch.utils.data.DataLoader,
+              cfg: ExperimentConfig, device: torch.device, world: Dist = Dist()) -> DevResult:
+    """Dev loss (teacher forced) and greedy attention WER/CER (percent) of ``model`` on
+    ``loader`` (this rank's share; the result is over all ranks)."""
+    from earshot.decoding.greedy import greedy_attention
+    from earshot.metrics import error_rates
+
+    model.eval()
+    loss_sum, utts, refs, hyps, skipped = 0.0, 0, [], [], 0
+    for batch in loader:
+        rows, skipped = len(batch), skipped + len(batch.dropped)
+        batch = drop_short_utterances(model, batch) if rows else None
+        skipped += rows - (len(batch) if batch is not None else 0)
+        if batch is None:
+            continue
+        batch = batch.to(device)
+        with autocast(cfg.train.precision, device):
+            loss_sum += model(batch, cfg.loss, 0.0).loss.item() * len(batch)
+            ids = greedy_attention(model, model.encode(batch.wavs, batch.wav_lens).memory,
+                                   tok.bos_id, tok.eos_id, cfg.decode.max_len_ratio)
+        utts += len(batch)
+        refs += [tok.normalize(text) for text in batch.texts]
+        hyps += [tok.decode(row) for row in ids]
+    if world.world_size > 1:  # every rank's share of the dev set
+        parts = gather_objects(world, (loss_sum, utts, refs, hyps, skipped))
+        loss_sum, utts, skipped = (sum(p[i] for p in parts) for i in (0, 1, 4))
+        refs, hyps = [r for p in parts for r in p[2]], [h for p in parts for h in p[3]]
+    rates = error_rates(refs, hyps)
+    return DevResult(loss_sum / max(utts, 1), rates.wer, rates.cer, skipped)
+
+
+def plot_dev_alignments(run: Run, epoch: int) -> None:
+    """Attention plots of the first ``train.plot_alignments`` dev utterances (rank 0's
+    first dev batch: the same ones every epoch) into ``EXP_DIR/plots/``."""
+    from earshot.train import monitor
+
+    count = run.cfg.train.plot_alignments
+    batch = next(iter(run.dev_loader), None) if count else None
+    batch = drop_short_utterances(run.model, batch) if batch is not None and len(batch) else None
+    if batch is None:
+        return
+    batch = batch.select(torch.arange(min(count, len(batch)))).to(run.device)
+    with autocast(run.cfg.train.precision, run.device):
+        items = monitor.alignments(run.model, batch, run.tokenizer)
+    monitor.plot_alignments(items, run.exp_dir / monitor.PLOTS_DIR, epoch)
+
+
+# ---------------------------------------------------------------------------
+# export
+
+
+def model_card(cfg: ExperimentConfig, model: torch.nn.Module, dev: DevResult, train_hours: float,
+               exported_epochs: list[int], epochs: int) -> ModelCard:
+    """The card of a model directory: corpus, training hours, the dev WER/CER of exactly
+    the exported weights, the epochs trained and exported, the parameter count."""
+    return ModelCard(corpus=corpus_name(cfg.data), train_hours=round(train_hours, 3),
+                     dev_wer=round(dev.wer, 3), dev_cer=round(dev.cer, 3), epochs=epochs,
+                     exported_epochs=tuple(exported_epochs),
+                     parameters=sum(p.numel() for p in model.parameters()))
+
+
+def corpus_name(data: DataConfig) -> str:
+    """``data.corpus``, else the folder holding the training manifest (data/an4/... -> an4)."""
+    return data.corpus or Path(data.train).parent.name
