@@ -79,7 +79,8 @@ def _rows(exp_dir, kind="epoch"):
     return [row for line in lines if (row := json.loads(line))["kind"] == kind]
 
 
-TIMING = {"seconds", "audio_seconds_per_second", "utterances_per_second", "max_rss_mb"}
+TIMING = {"seconds", "audio_seconds_per_second", "utterances_per_second", "max_rss_mb",
+          "train_seconds", "dev_seconds", "peak_rss_mb"}
 
 
 def _untimed(rows):
@@ -102,12 +103,56 @@ def test_resumed_run_ends_with_exactly_the_same_parameters(corpus, straight_run,
         assert _untimed(_rows(tmp_path, kind)) == _untimed(_rows(straight_dir, kind))
 
 
+def _check_epoch_totals(rows, corpus):
+    """What each epoch row says was trained: every training cut once, and its time."""
+    from earshot.data.manifests import load_cuts
+
+    cuts = load_cuts(corpus[0])
+    for row in rows:
+        assert row["train_seconds"] > 0 and row["dev_seconds"] >= 0 and row["peak_rss_mb"] > 0
+        assert row["train_audio_seconds"] == pytest.approx(sum(c.duration for c in cuts), abs=1e-3)
+        assert row["train_utterances"] == len(cuts) and row["skipped_rows"] == 0
+
+
+def test_epoch_rows_say_what_was_trained_and_how_long_it_took(corpus, straight_run, tmp_path,
+                                                              monkeypatch):
+    _, straight_dir = straight_run
+    rows = _rows(straight_dir)
+    _check_epoch_totals(rows, corpus)
+    assert all(row["dev_seconds"] > 0 for row in rows)  # a dev pass after every epoch
+    assert all(row["train_seconds"] + row["dev_seconds"] <= row["seconds"] + 0.01 for row in rows)
+    # killed at epoch 2's second step, after the mid-epoch checkpoint of its first; resumed
+    from earshot.train import faults
+
+    class Killed(Exception):
+        pass
+
+    kill_at = rows[0]["step"] + 2
+    assert rows[1]["step"] >= kill_at
+
+    def hit(event, step, rank=0):
+        if event == "after-step" and step == kill_at:
+            raise Killed
+
+    cfg = _cfg(corpus, tmp_path, "train.save_every_steps=1")
+    with monkeypatch.context() as patch:
+        patch.setattr(faults, "hit", hit)
+        with pytest.raises(Killed):
+            train(cfg)
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name.startswith("epoch-0002-batch-")
+    train(cfg, resume=True)
+    resumed = _rows(tmp_path)
+    _check_epoch_totals(resumed, corpus)
+    assert _untimed(resumed) == _untimed(rows)
+
+
 def test_metrics_lines_config_and_exported_model(corpus, straight_run):
     model_dir, exp_dir = straight_run
     rows = _rows(exp_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     keys = {"kind", "epoch", "step", "train_loss", "ctc", "nll", "dev_loss", "dev_wer", "dev_cer",
-            "lr", "skipped_steps", "skipped_rows", "skipped", "dev_skipped", "seconds"}
+            "lr", "skipped_steps", "skipped_rows", "skipped", "dev_skipped", "seconds",
+            "train_seconds", "dev_seconds", "train_audio_seconds", "train_utterances", "peak_rss_mb"}
     assert all(set(r) == keys for r in rows)
     assert all(r["skipped_rows"] == 0 and r["dev_skipped"] == 0 for r in rows)
     steps = _rows(exp_dir, "step")

@@ -235,7 +235,9 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     lr_used = run.scheduler.lr
     train_cfg = run.cfg.train
     validating = validates(train_cfg, epoch)
+    dev_start = time.time()
     dev_result = run.task.dev_pass(run) if validating else None
+    dev_seconds = time.time() - dev_start if validating else 0.0
     dev = dev_result.metrics() if validating else {}
     lr = run.scheduler.step_epoch(dev) if validating else run.scheduler.lr
     state = dataclasses.replace(state.record(epoch, dev.get(train_cfg.select_metric),
@@ -246,8 +248,8 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
              lr_used, seconds)
     dev_skipped = dev_result.skipped if validating else 0
     log_skips(run.task, epoch, stats, dev_skipped)
-    run.log_row(epoch_row(epoch, state, stats, dev, lr=lr_used, seconds=seconds,
-                          dev_skipped=dev_skipped))
+    run.log_row(epoch_row(run.task, epoch, state, stats, dev, lr=lr_used, seconds=seconds,
+                          dev_seconds=dev_seconds, dev_skipped=dev_skipped))
     if run.dist.is_main:
         checkpoint_run(run, state)
         if validating:
@@ -297,7 +299,9 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
                                         sync=last_micro):
             if math.isfinite(losses[0]):
                 sums.add_losses(task.weight(part), losses)
-            meter.add(task.amount(part), len(part), losses)
+            amount = task.amount(part)
+            sums.add_trained(amount, len(part))
+            meter.add(amount, len(part), losses)
             trained += len(part)
         sums.add_skipped("out_of_memory", len(batch) - trained)
         if last_micro:

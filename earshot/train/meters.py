@@ -2,14 +2,25 @@
 
 One JSON object a line. ``kind: "step"`` rows (every ``train.log_every`` optimizer steps)
 hold the step's losses, learning rate, gradient norm and the throughput since the previous
-row; ``kind: "epoch"`` rows hold the epoch's training averages, its dev metrics, what it
-skipped and its wall time (``seconds``).
+row; ``kind: "epoch"`` rows hold the epoch's training averages, its dev metrics and what
+it took:
 
+- ``seconds``: wall time of the epoch in this process (training, dev pass, scheduler);
+- ``train_seconds``: time spent training the epoch's batches (a resumed epoch adds the
+  time trained before its mid-epoch checkpoint);
+- ``dev_seconds``: time of its dev pass (0.0 when none ran);
+- ``train_{AMOUNT}`` (``train_audio_seconds``, ``train_tokens``) and ``train_{ROWS}``
+  (``train_utterances``, ``train_sentences``): what was trained over the epoch, all ranks,
+  in the task's units (see ``Task.AMOUNT`` and ``Task.ROWS``);
+- ``peak_rss_mb``: peak resident memory of the process so far.
+
+>>> from earshot.train.engine import Task
 >>> from earshot.train.state import TrainState
->>> row = epoch_row(1, TrainState(global_step=10), EpochStats(0.5, {}, 4), {}, lr=0.1,
-...                 seconds=1.5, dev_skipped=0)
->>> row["step"], row["train_loss"], row["seconds"]
-(10, 0.5, 1.5)
+>>> stats = EpochStats(0.5, {}, 4, amount=2.5, rows=3, seconds=1.0)
+>>> row = epoch_row(Task(), 1, TrainState(global_step=10), stats, {}, lr=0.1, seconds=1.5,
+...                 dev_seconds=0.0, dev_skipped=0)
+>>> row["train_items"], row["train_rows"], row["train_seconds"], row["dev_seconds"]
+(2.5, 3, 1.0, 0.0)
 """
 
 from __future__ import annotations
@@ -46,37 +57,57 @@ SKIP_REASONS = {
 class EpochStats:
     """Training-set averages over one epoch (weighted by the task's items), the loss's
     named parts (ASR: ctc, nll), the batches seen and the rows skipped, by reason (the
-    keys of SKIP_REASONS; over all ranks)."""
+    keys of SKIP_REASONS; over all ranks); what was trained (the task's amount and rows,
+    over all ranks) and the seconds that took."""
 
     loss: float
     parts: dict
     batches: int
     skipped: dict = field(default_factory=dict)
+    amount: float = 0.0
+    rows: int = 0
+    seconds: float = 0.0
 
 
 class EpochSums:
     """Running sums of one epoch on this rank, in one float64 array (``values``): the loss
-    and its parts weighted by the task's items, the items and the rows skipped by reason.
-    A mid-epoch checkpoint holds ``saved()``: those totalled over ranks. Rank 0 carries a
-    resumed epoch's sums on, the other ranks start from zero, so nothing is counted twice;
-    entries a checkpoint written by an older version lacks start at 0."""
+    and its parts weighted by the task's items, the items, the rows skipped by reason, the
+    task's amount and the rows trained. A mid-epoch checkpoint holds ``saved()``: those
+    totalled over ranks, then rank 0's training seconds so far. Rank 0 carries a resumed
+    epoch's sums on, the other ranks start from zero, so nothing is counted twice; entries
+    a checkpoint written by an older version lacks start at 0."""
 
     def __init__(self, parts: int, saved: tuple[float, ...] = (), main: bool = True):
         self.n = 1 + parts  # the loss and its parts
         self.skip = {reason: self.n + 1 + i for i, reason in enumerate(SKIP_REASONS)}
-        self.values = np.zeros(self.n + 1 + len(SKIP_REASONS))
+        self.amount_at = self.n + 1 + len(SKIP_REASONS)
+        self.rows_at = self.amount_at + 1
+        self.values = np.zeros(self.rows_at + 1)
+        self.seconds_before = 0.0  # training seconds of this epoch before a resume
         if saved and main:
-            self.values[:len(saved)] = saved
+            counted = saved[:len(self.values)]
+            self.values[:len(counted)] = counted
+            if len(saved) > len(self.values):
+                self.seconds_before = float(saved[len(self.values)])
+        self.start = time.monotonic()
 
     def add_losses(self, items: float, losses: list[float]) -> None:
         self.values[:self.n + 1] += [*(items * v for v in losses), items]
 
+    def add_trained(self, amount: float, rows: int) -> None:
+        self.values[self.amount_at] += amount
+        self.values[self.rows_at] += rows
+
     def add_skipped(self, reason: str, rows: int) -> None:
         self.values[self.skip[reason]] += rows
 
+    def seconds(self) -> float:
+        """Training seconds of the epoch so far (before a resume included)."""
+        return self.seconds_before + time.monotonic() - self.start
+
     def saved(self, totals: np.ndarray) -> tuple[float, ...]:
         """What a mid-epoch checkpoint holds, given ``values`` totalled over ranks."""
-        return tuple(float(v) for v in totals)
+        return (*(float(v) for v in totals), self.seconds())
 
     def carry_on(self, totals: np.ndarray, main: bool) -> None:
         """After a mid-epoch checkpoint: rank 0 goes on from the totals, the others from 0."""
@@ -87,7 +118,8 @@ class EpochSums:
         n = self.n
         loss, *part_losses = (totals[:n] / max(totals[n], 1)).tolist()
         skipped = {reason: int(totals[i]) for reason, i in self.skip.items()}
-        return EpochStats(loss, dict(zip(parts, part_losses)), batches, skipped)
+        return EpochStats(loss, dict(zip(parts, part_losses)), batches, skipped,
+                          float(totals[self.amount_at]), int(totals[self.rows_at]), self.seconds())
 
 
 class StepMeter:
@@ -131,13 +163,17 @@ def max_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def epoch_row(epoch: int, state: TrainState, stats: EpochStats, dev: dict[str, float], *,
-              lr: float, seconds: float, dev_skipped: int) -> dict:
-    """The ``kind: "epoch"`` row of ``epoch``, ``state`` being the state after it."""
+def epoch_row(task: Task, epoch: int, state: TrainState, stats: EpochStats, dev: dict[str, float],
+              *, lr: float, seconds: float, dev_seconds: float, dev_skipped: int) -> dict:
+    """The ``kind: "epoch"`` row of ``epoch`` (see the module's description), ``state``
+    being the state after it."""
     return {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
             **stats.parts, **{f"dev_{name}": value for name, value in dev.items()}, "lr": lr,
             "skipped_steps": state.skipped_steps, "skipped_rows": sum(stats.skipped.values()),
-            "skipped": stats.skipped, "dev_skipped": dev_skipped, "seconds": round(seconds, 3)}
+            "skipped": stats.skipped, "dev_skipped": dev_skipped, "seconds": round(seconds, 3),
+            "train_seconds": round(stats.seconds, 3), "dev_seconds": round(dev_seconds, 3),
+            f"train_{task.AMOUNT}": round(stats.amount, 3), f"train_{task.ROWS}": stats.rows,
+            "peak_rss_mb": max_rss_mb()}
 
 
 def log_skips(task: Task, epoch: int, stats: EpochStats, dev_skipped: int) -> None:

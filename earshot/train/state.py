@@ -27,8 +27,8 @@ class TrainState:
     lr: float = 0.0  # learning rate after the last scheduler update
     # The epoch in progress (epoch + 1), for checkpoints written inside it: batches of it
     # already trained (on this rank), and its running sums over all ranks (see
-    # earshot.train.meters.EpochSums: the loss and its parts, rows skipped). Both are
-    # empty at an epoch boundary.
+    # earshot.train.meters.EpochSums: the loss and its parts, rows skipped, what was
+    # trained, its seconds). Both are empty at an epoch boundary.
     epoch_batches: int = 0
     epoch_sums: tuple[float, ...] = ()
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, whole run
