@@ -70,7 +70,7 @@ def seed_everything(seed: int) -> None:
 def configure_torch(cfg: TrainConfig) -> None:
     """torch's process-wide settings of ``train``: denormals, threads, oneDNN's cache."""
     # Recurrent nets on x86 slow down by up to 10x once values turn denormal; flushing
-    # them to zero changes no result that matters (see docs/DESIGN.md).
+    # them to zero changes no result that matters.
     if cfg.flush_denormal:
         torch.set_flush_denormal(True)
     if cfg.num_threads > 0:
