@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from earshot.data.batching import load_cut_audio  # noqa: E402
 from earshot.decoding.api import decode_batch  # noqa: E402
-from earshot.modeldir import load_model_dir  # noqa: E402
+from earshot.models.artifacts import load_model_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     lm = None
     if args.lm:
-        from earshot.models.lm import load_lm
+        from earshot.models.artifacts import load_lm
 
         lm = load_lm(args.lm, device)
     batches, audio_seconds = load_batches(args.manifest, model.sample_rate,

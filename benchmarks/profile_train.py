@@ -20,7 +20,7 @@ import torch
 from earshot.config import load_config
 from earshot.data.batching import make_loader
 from earshot.data.manifests import load_cuts
-from earshot.modeldir import build_model
+from earshot.models.factory import build_model
 from earshot.tokenizer import train_tokenizer
 from earshot.train.optim import build_optimizer
 from earshot.train.tasks.asr import drop_short_utterances

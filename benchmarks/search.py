@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import load_batches, modes  # noqa: E402
 from earshot.decoding.api import decode_encoded  # noqa: E402
-from earshot.modeldir import load_model_dir  # noqa: E402
+from earshot.models.artifacts import load_model_dir  # noqa: E402
 
 
 class _Count(TorchDispatchMode):

@@ -234,7 +234,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from earshot.inference import evaluate
     from earshot.metrics import format_table
-    from earshot.modeldir import CONFIG_FILE, check_model_dir, read_description
+    from earshot.models.artifacts import check_model_dir, CONFIG_FILE, read_description
 
     check_model_dir(args.model)
     base = read_description(Path(args.model) / CONFIG_FILE)[0].decode

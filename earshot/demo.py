@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from earshot.config import ExperimentConfig, from_dict, validate
+from earshot.config import ExperimentConfig, check, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def demo_config(out_dir: Path, quick: bool = False, seed: int = 0) -> Experiment
     if quick:
         recipe["train"]["epochs"] = 1
     cfg = from_dict(ExperimentConfig, recipe)
-    validate(cfg)
+    check(cfg)
     return cfg
 
 

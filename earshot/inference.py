@@ -23,7 +23,7 @@ from earshot.decoding.api import Hypothesis, decode_batch
 from earshot.devices import resolve_device
 from earshot.errors import AudioError, EarshotError
 from earshot.metrics import ErrorRates, write_report
-from earshot.modeldir import load_model_dir
+from earshot.models.artifacts import load_model_dir
 
 if TYPE_CHECKING:
     from lhotse import CutSet
@@ -198,7 +198,7 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
 def load_lm_dir(lm_dir: str | Path, transcriber: Transcriber) -> RNNLM:
     """The language model in ``lm_dir``, on the transcriber's device, checked to share its
     tokenizer's vocabulary."""
-    from earshot.models.lm import load_lm
+    from earshot.models.artifacts import load_lm
 
     lm = load_lm(lm_dir, device=transcriber.device)
     lm_vocab = getattr(lm, "vocab_size", None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from earshot.config import ExperimentConfig, validate
+from earshot.config import ExperimentConfig, check
 from earshot.errors import AudioError
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,13 @@ def validate_experiment(cfg: ExperimentConfig, decode: bool = False) -> Report:
     """Check ``cfg`` and its data as ``earshot train`` would (ConfigError / ManifestError
     for what stops a run before it starts); returns what it would skip."""
     from earshot.data.batching import load_cut_audio
-    from earshot.modeldir import build_model, check_model_dir
+    from earshot.models.artifacts import check_model_dir
+    from earshot.models.factory import build_model
     from earshot.tokenizer import train_tokenizer, warn_unknown_chars
     from earshot.train.distributed import Dist
     from earshot.train.environment import check_precision, select_device
 
-    validate(cfg)
+    check(cfg)
     check_precision(cfg.train.precision, select_device(cfg.train.device, Dist()))
     if cfg.train.init_from:
         check_model_dir(cfg.train.init_from, deep=True)

@@ -81,7 +81,7 @@ def test_a_rank_that_dies_or_stalls_ends_the_job_in_time(corpus, tmp_path, fault
 def test_train_lm_on_two_gloo_ranks_matches_one_process(tmp_path):
     from test_lm import _lm_overrides, _lm_setup
 
-    from earshot.models.lm import load_lm
+    from earshot.models.artifacts import load_lm
 
     _lm_setup(tmp_path)
     config = tmp_path / "lm.yaml"

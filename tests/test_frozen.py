@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from earshot.config import DecodeConfig
 from earshot.decoding.api import decode_batch
-from earshot.models.lm import load_lm
-from earshot.modeldir import load_model_dir
+from earshot.models.artifacts import load_lm
+from earshot.models.artifacts import load_model_dir
 
 FROZEN = Path(__file__).parent / "data" / "frozen"
 EXPECTED = json.loads((FROZEN / "expected.json").read_text())

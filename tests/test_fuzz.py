@@ -39,7 +39,8 @@ from earshot.cli import main
 from earshot.config import ExperimentConfig, load_config
 from earshot.errors import ConfigError, EarshotError
 from earshot.integrity import CHECKSUM_FILE
-from earshot.modeldir import build_model, save_model_dir
+from earshot.models.artifacts import save_model_dir
+from earshot.models.factory import build_model
 from earshot.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore")

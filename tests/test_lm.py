@@ -6,7 +6,8 @@ import json
 import torch
 
 from earshot.config import LMConfig, LMExperimentConfig, load_config
-from earshot.models.lm import RNNLM, load_lm, save_lm_dir
+from earshot.models.artifacts import load_lm, save_lm_dir
+from earshot.models.lm import RNNLM
 from earshot.tokenizer import CharTokenizer
 from earshot.train.tasks.lm import encode_texts, train_lm
 
@@ -50,7 +51,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_a_crash_while_saving_leaves_the_previous_lm_directory_whole(tmp_path, monkeypatch):
     import pytest
 
-    from earshot.models import lm as lm_module
+    from earshot.models import artifacts as lm_module
 
     tok = CharTokenizer.train(["abc d"])
     old = tiny_lm(vocab=tok.vocab_size)

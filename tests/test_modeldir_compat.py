@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from earshot.config import DecodeConfig, load_config, save_config
 from earshot.decoding.api import decode_batch
-from earshot.modeldir import build_model, load_model_dir, save_model_dir
+from earshot.models.artifacts import load_model_dir, save_model_dir
+from earshot.models.factory import build_model
 from earshot.tokenizer import train_tokenizer
 
 TINY = [
@@ -103,7 +104,7 @@ def test_a_changed_missing_or_garbled_file_is_named_against_the_checksum_manifes
 
     from earshot.errors import ConfigError
     from earshot.integrity import CHECKSUM_FILE
-    from earshot.models.lm import load_lm, save_lm_dir
+    from earshot.models.artifacts import load_lm, save_lm_dir
 
     cfg, tokenizer, model = _model()
     save_model_dir(tmp_path / "m", cfg, tokenizer, model)

@@ -186,7 +186,7 @@ def test_training_masks_are_drawn_from_torch_so_a_reseeded_step_repeats(tmp_path
 def test_model_directory_stands_alone_after_the_checkpoint_is_deleted(tmp_path):
     from earshot.config import ExperimentConfig
     from earshot.inference import Transcriber
-    from earshot.modeldir import load_model_dir, save_model_dir
+    from earshot.models.artifacts import load_model_dir, save_model_dir
     from earshot.tokenizer import train_tokenizer
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")

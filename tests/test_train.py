@@ -10,7 +10,8 @@ import torch
 
 from earshot.config import load_config
 from earshot.errors import ConfigError, EarshotError
-from earshot.modeldir import build_model, load_model_dir, save_model_dir
+from earshot.models.artifacts import load_model_dir, save_model_dir
+from earshot.models.factory import build_model
 from earshot.train import checkpoint as ckpt
 from earshot.tokenizer import load_tokenizer
 from earshot.train.tasks.asr import train
@@ -271,7 +272,7 @@ def test_unseen_dev_characters_are_named_in_a_warning(corpus, caplog):
 
 def test_init_from_copies_weights_and_moves_token_rows_by_token(straight_run, tmp_path):
     from earshot.config import TokenizerConfig
-    from earshot.modeldir import init_from_model_dir
+    from earshot.models.factory import init_from_model_dir
     from earshot.tokenizer import train_tokenizer
 
     model_dir, _ = straight_run

@@ -25,8 +25,6 @@ from earshot.config.pretrain import (PretrainDataConfig, PretrainExperimentConfi
 from earshot.config.training import (LossSelectedTrainConfig, OptimConfig, ParamGroupConfig,
                                      SchedulerConfig, TrainConfig)
 
-validate = check  # the name the training code called it by
-
 __all__ = [
     "DECODE_MODES", "MAX_LEN_RATIO", "MODEL_DIR_FORMAT", "AttentionConfig", "DataConfig",
     "DecodeConfig", "DecoderConfig", "EncoderConfig", "ExperimentConfig", "FeatureConfig",

@@ -2,7 +2,8 @@
 
 Same state-passing shape as the attentional decoder: ``init_state`` / ``step`` /
 ``select_state``; ``forward`` runs teacher-forced for training. An LM directory holds
-config.yaml (LMExperimentConfig), tokenizer/ and model.safetensors, nothing executable.
+config.yaml (LMExperimentConfig), tokenizer/ and model.safetensors, nothing executable
+(``earshot.models.artifacts.save_lm_dir`` / ``load_lm``).
 
 >>> import torch
 >>> lm = RNNLM(LMConfig(embedding_dim=8, units=16, layers=1), vocab_size=12)
@@ -14,20 +15,12 @@ torch.Size([2, 12])
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from earshot.config import LMConfig, LMExperimentConfig, load_config, save_config
-from earshot.errors import ConfigError
-from earshot.integrity import verify_checksums
+from earshot.config import LMConfig
 from earshot.models.dropout import Dropout
-
-if TYPE_CHECKING:
-    from earshot.tokenizer import Tokenizer
 
 
 @dataclass
@@ -73,38 +66,3 @@ class RNNLM(nn.Module):
     def select_state(state: LMState, index: torch.Tensor) -> LMState:
         """Rows ``index`` (N',) of the state."""
         return LMState(state.hidden.index_select(1, index), state.cell.index_select(1, index))
-
-
-def save_lm_dir(out_dir: str | Path, lm: RNNLM, cfg: LMExperimentConfig, tokenizer: Tokenizer) -> Path:
-    """Write config.yaml, tokenizer/ and model.safetensors to ``out_dir``, atomically (a
-    crash leaves the previous directory, or none, never half of one)."""
-    from earshot.modeldir import staged_directory
-
-    with staged_directory(out_dir) as staging:
-        save_config(cfg, staging / "config.yaml")
-        tokenizer.save(staging / "tokenizer")
-        weights = {k: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()}
-        save_file(weights, str(staging / "model.safetensors"))
-    return Path(out_dir)
-
-
-def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
-    """Rebuild an RNNLM from an LM directory (see save_lm_dir), or from the ``train-lm``
-    experiment directory that holds one in ``model/``; ``.tokenizer`` attached."""
-    from earshot.tokenizer import load_tokenizer
-
-    d = Path(lm_dir)
-    if not (d / "model.safetensors").exists() and (d / "model" / "model.safetensors").exists():
-        d = d / "model"  # the train-lm experiment directory: its exported LM
-    for name in ("config.yaml", "tokenizer", "model.safetensors"):
-        if not (d / name).exists():
-            raise ConfigError(f"{d}: not a language model directory (missing {name})")
-    verify_checksums(d)
-    cfg = load_config(d / "config.yaml", cls=LMExperimentConfig)
-    tokenizer = load_tokenizer(d / "tokenizer")
-    lm = RNNLM(cfg.model, tokenizer.vocab_size)
-    from earshot.modeldir import read_weights
-
-    lm.load_state_dict(read_weights(d / "model.safetensors"))
-    lm.tokenizer = tokenizer
-    return lm.to(device).eval()

@@ -12,7 +12,8 @@ import torch
 
 from earshot.config import load_config
 from earshot.errors import ConfigError
-from earshot.modeldir import build_model, save_model_dir
+from earshot.models.artifacts import save_model_dir
+from earshot.models.factory import build_model
 from earshot.train import checkpoint as ckpt
 from earshot.train.environment import CHECKPOINT_DIR, CONFIG_FILE
 from earshot.train.tasks.asr import TOKENIZER_DIR, model_card, score_dev

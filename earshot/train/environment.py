@@ -18,6 +18,7 @@ import torch
 
 from earshot.config import (ExperimentConfig, LMExperimentConfig, PretrainExperimentConfig, TrainConfig,
                             save_config)
+from earshot.devices import resolve_device
 from earshot.errors import ConfigError
 from earshot.train import checkpoint as ckpt
 from earshot.train.distributed import Dist, barrier
@@ -83,15 +84,11 @@ def configure_torch(cfg: TrainConfig) -> None:
 
 
 def select_device(name: str, world: Dist) -> torch.device:
-    """``train.device`` ("auto", "cpu", "cuda", "cuda:N") for this rank, made current."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and world.world_size > 1:
-        name = f"cuda:{world.local_rank}"
-    device = torch.device(name)
+    """``train.device`` for this rank (``earshot.devices``; ``cuda`` and ``auto`` on a CUDA
+    machine mean ``cuda:LOCAL_RANK`` in a multi-process job), made current."""
+    device = resolve_device(name, "config key 'train.device'",
+                            world.local_rank if world.world_size > 1 else None)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"config key 'train.device': {name!r} but no CUDA device is available")
         torch.cuda.set_device(device)
     return device
 

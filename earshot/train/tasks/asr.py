@@ -6,7 +6,7 @@ model, estimate the front end's statistics (global CMVN), then the engine's epoc
 (scheduled sampling, the CTC weight of ``loss``) and scores it on dev (teacher-forced loss
 and greedy attention WER/CER, ``score_dev``), with attention plots of a few dev
 utterances. At the end the best epoch (or the average of the best K) is exported as
-``<exp_dir>/model`` (see ``earshot.modeldir``), its card holding the dev WER/CER of
+``<exp_dir>/model`` (see ``earshot.models.artifacts``), its card holding the dev WER/CER of
 exactly those weights.
 
 >>> from earshot.config import load_config
@@ -28,7 +28,8 @@ from tqdm import tqdm
 from earshot.config import DataConfig, ExperimentConfig, ModelCard
 from earshot.errors import ConfigError
 from earshot.losses import sampling_probability
-from earshot.modeldir import build_model, check_model_dir, init_from_model_dir, save_model_dir
+from earshot.models.artifacts import check_model_dir, save_model_dir
+from earshot.models.factory import build_model, init_from_model_dir
 from earshot.train.distributed import Dist, barrier, gather_objects
 from earshot.train.engine import Run, Task, begin_run, fit, restore
 from earshot.train.environment import autocast

@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from earshot.config import LMExperimentConfig, check
 from earshot.data.batching import EpochBatches
 from earshot.errors import ConfigError
-from earshot.models.lm import RNNLM, save_lm_dir
+from earshot.models.artifacts import save_lm_dir
+from earshot.models.lm import RNNLM
 from earshot.train.distributed import reduce_sums
 from earshot.train.engine import Run, Task, begin_run, fit, restore
 from earshot.train.environment import autocast

@@ -201,7 +201,7 @@ def save_transformers_dir(out: Path, model: Wav2Vec2Pretrainer, run: Run, epochs
     """A transformers checkpoint directory with a card (``CARD_FILE``), written whole or
     not at all."""
     import earshot
-    from earshot.modeldir import staged_directory
+    from earshot.models.artifacts import staged_directory
 
     cfg = model.cfg
     with staged_directory(out) as staging:

@@ -1,4 +1,5 @@
-"""The model directory: everything needed to rebuild a trained recogniser, and nothing executable.
+"""Model and language-model directories: everything needed to rebuild a trained model, and
+nothing executable.
 
 Layout::
 
@@ -17,7 +18,11 @@ beside the target and renames it into place, so a reader never sees a half-writt
 ``load_model_dir`` reads YAML, the tokenizer files and safetensors only: loading cannot
 run code (no pickle).
 
+A language-model directory (``earshot train-lm``) holds config.yaml (an
+LMExperimentConfig), tokenizer/ and model.safetensors, with the same checksum manifest.
+
 >>> # description, tokenizer, model = load_model_dir("exp/run/model")
+>>> # lm = load_lm("exp/lm")
 """
 
 from __future__ import annotations
@@ -27,16 +32,23 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from dataclasses import fields
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from earshot.config import (MODEL_DIR_FORMAT, ExperimentConfig, ModelCard, ModelDescription,
-                            load_config, read_yaml, save_config)
+from earshot.config import (MODEL_DIR_FORMAT, ExperimentConfig, LMExperimentConfig, ModelCard,
+                            ModelDescription, load_config, read_yaml, save_config)
 from earshot.errors import ConfigError, EarshotError
 from earshot.integrity import verify_checksums, write_checksums
+from earshot.models.factory import build_model
+
+if TYPE_CHECKING:
+    from earshot.models.asr import EncoderDecoderASR
+    from earshot.models.lm import RNNLM
+    from earshot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +60,6 @@ WEIGHTS_FILE = "model.safetensors"
 _RENAMED_V1 = {"normalizer.": "frontend.normalizer."}
 
 
-def tokenizer_specials(tokenizer) -> dict[str, int]:
-    """The named special ids the model needs (blank, pad, unk, bos, eos)."""
-    return dict(tokenizer.special_ids)
-
-
-def build_model(cfg: ExperimentConfig | ModelDescription, tokenizer) -> torch.nn.Module:
-    """A freshly initialised EncoderDecoderASR sized for ``tokenizer``."""
-    from earshot.models.asr import EncoderDecoderASR
-
-    return EncoderDecoderASR(cfg.model, tokenizer.vocab_size, tokenizer_specials(tokenizer))
-
-
 def describe(cfg: ExperimentConfig | ModelDescription, card: ModelCard | None = None) -> ModelDescription:
     """The model-directory description of a training config (run settings left out)."""
     import earshot
@@ -69,8 +69,9 @@ def describe(cfg: ExperimentConfig | ModelDescription, card: ModelCard | None = 
                             cfg.decode, card if card is not None else old_card)
 
 
-def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescription, tokenizer,
-                   model: torch.nn.Module, card: ModelCard | None = None) -> Path:
+def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescription,
+                   tokenizer: Tokenizer, model: EncoderDecoderASR,
+                   card: ModelCard | None = None) -> Path:
     """Write description, tokenizer and weights to ``directory``, replacing it as a whole.
     The description is the model's own portable one (an ssl encoder's architecture, not
     the checkpoint path it was first loaded from), so the directory stands alone."""
@@ -83,7 +84,7 @@ def save_model_dir(directory: str | Path, cfg: ExperimentConfig | ModelDescripti
 
 
 @contextlib.contextmanager
-def staged_directory(directory: str | Path):
+def staged_directory(directory: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder next to ``directory``; when the block ends without an
     error it replaces ``directory`` as a whole, otherwise it is removed. Readers see the
     old directory or the new one, never a half-written one, and the new one carries a
@@ -138,7 +139,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"):
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu"
+                   ) -> tuple[ModelDescription, Tokenizer, EncoderDecoderASR]:
     """Rebuild ``(description, tokenizer, model)`` from a model directory (any format);
     the model is in eval mode."""
     from earshot.tokenizer import load_tokenizer
@@ -201,45 +203,38 @@ def check_model_dir(directory: str | Path, deep: bool = False) -> None:
         read_weights(directory / WEIGHTS_FILE)
 
 
-@torch.no_grad()
-def init_from_model_dir(model: torch.nn.Module, cfg: ExperimentConfig, tokenizer,
-                        directory: str | Path) -> dict[str, list[str]]:
-    """Start ``model`` (built for ``cfg`` and ``tokenizer``) from a trained model directory.
+# ---------------------------------------------------------------------------
+# language-model directories
 
-    For fine-tuning and for moving a model to another corpus. A tensor is copied when the
-    pretrained model has one of the same name and shape. Token-indexed tensors (as the
-    model's parts declare them: embedding, output layer, CTC head) are copied row by row
-    for the tokens both vocabularies share, so the new tokenizer may hold other tokens.
-    The front end's corpus statistics are not copied: they belong to the new training set. Returns the names ``copied``, ``token_rows`` (copied in
-    part) and ``skipped`` (left at their fresh initialisation).
-    """
-    src_cfg, src_tokenizer, src_model = load_model_dir(directory)
-    changed = [f.name for f in fields(cfg.model.features)
-               if getattr(cfg.model.features, f.name) != getattr(src_cfg.model.features, f.name)]
-    if changed:
-        log.warning("%s: features differ (%s); the encoder will see other inputs than it was "
-                    "trained on", directory, ", ".join(changed))
-    src_row = {token: i for i, token in enumerate(src_tokenizer.tokens)}
-    shared = [(i, src_row[t]) for i, t in enumerate(tokenizer.tokens) if t in src_row]
-    dst_rows = torch.tensor([i for i, _ in shared], dtype=torch.long)
-    src_rows = torch.tensor([j for _, j in shared], dtype=torch.long)
-    by_token, statistics = set(model.token_indexed_names), set(model.statistics_names)
-    source = src_model.state_dict()
-    report: dict[str, list[str]] = {"copied": [], "token_rows": [], "skipped": []}
-    for name, value in model.state_dict().items():
-        old = source.get(name)
-        if name in statistics or old is None:
-            kind = "skipped"
-        elif name in by_token:
-            kind = "token_rows" if old.shape[1:] == value.shape[1:] and shared else "skipped"
-        else:
-            kind = "copied" if old.shape == value.shape else "skipped"
-        if kind == "copied":
-            value.copy_(old)
-        elif kind == "token_rows":
-            value[dst_rows] = old[src_rows].to(value)
-        report[kind].append(name)
-    log.info("initialised from %s: %d tensors copied whole, %d row by row (%d of %d tokens "
-             "shared); left fresh: %s", directory, len(report["copied"]), len(report["token_rows"]),
-             len(shared), len(tokenizer.tokens), ", ".join(report["skipped"]) or "none")
-    return report
+
+def save_lm_dir(out_dir: str | Path, lm: RNNLM, cfg: LMExperimentConfig, tokenizer: Tokenizer) -> Path:
+    """Write config.yaml, tokenizer/ and model.safetensors to ``out_dir``, atomically (a
+    crash leaves the previous directory, or none, never half of one)."""
+    with staged_directory(out_dir) as staging:
+        save_config(cfg, staging / "config.yaml")
+        tokenizer.save(staging / "tokenizer")
+        weights = {k: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()}
+        save_file(weights, str(staging / "model.safetensors"))
+    return Path(out_dir)
+
+
+def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
+    """Rebuild an RNNLM from an LM directory (see save_lm_dir), or from the ``train-lm``
+    experiment directory that holds one in ``model/``; ``.tokenizer`` attached."""
+    from earshot.tokenizer import load_tokenizer
+
+    d = Path(lm_dir)
+    if not (d / "model.safetensors").exists() and (d / "model" / "model.safetensors").exists():
+        d = d / "model"  # the train-lm experiment directory: its exported LM
+    for name in ("config.yaml", "tokenizer", "model.safetensors"):
+        if not (d / name).exists():
+            raise ConfigError(f"{d}: not a language model directory (missing {name})")
+    verify_checksums(d)
+    cfg = load_config(d / "config.yaml", cls=LMExperimentConfig)
+    tokenizer = load_tokenizer(d / "tokenizer")
+    from earshot.models.lm import RNNLM
+
+    lm = RNNLM(cfg.model, tokenizer.vocab_size)
+    lm.load_state_dict(read_weights(d / "model.safetensors"))
+    lm.tokenizer = tokenizer
+    return lm.to(device).eval()
