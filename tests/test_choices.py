@@ -75,6 +75,11 @@ def test_each_encoder_builds_and_trains_a_step(name):
     out = model(_batch(), LossConfig())
     out.loss.backward()
     assert math.isfinite(out.loss.item()) and model.encoder.output_dim > 0
+    names = [n for n, _ in model.encoder.named_parameters()]
+    for group, prefix in model.encoder.parameter_groups().items():  # declared groups exist
+        assert any(n.startswith(prefix) for n in names), (name, group, prefix)
+    unused = model.encoder.may_leave_parameters_unused
+    assert isinstance(unused, bool) and (unused or all(p.grad is not None for p in model.encoder.parameters()))
 
 
 @pytest.mark.parametrize("name", ATTENTIONS.names)

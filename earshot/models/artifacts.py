@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ from earshot.models.factory import build_model
 if TYPE_CHECKING:
     from earshot.models.asr import EncoderDecoderASR
     from earshot.models.lm import RNNLM
+    from earshot.models.wav2vec2_pretraining import Wav2Vec2Pretrainer
     from earshot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "model.safetensors"
+PRETRAINING_CARD_FILE = "earshot_pretraining.json"  # beside a pretrained transformers checkpoint
 
 # Format 1 -> 2: the front end became a part of its own (``frontend.``).
 _RENAMED_V1 = {"normalizer.": "frontend.normalizer."}
@@ -238,3 +241,23 @@ def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
     lm.load_state_dict(read_weights(d / "model.safetensors"))
     lm.tokenizer = tokenizer
     return lm.to(device).eval()
+
+
+# ---------------------------------------------------------------------------
+# pretrained encoders (``earshot pretrain``)
+
+
+def save_transformers_dir(out: str | Path, model: Wav2Vec2Pretrainer, card: dict) -> Path:
+    """A transformers checkpoint directory (config.json, weights, preprocessor_config.json
+    with the sampling rate) that ``model.encoder.path`` accepts, with ``card`` in
+    ``PRETRAINING_CARD_FILE``; written whole or not at all."""
+    cfg = model.cfg
+    with staged_directory(out) as staging:
+        model.save_backbone(staging)
+        (staging / "preprocessor_config.json").write_text(json.dumps({
+            "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
+            "sampling_rate": cfg.sample_rate, "padding_value": 0.0,
+            "do_normalize": cfg.waveform_norm == "utterance", "return_attention_mask": True,
+        }, indent=2) + "\n")
+        (staging / PRETRAINING_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return Path(out)

@@ -16,6 +16,8 @@ optional ``ssl`` extra (``pip install earshot[ssl]``), imported when the model i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -91,6 +93,10 @@ class Wav2Vec2Pretrainer(nn.Module):
     def frames(self, wav_lens: torch.Tensor) -> torch.Tensor:
         """Feature-encoder frames of ``wav_lens`` samples (0 below its receptive field)."""
         return self.net._get_feat_extract_output_lengths(wav_lens.long()).long().clamp(min=0)
+
+    def save_backbone(self, directory: Path) -> None:
+        """The transformers model as a checkpoint directory (``save_pretrained``)."""
+        self.net.save_pretrained(directory)
 
     def set_training_step(self, step: int) -> None:
         cfg = self.cfg

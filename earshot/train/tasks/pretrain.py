@@ -26,7 +26,6 @@ PosixPath('exp/an4_pretrain/model')
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -38,8 +37,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+import earshot
 from earshot.config import PretrainExperimentConfig
 from earshot.errors import ConfigError
+from earshot.models.artifacts import save_transformers_dir
 from earshot.models.wav2vec2_pretraining import Wav2Vec2Pretrainer
 from earshot.train.distributed import Dist, reduce_sums
 from earshot.train.engine import Run, Task, begin_run, fit, restore
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "earshot_pretraining.json"
 
 
 def pretrain(cfg: PretrainExperimentConfig, resume: bool = False) -> Path:
@@ -191,31 +191,12 @@ class PretrainTask(Task):
 
     def save_export(self, run: Run, out: Path, epochs: list[int], dev: PretrainDevResult,
                     state: TrainState) -> None:
-        save_transformers_dir(out, self.model, run, epochs, dev)
-        log.info("exported epoch(s) %s to %s (dev loss %.4f)", ", ".join(map(str, epochs)), out,
-                 dev.loss)
-
-
-def save_transformers_dir(out: Path, model: Wav2Vec2Pretrainer, run: Run, epochs: list[int],
-                          dev: PretrainDevResult) -> Path:
-    """A transformers checkpoint directory with a card (``CARD_FILE``), written whole or
-    not at all."""
-    import earshot
-    from earshot.models.artifacts import staged_directory
-
-    cfg = model.cfg
-    with staged_directory(out) as staging:
-        model.net.save_pretrained(staging)
-        (staging / "preprocessor_config.json").write_text(json.dumps({
-            "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
-            "sampling_rate": cfg.sample_rate, "padding_value": 0.0,
-            "do_normalize": cfg.waveform_norm == "utterance", "return_attention_mask": True,
-        }, indent=2) + "\n")
         card = {"earshot_version": earshot.__version__,
                 "corpus": run.cfg.data.corpus or Path(run.cfg.data.train[0]).name.split(".")[0],
                 "train_hours": round(run.train_hours, 3), "epochs": run.cfg.train.epochs,
                 "exported_epochs": epochs, "dev": {k: round(v, 5) for k, v in dev.metrics().items()
                                                    if math.isfinite(v)},
-                "parameters": sum(p.numel() for p in model.parameters())}
-        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    return out
+                "parameters": sum(p.numel() for p in self.model.parameters())}
+        save_transformers_dir(out, self.model, card)
+        log.info("exported epoch(s) %s to %s (dev loss %.4f)", ", ".join(map(str, epochs)), out,
+                 dev.loss)
