@@ -1,7 +1,7 @@
 """earshot: train and run joint CTC/attention speech recognisers.
 
     earshot demo --out exp/demo
-    earshot prepare an4 ../shared/data/an4 --out data/an4
+    earshot prepare an4 /corpora/an4 --out data/an4
     earshot validate recipes/an4/crdnn.yaml        (config, manifests and audio; no training)
     earshot train recipes/an4/crdnn.yaml train.epochs=30 [--resume]
     earshot pretrain recipes/an4/pretrain.yaml     (wav2vec 2.0 on unlabeled audio; earshot[ssl])
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = command("prepare", "corpus -> lhotse CutSet manifests OUT/{split}.jsonl.gz (no downloads)",
-                "earshot prepare fsdd ../shared/data/fsdd --out data/fsdd",
+                "earshot prepare fsdd /corpora/fsdd --out data/fsdd",
                 "earshot prepare csv my_corpus.csv --out data/mine --dev-fraction 0.1")
     p.add_argument("corpus", choices=PREPARERS.names, metavar="CORPUS",
                    help="one of: " + PREPARERS.help())

@@ -133,7 +133,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, cfg: FeatureConfig):
         super().__init__()
-        _validate(cfg)
+        _check_settings(cfg)
         self.cfg = cfg
         self.frame_length = int(cfg.sample_rate * 0.001 * cfg.frame_length_ms)
         self.frame_shift = int(cfg.sample_rate * 0.001 * cfg.frame_shift_ms)
@@ -192,7 +192,7 @@ class FeatureExtractor(nn.Module):
         return torch.cat([log_energy.unsqueeze(2), ceps[..., 1:]], dim=2)
 
 
-def _validate(cfg: FeatureConfig) -> None:
+def _check_settings(cfg: FeatureConfig) -> None:
     nyquist = 0.5 * cfg.sample_rate
     high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
     if not 0.0 <= cfg.low_freq < high <= nyquist:

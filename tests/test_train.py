@@ -481,12 +481,12 @@ def test_validate_every_runs_the_dev_pass_every_n_epochs_and_after_the_last(corp
 
 def test_validate_all_from_adds_a_dev_pass_after_every_late_epoch():
     from earshot.config import TrainConfig
-    from earshot.train.engine import validates
+    from earshot.train.engine import has_dev_pass
 
     cfg = TrainConfig(epochs=12, validate_every=5, validate_all_from=9)
-    assert [e for e in range(1, 13) if validates(cfg, e)] == [5, 9, 10, 11, 12]
+    assert [e for e in range(1, 13) if has_dev_pass(cfg, e)] == [5, 9, 10, 11, 12]
     plain = TrainConfig(epochs=12, validate_every=5)
-    assert [e for e in range(1, 13) if validates(plain, e)] == [5, 10, 12]
+    assert [e for e in range(1, 13) if has_dev_pass(plain, e)] == [5, 10, 12]
     with pytest.raises(ConfigError, match="train.validate_all_from"):
         load_config(None, ["train.validate_all_from=-1"])
 

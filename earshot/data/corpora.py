@@ -5,7 +5,7 @@ Each preparer is one entry of ``earshot.choices.PREPARERS`` (``earshot prepare N
 ``out_dir/{split}.jsonl.gz``. The options a preparer takes are its keyword parameters;
 the CLI passes each only the options it declares. Nothing is downloaded.
 
->>> splits = prepare_fsdd("../shared/data/fsdd", "data/fsdd")  # doctest: +SKIP
+>>> splits = prepare_fsdd("/corpora/fsdd", "data/fsdd")  # doctest: +SKIP
 >>> {name: len(cuts) for name, cuts in splits.items()}  # doctest: +SKIP
 {'train': 2250, 'dev': 250, 'test': 500}
 """

@@ -234,31 +234,31 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
     stats, state = train_one_epoch(run, state, epoch)
     lr_used = run.scheduler.lr
     train_cfg = run.cfg.train
-    validating = validates(train_cfg, epoch)
+    dev_pass_due = has_dev_pass(train_cfg, epoch)
     dev_start = time.time()
-    dev_result = run.task.dev_pass(run) if validating else None
-    dev_seconds = time.time() - dev_start if validating else 0.0
-    dev = dev_result.metrics() if validating else {}
-    lr = run.scheduler.step_epoch(dev) if validating else run.scheduler.lr
+    dev_result = run.task.dev_pass(run) if dev_pass_due else None
+    dev_seconds = time.time() - dev_start if dev_pass_due else 0.0
+    dev = dev_result.metrics() if dev_pass_due else {}
+    lr = run.scheduler.step_epoch(dev) if dev_pass_due else run.scheduler.lr
     state = dataclasses.replace(state.record(epoch, dev.get(train_cfg.select_metric),
                                              state.global_step), lr=lr)
     seconds = time.time() - start
     shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items()) or "not run"
     log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs", epoch, stats.loss, shown,
              lr_used, seconds)
-    dev_skipped = dev_result.skipped if validating else 0
+    dev_skipped = dev_result.skipped if dev_pass_due else 0
     log_skips(run.task, epoch, stats, dev_skipped)
     run.log_row(epoch_row(run.task, epoch, state, stats, dev, lr=lr_used, seconds=seconds,
                           dev_seconds=dev_seconds, dev_skipped=dev_skipped))
     if run.dist.is_main:
         checkpoint_run(run, state)
-        if validating:
+        if dev_pass_due:
             run.task.after_validation(run, epoch)
     barrier(run.dist)
     return state
 
 
-def validates(cfg: TrainConfig, epoch: int) -> bool:
+def has_dev_pass(cfg: TrainConfig, epoch: int) -> bool:
     """Whether ``epoch`` ends with a dev pass: every ``validate_every`` epochs, every epoch
     from ``validate_all_from`` on, and always the last."""
     every_epoch = 0 < cfg.validate_all_from <= epoch
