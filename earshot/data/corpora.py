@@ -107,7 +107,8 @@ def prepare_jsonl(path: str | Path, out_dir: str | Path, dev_fraction: float = 0
 def prepare_synthetic(source: str | Path | None, out_dir: str | Path, utterances: int = 2000,
                       seed: int = 0) -> dict[str, CutSet]:
     """The demo's corpus: ``utterances`` training sentences spoken by espeak-ng (2,000 are
-    about 1.2 h), plus dev and test sets in held-out voices; ``source`` must be None."""
+    about 1.2 h), plus a dev set in the training voices and a test set in held-out voices;
+    ``source`` must be None."""
     from earshot.data.synth import synthesize_corpus
 
     if source is not None:

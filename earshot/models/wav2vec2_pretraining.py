@@ -94,6 +94,11 @@ class Wav2Vec2Pretrainer(nn.Module):
         """Feature-encoder frames of ``wav_lens`` samples (0 below its receptive field)."""
         return self.net._get_feat_extract_output_lengths(wav_lens.long()).long().clamp(min=0)
 
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether layer drop may leave some parameters without a gradient in a step."""
+        return bool(self.net.config.layerdrop)
+
     def save_backbone(self, directory: Path) -> None:
         """The transformers model as a checkpoint directory (``save_pretrained``)."""
         self.net.save_pretrained(directory)

@@ -144,7 +144,7 @@ class PretrainTask(Task):
 
     def __init__(self, cfg: PretrainExperimentConfig, model: Wav2Vec2Pretrainer):
         self.cfg, self.model = cfg, model
-        self.find_unused_parameters = bool(model.net.config.layerdrop)
+        self.find_unused_parameters = model.may_leave_parameters_unused
 
     def usable(self, batch: Batch) -> Batch | None:
         span = self.cfg.model.mask_length
