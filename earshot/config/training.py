@@ -93,6 +93,8 @@ class TrainConfig:
         def at(name: str) -> str:
             return dotted(key, name)
 
+        require(bool(self.exp_dir.strip()), at("exp_dir"),
+                "empty; give a directory of the run's own, e.g. exp/myrun")
         require(bool(DEVICE_NAME.fullmatch(self.device)), at("device"),
                 f"{self.device!r} is not {NAMES_HELP}")
         require(self.epochs >= 1, at("epochs"), "must be >= 1")

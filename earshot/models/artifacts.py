@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from earshot.config import (MODEL_DIR_FORMAT, ExperimentConfig, LMExperimentConfig, ModelCard,
                             ModelDescription, load_config, read_yaml, save_config)
 from earshot.errors import ConfigError, EarshotError
-from earshot.integrity import verify_checksums, write_checksums
+from earshot.integrity import CHECKSUM_FILE, verify_checksums, write_checksums
 from earshot.models.factory import build_model
 
 if TYPE_CHECKING:
@@ -91,9 +92,12 @@ def staged_directory(directory: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder next to ``directory``; when the block ends without an
     error it replaces ``directory`` as a whole, otherwise it is removed. Readers see the
     old directory or the new one, never a half-written one, and the new one carries a
-    checksum manifest of what the block wrote. Folders a killed earlier save left
-    (``.NAME.tmp-*``, ``.NAME.old-*``) are removed first."""
+    checksum manifest of what the block wrote, with the permissions the user's umask gives
+    new files. Folders a killed earlier save left (``.NAME.tmp-*``, ``.NAME.old-*``) are
+    removed first. A ``directory`` that exists but was not written this way (a file, or a
+    folder of the user's) is never replaced: ConfigError."""
     directory = Path(directory)
+    check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     for kind in ("tmp", "old"):
         for stale in directory.parent.glob(f".{directory.name}.{kind}-*"):
@@ -103,10 +107,35 @@ def staged_directory(directory: str | Path) -> Iterator[Path]:
     try:
         yield staging
         write_checksums(staging)
+        _apply_umask(staging)
         _swap_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_replaceable(directory: Path) -> None:
+    """A ConfigError unless ``directory`` is absent, empty, or a directory earshot wrote
+    (a checksum manifest, or an older model or pretraining directory's files)."""
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: exists and is not a directory; earshot will not replace it")
+    names = {p.name for p in directory.iterdir()}
+    ours = (CHECKSUM_FILE in names or {CONFIG_FILE, WEIGHTS_FILE} <= names
+            or PRETRAINING_CARD_FILE in names)
+    if names and not ours:
+        shown = ", ".join(sorted(names)[:3])
+        raise ConfigError(f"{directory}: exists and holds files earshot did not write ({shown}); "
+                          f"earshot will not replace it: choose another output directory")
+
+
+def _apply_umask(root: Path) -> None:
+    """Permissions as a new file or folder gets them (the staging folder is private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _plain_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ A checkpoint holds everything needed to continue a run exactly: model, optimizer
 scheduler and grad scaler states and the TrainState, whose ``epoch_batches`` says how far
 into the next epoch it was written. No generator state is stored: every random draw of
 a training step comes from generators seeded by (seed, rank, epoch, batch) (see
-``earshot.train.engine.seed_step``), so the position alone replays the randomness.
+``earshot.train.environment.seed_step``), so the position alone replays the randomness.
 
 A checkpoint is written to a temporary file in the same directory, fsynced and renamed
 over the target, so a crash leaves either the old file or the new one, never half of

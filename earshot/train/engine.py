@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -42,10 +41,11 @@ from earshot.train.distributed import (Dist, barrier, broadcast_flag, collective
                                        init_distributed, reduce_sums, wrap_ddp)
 from earshot.train.environment import (CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, RunConfig, autocast,
                                        check_precision, configure_torch, prepare_exp_dir,
-                                       seed_everything, select_device)
+                                       seed_everything, seed_step, select_device)
 from earshot.train.meters import (EpochStats, EpochSums, StepMeter, append_metrics, epoch_row,
                                   log_skips, truncate_metrics)
 from earshot.train.optim import build_optimization
+from earshot.train.rundir import release_run_dir
 from earshot.train.schedulers import Scheduler
 from earshot.train.state import TrainState
 
@@ -180,6 +180,7 @@ def fit(run: Run, state: TrainState) -> Path:
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
+        release_run_dir(run.exp_dir)
 
 
 def begin_run(cfg: RunConfig, resume: bool
@@ -196,14 +197,6 @@ def begin_run(cfg: RunConfig, resume: bool
     seed_everything(cfg.train.seed)
     configure_torch(cfg.train)
     return world, device, exp_dir, saved
-
-
-def seed_step(seed: int, rank: int, epoch: int, batch: int) -> None:
-    """Seed torch's generators (CPU and CUDA) for one training batch from its position,
-    so its dropout, SpecAugment, dither, stochastic depth and scheduled sampling draws
-    are the same whenever that batch is trained: straight through, or after a resume."""
-    state = np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(2, np.uint32)
-    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def restore(run: Run, path: Path, saved: ckpt.Checkpoint) -> TrainState:

@@ -3,7 +3,8 @@ torch settings, set up once by ``earshot.train.engine.begin_run`` before anythin
 and the autocast context of its precision.
 
 An experiment directory (``train.exp_dir``) holds the resolved ``config.yaml``,
-``checkpoints/``, ``metrics.jsonl`` and, once trained, the exported ``model/``.
+``checkpoints/``, ``metrics.jsonl`` and, once trained, the exported ``model/``; the run
+owns it while it runs (``earshot.train.rundir``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from earshot.devices import resolve_device
 from earshot.errors import ConfigError
 from earshot.train import checkpoint as ckpt
 from earshot.train.distributed import Dist, barrier
+from earshot.train.rundir import claim_run_dir, release_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,17 @@ def prepare_exp_dir(cfg: RunConfig, exp_dir: Path, resume: bool, world: Dist
     """Check the experiment directory and write the resolved config; the checkpoint to
     resume (the newest that reads: a damaged newer one is warned about and passed over)."""
     ckpt_dir = exp_dir / CHECKPOINT_DIR
+    if world.is_main:
+        claim_run_dir(exp_dir)  # (the other ranks work in the directory rank 0 holds)
+    try:
+        return _prepare_claimed(cfg, exp_dir, ckpt_dir, resume, world)
+    except BaseException:
+        release_run_dir(exp_dir)
+        raise
+
+
+def _prepare_claimed(cfg: RunConfig, exp_dir: Path, ckpt_dir: Path, resume: bool, world: Dist
+                     ) -> tuple[Path, ckpt.Checkpoint] | None:
     if world.is_main:
         ckpt.remove_partial(ckpt_dir)
     barrier(world)
@@ -66,6 +79,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def seed_step(seed: int, rank: int, epoch: int, batch: int) -> None:
+    """Seed torch's generators (CPU and CUDA) for one training batch from its position,
+    so its dropout, SpecAugment, dither, stochastic depth and scheduled sampling draws
+    are the same whenever that batch is trained: straight through, or after a resume."""
+    state = np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(2, np.uint32)
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def configure_torch(cfg: TrainConfig) -> None:
