@@ -156,3 +156,37 @@ def test_unknown_encoder_type_in_a_yaml_file_names_the_file(tmp_path):
     path.write_text("model:\n  encoder: {type: lstm9, layers: 2}\n")
     with pytest.raises(ConfigError, match=r"x\.yaml: config key 'model\.encoder\.type'"):
         load_config(path)
+
+
+def _bomb(levels: int = 8) -> str:
+    names = [chr(97 + i) for i in range(levels + 1)]
+    lines = [f"{names[0]}: &{names[0]} [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip(names, names[1:]):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    anchors = "x-anchors:\n" + "".join(f"  {line}\n" for line in lines)  # (an unknown key, refused later)
+    return anchors + "model:\n  encoder:\n    cnn_channels: *" + names[-1] + "\n"
+
+
+@pytest.mark.parametrize("text, says", [
+    (_bomb(), r"c\.yaml: its aliases expand to more than 100000 values"),
+    ("train:\n  epochs: " + "[" * 5000 + "]" * 5000 + "\n", r"c\.yaml:2: nested deeper than 64 levels"),
+    ("train:\n  epochs: 3\n  seed: 1\n  epochs: 4\n", r"c\.yaml:4: key 'epochs' given twice \(first on line 2\)"),
+    ("train: {exp_dir: " + "x" * 100000 + ", epochs: [1]}\n", r"expected an integer, got \[1\]"),
+])
+def test_yaml_that_would_blow_up_or_silently_pick_a_value_is_refused_naming_file_and_line(tmp_path, text, says):
+    import time
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=says) as err:
+        load_config(path)
+    assert len(str(err.value)) < 400 and time.monotonic() - start < 10
+
+
+def test_a_huge_value_is_shown_cut_short_in_the_message(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: " + "9" * 50 + "x" * 100000 + "\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs': expected an integer, got '9{20}") as err:
+        load_config(path)
+    assert len(str(err.value)) < 300

@@ -30,6 +30,89 @@ from earshot.errors import ConfigError
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
+# Bounds on what a YAML text may make: configs are small, so these leave room to spare
+# while refusing alias bombs ("billion laughs"), runaway nesting and huge files.
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000  # scalars, lists and mappings, every alias expanded
+SHOWN_CHARS = 80
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to ``SHOWN_CHARS`` characters, for messages."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 5] + " ...'"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader refusing a key given twice in one mapping."""
+
+    where = ""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise ConfigError(f"{self.where}:{key_node.start_mark.line + 1}: key "
+                                      f"{shown(key)} given twice (first on line {first[key]})")
+                first[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key; yaml itself refuses it below
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The value of a YAML text, refusing (ConfigError naming ``where`` and the line)
+    nesting deeper than ``MAX_YAML_DEPTH``, more than ``MAX_YAML_VALUES`` values once
+    aliases are expanded, and duplicate keys. Only plain data is built (safe loading)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{where}:{event.start_mark.line + 1}: nested deeper than "
+                                  f"{MAX_YAML_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    loader = _StrictLoader(text)
+    loader.where = where
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_values(node) > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_VALUES} "
+                              f"values; a config does not need that many")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_values(root: yaml.Node) -> int:
+    """How many nodes the document holds with every alias expanded (each shared node is
+    counted once per use), computed once per node, without recursion."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value))
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(c), MAX_YAML_VALUES + 1) for c in children),
+                                  MAX_YAML_VALUES + 1)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def require(ok: bool, key: str, reason: str) -> None:
     """A ConfigError "config key 'KEY': REASON" unless ``ok``."""
     if not ok:
@@ -92,7 +175,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return from_dict(tp, value, key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+            raise ConfigError(f"config key '{key}': {shown(value)} is not one of {list(args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -105,35 +188,35 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {shown(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {shown(value)}")
         item = args[0] if args else Any
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is Any:
         return value
     if tp is dict or origin is dict:  # a free-form mapping (a third-party config)
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a mapping, got {shown(value)}")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected true/false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
             return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a string, got {shown(value)}")
         return str(value)
     raise ConfigError(f"config key '{key}': unsupported type {tp}")
 
@@ -143,10 +226,10 @@ def _tagged(family: type, value: Any, key: str) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected a mapping, got {shown(value)}")
     name = value.get("type", family.DEFAULT)
     if not isinstance(name, str) or name not in family.TABLE:
-        raise ConfigError(f"config key '{key}.type': unknown {family.TABLE.what} type {name!r} "
+        raise ConfigError(f"config key '{key}.type': unknown {family.TABLE.what} type {shown(name)} "
                           f"(known: {', '.join(sorted(family.TABLE))})")
     cls = family.member(name, key)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -192,18 +275,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = _deep_copy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+            raise ConfigError(f"override {shown(item)} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = parse_yaml(raw, f"override {shown(key)}") if raw != "" else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from None
+            raise ConfigError(f"override {shown(item)}: value is not valid YAML ({err})") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
+                raise ConfigError(f"override {shown(item)}: {shown(part)} is not a section")
             node = child
         node[parts[-1]] = value
     return data
@@ -214,13 +297,16 @@ def _deep_copy(data: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file; a ConfigError naming the file when it is missing, not
-    text, not YAML, or not a mapping."""
+    """The mapping in a YAML file; a ConfigError naming the file when it is missing, too
+    large, not text, not YAML (``parse_yaml``'s limits included), or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config is at most "
+                          f"{MAX_YAML_BYTES} bytes")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
     except yaml.YAMLError as err:
