@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from earshot.audio import check_waveform, load_audio
-from earshot.config import DecodeConfig, ExperimentConfig, to_dict
+from earshot.choices import DECODE_MODES
+from earshot.config import DecodeConfig, ExperimentConfig, check, to_dict
 from earshot.decoding.api import Hypothesis, decode_batch
 from earshot.devices import resolve_device
-from earshot.errors import AudioError, EarshotError
+from earshot.errors import AudioError, ConfigError, EarshotError
 from earshot.metrics import ErrorRates, write_report
 from earshot.models.artifacts import load_model_dir
 
@@ -82,6 +83,7 @@ class Transcriber:
         ``error`` says why."""
         if on_error not in ("raise", "keep"):
             raise ValueError(f"on_error must be 'raise' or 'keep', not {on_error!r}")
+        decode = self.decoding(decode, mode)
         readable, wavs, errors = [], [], {}
         for i, path in enumerate(paths):
             try:
@@ -102,18 +104,34 @@ class Transcriber:
             out[i] = Utterance(str(paths[i]), [], error=reason)
         return out
 
+    def decoding(self, decode: DecodeConfig | None, mode: str) -> DecodeConfig:
+        """``decode`` (default: the model's own settings) and ``mode`` checked as the CLI
+        checks its options (``earshot.config.check``, ``earshot.choices.DECODE_MODES``):
+        a ConfigError naming the setting, before any audio is read."""
+        decode = self.cfg.decode if decode is None else decode
+        if not isinstance(decode, DecodeConfig):
+            raise ConfigError(f"decode: expected an earshot.config.DecodeConfig, got "
+                              f"{type(decode).__name__}")
+        check(decode)
+        DECODE_MODES.entry(mode, "mode")
+        return decode
+
     def decode_waveforms(self, ids: list[str], wavs: list[torch.Tensor],
                          decode: DecodeConfig | None = None, lm: RNNLM | None = None,
                          mode: str = "auto") -> list[Utterance]:
         """Decode mono waveforms (S,) at ``self.sample_rate``, batched longest first.
         Each must be floating-point samples in [-1, 1], finite and not empty (AudioError
         naming its id otherwise); one shorter than an encoder frame decodes to ''."""
+        decode = self.decoding(decode, mode)
+        if len(ids) != len(wavs):
+            raise ConfigError(f"decode_waveforms: {len(ids)} ids for {len(wavs)} waveforms; "
+                              f"give one id per waveform")
         wavs = [check_waveform(name, wav) for name, wav in zip(ids, wavs)]
         return self._decode_all(ids, wavs, decode, lm, mode)
 
     def _decode_all(self, ids: list[str], wavs: list[torch.Tensor], decode: DecodeConfig | None,
                     lm, mode: str) -> list[Utterance]:
-        decode = decode or self.cfg.decode
+        decode = self.decoding(decode, mode)
         order = sorted(range(len(wavs)), key=lambda i: -len(wavs[i]))
         results: dict[int, Utterance] = {}
         for start in range(0, len(order), decode.batch_size):
@@ -140,7 +158,7 @@ class Transcriber:
 
         from earshot.data.batching import make_loader
 
-        decode = decode or self.cfg.decode
+        decode = self.decoding(decode, mode)
         loader = make_loader(cuts, self.tokenizer, self.sample_rate,
                              max_duration=decode_max_duration(decode), shuffle=False)
         out = []

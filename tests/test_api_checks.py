@@ -1,0 +1,54 @@
+"""The Python API checks decoding options, modes, devices and inputs as the CLI does."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import earshot
+from earshot.config import DecodeConfig
+from earshot.errors import ConfigError
+
+MODEL = Path(__file__).parent / "data" / "frozen" / "crdnn_v2"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return earshot.load_model(MODEL, device="cpu")
+
+
+@pytest.mark.parametrize("settings, key", [
+    (dict(beam_size=0), "beam_size"), (dict(batch_size=0), "batch_size"),
+    (dict(temperature=0.0), "temperature"), (dict(ctc_weight=math.nan), "ctc_weight"),
+    (dict(max_len_ratio=1e9), "max_len_ratio"), (dict(nbest=0), "nbest"),
+])
+def test_bad_decoding_settings_are_named_before_anything_is_decoded(model, settings, key):
+    wav = torch.zeros(4000)
+    with pytest.raises(ConfigError, match=rf"config key '{key}'"):
+        model.decode_waveforms(["a"], [wav], DecodeConfig(**settings))
+    with pytest.raises(ConfigError, match=rf"config key '{key}'"):
+        model.transcribe(["does-not-exist.wav"], DecodeConfig(**settings))  # checked before reading
+
+
+def test_a_bad_mode_a_foreign_decode_object_and_missing_ids_are_named(model):
+    wav = torch.zeros(4000)
+    with pytest.raises(ConfigError, match="mode: unknown decoding mode 'fastest'"):
+        model.decode_waveforms(["a"], [wav], mode="fastest")
+    with pytest.raises(ConfigError, match="expected an earshot.config.DecodeConfig, got dict"):
+        model.decode_waveforms(["a"], [wav], {"beam_size": 2})
+    with pytest.raises(ConfigError, match="1 ids for 2 waveforms"):
+        model.decode_waveforms(["a"], [wav, wav])
+    assert len(model.decode_waveforms(["a", "b"], [wav, wav], DecodeConfig(beam_size=2))) == 2
+
+
+@pytest.mark.parametrize("device, says", [("bogus", "'bogus' is not a device"), ("cuda:7", "'cuda:7' but"),
+                                          ("mps", "'mps' but")])
+def test_load_model_names_an_unusable_device(device, says):
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that device")
+    if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has that device")
+    with pytest.raises(ConfigError, match=rf"load_model\(device=\.\.\.\): {says}"):
+        earshot.load_model(MODEL, device=device)
+    assert earshot.load_model(MODEL, device=None).device.type in ("cpu", "cuda", "mps")  # None: auto
