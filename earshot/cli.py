@@ -20,7 +20,10 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 
@@ -398,10 +401,25 @@ def _version() -> str:
     return f"earshot {__version__}"
 
 
+def _first_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: unwind (a run stops where it is; checkpoints are written whole or not at all);
+    a second one while unwinding stops the process at once, quietly."""
+    signal.signal(signal.SIGINT, _second_interrupt)
+    raise KeyboardInterrupt
+
+
+def _second_interrupt(signum: int, frame: object) -> None:
+    sys.stderr.write("interrupted again: stopping now\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    handles = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _first_interrupt) if handles else None
     try:
         return args.func(args)
     except EarshotError as err:
@@ -410,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if handles:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,29 @@ def test_every_option_has_help_with_its_default_and_the_help_ends_with_examples(
 def test_prepare_refuses_an_option_its_corpus_does_not_take(tmp_path, capsys):
     code = main(["prepare", "fsdd", str(tmp_path), "--out", str(tmp_path / "o"), "--dev-speakers", "3"])
     assert code == 2 and "option --dev-speakers: prepare fsdd does not take it" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_stops_at_once_quietly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A command whose clean-up is slow: the first Ctrl-C starts it, the second cuts it short.
+    code = ("import sys, time; import earshot.cli as cli\n"
+            "def slow(args):\n"
+            "    try:\n        print('running', flush=True); time.sleep(60)\n"
+            "    finally:\n        print('cleaning up', flush=True); time.sleep(60)\n"
+            "cli.cmd_plot = slow\n"
+            "sys.exit(cli.main(['plot', 'x']))\n")
+    (tmp_path / "slow.py").write_text(code)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "slow.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "running"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "cleaning up"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - start < 20
+    assert "Traceback" not in err and "interrupted again" in err
