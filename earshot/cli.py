@@ -249,6 +249,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def tsv_field(text: str) -> str:
+    """``text`` for one field of a tab-separated line: backslash, tab, newline and carriage
+    return written as ``\\``, ``\\t``, ``\\n``, ``\\r`` (--json keeps paths as they are)."""
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from earshot.inference import Transcriber, load_lm_dir, write_nbest
 
@@ -264,7 +271,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                               "nbest": [{"text": h.text, "score": float(h.score)}
                                         for h in u.hypotheses]}))
         else:
-            print(f"{u.id}\t{u.text}")
+            print(f"{tsv_field(u.id)}\t{tsv_field(u.text)}")
     decoded = [u for u in utts if not u.error]
     if args.nbest_out:
         write_nbest(Path(args.nbest_out), decoded)
@@ -382,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = command("transcribe", "print transcripts of audio files",
+    p = command("transcribe", "print transcripts of audio files, one 'path<TAB>text' line each\n"
+                              "(a tab, newline or backslash in them written as \\t, \\n, \\\\)",
                 "earshot transcribe --model exp/an4/model a.wav b.flac",
                 "earshot transcribe --model exp/an4/model --beam-size 10 --ctc-weight 0.4 --json a.wav")
     p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")

@@ -239,5 +239,35 @@ def test_csv_with_byte_order_mark_and_non_utf8(tmp_path):
     manifest.write_bytes("id,path,text\na,a.wav,caf\u00e9\n".encode("utf-8-sig"))
     assert import_csv(manifest)["a"].supervisions[0].text == "caf\u00e9"
     manifest.write_bytes("id,path,text\na,a.wav,caf\u00e9\n".encode("latin-1"))
-    with pytest.raises(ManifestError, match=r"m\.csv: unreadable text after 0 rows"):
-        import_csv(manifest)
+    with pytest.raises(ManifestError, match=r"m\.csv: no usable rows \(skipped 1 of 1\)"):
+        import_csv(manifest)  # the row is reported by line and skipped (see below)
+
+
+def test_rows_with_bad_bytes_overlong_fields_or_control_characters_are_skipped_by_line(tmp_path):
+    for i in range(4):
+        tone(tmp_path / f"u{i}.wav")
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,path,text\n"
+                     b"u0,u0.wav,caf\xe9\n"                       # line 2: Latin-1, not UTF-8
+                     b"u1,u1.wav," + b"x" * 200_000 + b"\n"          # line 3: a 200 KB field
+                     b"u2,u2.wav,ring \x07 the bell\n"              # line 4: BEL
+                     + "u3,u3.wav,good \u202e text\n".encode()     # line 5: a bidi override
+                     + b"u4,u0.wav,fine\n")
+    result = read_manifest(path)
+    assert list(result.cuts.ids) == ["u4"]
+    reasons = "\n".join(result.problems)
+    assert "m.csv:2: malformed row: field 'text' holds bytes that are not UTF-8" in reasons
+    assert "m.csv:3: malformed row: field 'text' is 200000 characters long" in reasons
+    assert "m.csv:4: transcript holds the control character U+0007 at position 6" in reasons
+    assert "m.csv:5: transcript holds the control character U+202E" in reasons
+
+
+def test_jsonl_accepts_a_byte_order_mark_and_skips_a_line_that_is_not_utf8(tmp_path):
+    for i in range(2):
+        tone(tmp_path / f"u{i}.wav")
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": "u0", "path": "u0.wav", "text": "one"}\n'
+                     + b'{"id": "u1", "path": "u1.wav", "text": "caf\xe9"}\n')
+    result = read_manifest(path)
+    assert list(result.cuts.ids) == ["u0"]
+    assert result.problems == [f"{path}:2: malformed row: byte 44 is not UTF-8 text"]

@@ -265,3 +265,17 @@ def test_search_benchmark_counts_operators_per_step(overfit_model, capsys):
     ops = {mode: float(cols[0]) for mode, cols in rows.items()}
     assert all(int(cols[1]) > 0 and float(cols[2]) > 0 for cols in rows.values())
     assert ops["greedy"] < ops["beam10"] < ops["beam10+ctc"]  # the CTC scorer adds work
+
+
+def test_a_path_with_a_tab_or_newline_keeps_the_output_one_line_of_two_fields(overfit_model, corpus,
+                                                                              tmp_path, capsys):
+    import shutil
+
+    odd = tmp_path / "take\t1\nfinal.wav"
+    shutil.copyfile(corpus / "u0.wav", odd)
+    capsys.readouterr()
+    assert main(["transcribe", "--model", str(overfit_model / "exp" / "model"), str(odd)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].count("\t") == 1
+    assert lines[0].split("\t")[0] == str(odd).replace("\t", "\\t").replace("\n", "\\n")
+    assert lines[0].split("\t")[1] == TEXTS[0]

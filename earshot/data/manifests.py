@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,25 +135,58 @@ def _import_records(records: Iterator[tuple[int, dict | str]], path: Path, base:
     return cuts
 
 
+MAX_FIELD_CHARS = 65536  # a longer field (a transcript of hours, a stray quote) is refused
+
+
 def _csv_records(path: Path) -> Iterator[tuple[int, dict | str]]:
-    """(line, fields) per data row; a row with the wrong number of fields is a str."""
-    # utf-8-sig: spreadsheets often start CSV files with a byte-order mark.
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        _check_header(path, header)
-        reader.fieldnames = header
-        for record in reader:
-            if None in record or None in record.values():
-                yield reader.line_num, f"malformed row: expected {len(header)} fields"
-            else:
-                yield reader.line_num, record
+    """(line, fields) per data row; a row that cannot be used as it stands (wrong number of
+    fields, bytes that are not UTF-8, an overlong field, a quoting error) is a str reason."""
+    # utf-8-sig: spreadsheets often start CSV files with a byte-order mark. Bytes that are
+    # not UTF-8 become lone surrogates, found per row below instead of ending the file.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, 16 * MAX_FIELD_CHARS))
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.DictReader(f)
+            header = [name.strip() for name in (reader.fieldnames or [])]
+            _check_header(path, header)
+            reader.fieldnames = header
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as err:
+                    yield reader.line_num, f"malformed row: {err}"
+                    continue
+                yield reader.line_num, _csv_problem(record, len(header)) or record
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_problem(record: dict, fields: int) -> str | None:
+    if None in record or None in record.values():
+        return f"malformed row: expected {fields} fields"
+    for name, value in record.items():
+        if _NOT_UTF8.search(value):
+            return f"malformed row: field '{name}' holds bytes that are not UTF-8 text"
+        if len(value) > MAX_FIELD_CHARS:
+            return f"malformed row: field '{name}' is {len(value)} characters long (at most {MAX_FIELD_CHARS})"
+    return None
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line, fields) per non-blank line; undecodable lines are a str reason."""
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:  # (utf-8-sig: a byte-order mark on the first line, as CSV files may have)
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                yield line, f"malformed row: byte {err.start + 1} is not UTF-8 text"
+                continue
             if not text.strip():
                 continue
             try:
@@ -197,6 +231,10 @@ def _parse_row(fields: dict | str, line: int, base: Path) -> _Row:
         raise _RowProblem("malformed row: empty or missing audio path")
     if not text:
         raise _RowProblem("empty transcript")
+    odd = _CONTROL.search(text)
+    if odd:
+        raise _RowProblem(f"transcript holds the control character U+{ord(odd.group()):04X} at "
+                          f"position {odd.start() + 1}; remove it")
     duration = _field(fields, "duration")
     if duration:
         try:
@@ -212,6 +250,10 @@ def _parse_row(fields: dict | str, line: int, base: Path) -> _Row:
         audio_path = base / audio_path
     return _Row(line, uid, audio_path.resolve(), text, _field(fields, "speaker") or None)
 
+
+# Characters no transcript means to hold: C0/C1 controls (tabs and line breaks included:
+# a transcript is one line), and the bidirectional overrides that reorder displayed text.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 MIN_SECONDS = 0.025  # one analysis frame: shorter audio yields no feature frame at all
 
