@@ -45,10 +45,27 @@ def audio_info(path: str | Path) -> AudioInfo:
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError) as err:
         raise AudioError(path, f"cannot read audio header ({_describe(err)})") from None
-    if info.samplerate <= 0:
-        raise AudioError(path, f"invalid sample rate {info.samplerate} in header")
+    _check_header(path, int(info.samplerate), int(info.channels), int(info.frames))
     return AudioInfo(sample_rate=int(info.samplerate), frames=int(info.frames),
                      channels=int(info.channels))
+
+
+# What a header may claim before its samples are decoded or resampled: rates from
+# telephone speech to studio audio, a microphone array's channels, a day of audio.
+MIN_RATE, MAX_RATE = 1000, 768_000
+MAX_CHANNELS = 64
+MAX_SECONDS = 24 * 3600
+
+
+def _check_header(path: str | Path, rate: int, channels: int, frames: int) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(path, f"the header's sample rate {rate} Hz is outside "
+                               f"{MIN_RATE}-{MAX_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(path, f"the header claims {channels} channels (1-{MAX_CHANNELS} are read)")
+    if frames > MAX_SECONDS * rate:
+        raise AudioError(path, f"the header claims {frames / rate / 3600:.1f} hours of audio "
+                               f"(at most {MAX_SECONDS // 3600} are read)")
 
 
 def audio_duration(path: str | Path) -> float:
@@ -96,6 +113,12 @@ def check_waveform(name: str, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
 def _read(path: str | Path) -> tuple[np.ndarray, int]:
     """All samples as (frames, channels) float32, and the file's sample rate."""
     _check_exists(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError):
+        info = None  # (the read below says what is wrong with it)
+    if info is not None:  # the header's claims, checked before decoding
+        _check_header(path, int(info.samplerate), int(info.channels), int(info.frames))
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError) as err:

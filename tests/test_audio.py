@@ -125,3 +125,17 @@ def test_a_truncated_wav_decodes_what_is_there_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="earshot.audio"):
         load_audio(full)
     assert "truncated" not in caplog.text
+
+
+@pytest.mark.parametrize("rate, channels, says", [(50, 1, "sample rate 50 Hz is outside"),
+                                                  (16000, 100, "claims 100 channels")])
+def test_an_absurd_header_is_refused_before_decoding(tmp_path, rate, channels, says):
+    import time
+
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.zeros((rate * 2, channels), dtype=np.float32), rate)
+    start = time.monotonic()
+    for read in (lambda: load_audio(path, sample_rate=16000), lambda: audio_info(path)):
+        with pytest.raises(AudioError, match=says):
+            read()
+    assert time.monotonic() - start < 5

@@ -190,3 +190,30 @@ def test_a_huge_value_is_shown_cut_short_in_the_message(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.epochs': expected an integer, got '9{20}") as err:
         load_config(path)
     assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.decoder.units=100000000", r"'model\.decoder\.units': must be in \[1, 16384\], got 100000000"),
+    ("model.encoder.rnn_units=1000000", r"'model\.encoder\.rnn_units': must be in \[1, 16384\]"),
+    ("model.encoder.time_pool=[100,100]", r"'model\.encoder\.time_pool': subsamples time by 20000"),
+    ("model.decoder.attention.location_kernel=-1", r"'model\.decoder\.attention\.location_kernel'"),
+    ("model.features.num_mel_bins=1000", r"'model\.features\.num_mel_bins': 1000 mel filters .* leave \d+ of them"),
+    ("model.features.frame_length_ms=10000", r"'model\.features\.frame_length_ms': must be at most 200"),
+    ("optim.weight_decay=-1", r"'optim\.weight_decay': must be >= 0"),
+    ("optim.scheduler.factor=-1", r"'optim\.scheduler\.factor': must be in \(0, 1\]"),
+    ("optim.scheduler.patience=-5", r"'optim\.scheduler\.patience': must be >= 0"),
+    ("loss.scheduled_sampling.ramp=-1", r"'loss\.scheduled_sampling\.ramp': must be >= 1"),
+    ("train.seed=-1", r"'train\.seed': must be in \[0, 2\^32\)"),
+    ("train.num_threads=-1", r"'train\.num_threads': must be >= 0"),
+    ("decode.beam_size=100000", r"'decode\.beam_size': must be in \[1, 200\]"),
+])
+def test_sizes_and_rates_a_machine_or_model_could_not_use_are_refused_before_allocation(override, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, [override, "model.features.sample_rate=8000"])
+
+
+def test_accepted_configs_hold_the_values_given():
+    cfg = load_config(None, ["model.decoder.units=512", "decode.beam_size=200", "train.seed=0",
+                             "model.features.num_mel_bins=80", "optim.scheduler.factor=1.0"])
+    assert (cfg.model.decoder.units, cfg.decode.beam_size, cfg.train.seed) == (512, 200, 0)
+    assert cfg.model.features.num_mel_bins == 80 and cfg.optim.scheduler.factor == 1.0

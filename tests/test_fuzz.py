@@ -170,7 +170,8 @@ def audio_files(draw) -> AudioFile:
         data = rng.uniform(-1, 1, (frames, channels))
         if frames:
             data[rng.integers(0, frames)] = {"nan": np.nan, "inf": np.inf, "loud": 50.0}[content]
-    usable = frames > 0 and (content in ("tone", "noise", "zeros", "full_scale") or not float_file)
+    usable = (frames > 0 and rate >= 1000  # (earshot.audio.MIN_RATE: a 50 Hz header is refused)
+              and (content in ("tone", "noise", "zeros", "full_scale") or not float_file))
     buf = io.BytesIO()
     try:
         sf.write(buf, data, rate, subtype=subtype, format=fmt.upper())

@@ -271,3 +271,12 @@ def test_jsonl_accepts_a_byte_order_mark_and_skips_a_line_that_is_not_utf8(tmp_p
     result = read_manifest(path)
     assert list(result.cuts.ids) == ["u0"]
     assert result.problems == [f"{path}:2: malformed row: byte 44 is not UTF-8 text"]
+
+
+def test_a_dev_fraction_that_empties_a_split_writes_nothing(tmp_path):
+    for i in range(5):  # no speakers: a random split
+        tone(tmp_path / f"u{i}.wav")
+    manifest = write_csv(tmp_path / "m.csv", "id,path,text", [f"u{i},u{i}.wav,word" for i in range(5)])
+    with pytest.raises(ConfigError, match=r"--dev-fraction\) 0\.99 leaves the train split empty"):
+        prepare_csv(manifest, tmp_path / "o", dev_fraction=0.99)
+    assert not (tmp_path / "o").exists()

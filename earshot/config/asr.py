@@ -20,6 +20,8 @@ class ScheduledSamplingConfig:
 
     def check(self, key: str) -> None:
         require(0.0 <= self.max_prob <= 1.0, dotted(key, "max_prob"), "must be in [0, 1]")
+        require(self.start >= 0, dotted(key, "start"), "must be >= 0")
+        require(self.ramp >= 1, dotted(key, "ramp"), "must be >= 1")
 
 
 @dataclass(frozen=True)

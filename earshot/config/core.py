@@ -119,6 +119,17 @@ def require(ok: bool, key: str, reason: str) -> None:
         raise ConfigError(f"config key '{key}': {reason}")
 
 
+# Upper bounds on sizes, far beyond any model this toolkit trains, that stop a typo
+# (units=1e8) from asking for tens of gigabytes before anything checks it.
+MAX_WIDTH = 16384  # units, dims, channels
+MAX_LAYERS = 128
+
+
+def require_size(value: int, key: str, most: int = MAX_WIDTH, least: int = 1) -> None:
+    """``value`` in [least, most] (a width, a count of layers)."""
+    require(least <= value <= most, key, f"must be in [{least}, {most}], got {value}")
+
+
 def dotted(prefix: str, name: str) -> str:
     """``name`` under ``prefix`` ("model.encoder" + "dim" -> "model.encoder.dim")."""
     return f"{prefix}.{name}" if prefix else name

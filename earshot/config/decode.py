@@ -9,6 +9,9 @@ from earshot.config.core import dotted, require
 # No encoder emits 10 tokens a frame; a larger bound only lets a search that never meets
 # eos run for hours.
 MAX_LEN_RATIO = 10.0
+# Wider beams stop paying long before this; the bound keeps a typo from running for hours.
+MAX_BEAM = 200
+MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,10 @@ class DecodeConfig:
     batch_size: int = 16
 
     def check(self, key: str) -> None:
-        require(self.beam_size >= 1, dotted(key, "beam_size"), "must be >= 1")
-        require(self.batch_size >= 1, dotted(key, "batch_size"), "must be >= 1")
+        require(1 <= self.beam_size <= MAX_BEAM, dotted(key, "beam_size"),
+                f"must be in [1, {MAX_BEAM}]")
+        require(1 <= self.batch_size <= MAX_BATCH, dotted(key, "batch_size"),
+                f"must be in [1, {MAX_BATCH}]")
         require(0 < self.max_len_ratio <= MAX_LEN_RATIO, dotted(key, "max_len_ratio"),
                 f"must be in (0, {MAX_LEN_RATIO:g}] (output tokens per encoder frame)")
         require(0 <= self.min_len_ratio <= self.max_len_ratio, dotted(key, "min_len_ratio"),
@@ -42,4 +47,4 @@ class DecodeConfig:
             require(getattr(self, name) >= 0, dotted(key, name), "must be >= 0 (0: off)")
         require(0.0 <= self.ctc_weight <= 1.0, dotted(key, "ctc_weight"), "must be in [0, 1]")
         require(self.temperature > 0, dotted(key, "temperature"), "must be positive")
-        require(1 <= self.nbest, dotted(key, "nbest"), "must be >= 1")
+        require(1 <= self.nbest <= MAX_BEAM, dotted(key, "nbest"), f"must be in [1, {MAX_BEAM}]")

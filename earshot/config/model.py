@@ -3,11 +3,12 @@ tokenizer, and what a model directory's ``config.yaml`` holds (``ModelDescriptio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from earshot.choices import ATTENTIONS, ENCODERS, FRONTENDS
-from earshot.config.core import TaggedConfig, dotted, require
+from earshot.config.core import MAX_LAYERS, TaggedConfig, dotted, require, require_size
 from earshot.config.decode import DecodeConfig
 
 
@@ -33,10 +34,18 @@ class FeatureConfig:
         if self.kind == "waveform":
             return
         require(self.num_mel_bins >= 1, dotted(key, "num_mel_bins"), "must be >= 1")
+        require(self.frame_length_ms <= 200, dotted(key, "frame_length_ms"),
+                "must be at most 200 ms (speech frames are 20-50 ms)")
+        empty = empty_mel_filters(self)
+        require(not empty, dotted(key, "num_mel_bins"),
+                f"{self.num_mel_bins} mel filters at {self.sample_rate} Hz over "
+                f"{self.frame_length_ms:g} ms frames leave {empty} of them without a frequency "
+                f"bin; use fewer")
         require(self.kind != "mfcc" or 1 <= self.num_ceps <= self.num_mel_bins,
                 dotted(key, "num_ceps"), "must be in [1, num_mel_bins]")
         require(self.frame_length_ms > 0, dotted(key, "frame_length_ms"), "must be positive")
-        require(self.frame_shift_ms > 0, dotted(key, "frame_shift_ms"), "must be positive")
+        require(0 < self.frame_shift_ms <= self.frame_length_ms, dotted(key, "frame_shift_ms"),
+                "must be positive and at most frame_length_ms")
         require(self.dither >= 0, dotted(key, "dither"), "must be >= 0")
 
 
@@ -46,6 +55,9 @@ class TokenizerConfig:
     vocab_size: int = 256  # sentencepiece only
     model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only
     case: Literal["lower", "upper", "keep"] = "lower"  # applied to every text, refs included
+
+    def check(self, key: str) -> None:
+        require_size(self.vocab_size, dotted(key, "vocab_size"), 65536, least=2)
 
 
 class EncoderConfig(TaggedConfig):
@@ -77,8 +89,9 @@ class AttentionConfig:
     scaling: float = 1.0  # sharpening factor applied to the energies before softmax
 
     def check(self, key: str) -> None:
-        require(self.dim >= 1, dotted(key, "dim"), "must be >= 1")
-        require(self.location_channels >= 1, dotted(key, "location_channels"), "must be >= 1")
+        require_size(self.dim, dotted(key, "dim"))
+        require_size(self.location_channels, dotted(key, "location_channels"), 1024)
+        require_size(self.location_kernel, dotted(key, "location_kernel"), 1001)
         require(self.scaling > 0, dotted(key, "scaling"), "must be positive")
         require(self.location_kernel % 2 == 1, dotted(key, "location_kernel"), "must be odd")
         require(self.heads >= 1 and (self.type != "multihead_location" or self.dim % self.heads == 0),
@@ -95,9 +108,9 @@ class DecoderConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def check(self, key: str) -> None:
-        require(self.layers >= 1, dotted(key, "layers"), "must be >= 1")
-        require(self.units >= 1, dotted(key, "units"), "must be >= 1")
-        require(self.embedding_dim >= 1, dotted(key, "embedding_dim"), "must be >= 1")
+        require_size(self.layers, dotted(key, "layers"), MAX_LAYERS)
+        require_size(self.units, dotted(key, "units"))
+        require_size(self.embedding_dim, dotted(key, "embedding_dim"))
         require(0.0 <= self.dropout < 1.0, dotted(key, "dropout"), "must be in [0, 1)")
 
 
@@ -159,3 +172,26 @@ class ModelDescription:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # default decoding settings
     card: ModelCard = field(default_factory=ModelCard)
+
+
+def empty_mel_filters(cfg: FeatureConfig) -> int:
+    """How many of ``cfg``'s mel filters would cover no FFT bin (Kaldi's layout: the frame
+    padded to a power of two, filters evenly spaced in mel between the edges)."""
+    window = max(1, int(cfg.sample_rate * cfg.frame_length_ms / 1000))
+    fft = 1 << (window - 1).bit_length()
+    nyquist = cfg.sample_rate / 2
+    high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
+    low = cfg.low_freq
+    if not 0 <= low < high <= nyquist:
+        return 0  # (the feature extractor names bad edges itself)
+
+    def mel(hz: float) -> float:
+        return 1127.0 * math.log(1.0 + hz / 700.0)
+
+    step = (mel(high) - mel(low)) / (cfg.num_mel_bins + 1)
+    bins = [mel(k * cfg.sample_rate / fft) for k in range(fft // 2)]
+    empty = 0
+    for m in range(cfg.num_mel_bins):
+        left, right = mel(low) + m * step, mel(low) + (m + 2) * step
+        empty += not any(left < b < right for b in bins)
+    return empty

@@ -31,6 +31,9 @@ class SchedulerConfig:
 
     def check(self, key: str) -> None:
         require(self.model_dim >= 1, dotted(key, "model_dim"), "must be >= 1")
+        require(0 < self.factor <= 1, dotted(key, "factor"), "must be in (0, 1] (the rate is multiplied by it)")
+        require(self.threshold >= 0, dotted(key, "threshold"), "must be >= 0")
+        require(self.patience >= 0, dotted(key, "patience"), "must be >= 0")
         require(self.type not in ("warmup", "cosine") or self.warmup_steps >= 1,
                 dotted(key, "warmup_steps"), "must be >= 1")
         require(0.0 <= self.min_lr_ratio <= 1.0, dotted(key, "min_lr_ratio"), "must be in [0, 1]")
@@ -48,6 +51,8 @@ class ParamGroupConfig:
     def check(self, key: str) -> None:
         require(bool(self.prefix), dotted(key, "prefix"), "must name a parameter prefix")
         require(self.lr >= 0, dotted(key, "lr"), "must be a number >= 0 (0 freezes the group)")
+        require(self.weight_decay is None or self.weight_decay >= 0, dotted(key, "weight_decay"),
+                "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class OptimConfig:
     def check(self, key: str) -> None:
         require(math.isfinite(self.lr) and self.lr > 0, dotted(key, "lr"), "must be a positive number")
         require(self.accum_steps >= 1, dotted(key, "accum_steps"), "must be >= 1")
+        require(self.weight_decay >= 0, dotted(key, "weight_decay"), "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class TrainConfig:
         require(bool(DEVICE_NAME.fullmatch(self.device)), at("device"),
                 f"{self.device!r} is not {NAMES_HELP}")
         require(self.epochs >= 1, at("epochs"), "must be >= 1")
+        require(0 <= self.seed < 2**32, at("seed"), "must be in [0, 2^32)")
+        require(self.num_threads >= 0, at("num_threads"), "must be >= 0 (0: torch's default)")
         require(self.keep_last >= 1, at("keep_last"), "must be >= 1")
         require(self.average_best >= 1, at("average_best"), "must be >= 1")
         require(self.average_last >= 0, at("average_last"), "must be >= 0 (0: by average_best)")

@@ -92,10 +92,16 @@ def prepare_csv(path: str | Path, out_dir: str | Path, dev_fraction: float = 0.0
     if dev_fraction == 0.0:
         return write_splits({"cuts": list(cuts)}, out_dir)
     if all(cut.supervisions[0].speaker for cut in cuts):
-        held_out = _speakers_for_fraction(cuts, dev_fraction, seed)
-        return write_splits(split_by_speaker(cuts, held_out), out_dir)
-    return write_splits(_random_split(cuts, dev_fraction, seed), out_dir)
-
+        splits = split_by_speaker(cuts, _speakers_for_fraction(cuts, dev_fraction, seed))
+    else:
+        splits = _random_split(cuts, dev_fraction, seed)
+    empty = [name for name, part in splits.items() if not part]
+    if empty:
+        raise ConfigError(f"dev_fraction (--dev-fraction) {dev_fraction:g} leaves the {empty[0]} "
+                          f"split empty ({len(cuts)} usable utterances, "
+                          f"{len({c.supervisions[0].speaker for c in cuts})} speaker(s)); "
+                          f"nothing written")
+    return write_splits(splits, out_dir)
 
 
 def prepare_jsonl(path: str | Path, out_dir: str | Path, dev_fraction: float = 0.0,

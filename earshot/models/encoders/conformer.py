@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from earshot.config import EncoderConfig
-from earshot.config.core import dotted, require
+from earshot.config.core import MAX_LAYERS, MAX_WIDTH, dotted, require, require_size
 from earshot.masks import lengths_to_mask, zero_padding
 from earshot.models.dropout import Dropout
 from earshot.models.encoders.base import Encoder
@@ -62,11 +62,13 @@ class ConformerConfig(EncoderConfig):
                 f"must be a positive multiple of {at('heads')}")
         require(self.positional != "rotary" or (self.dim // max(self.heads, 1)) % 2 == 0, at("dim"),
                 "rotary positions need an even width per head (dim / heads)")
-        require(self.layers >= 1, at("layers"), "must be >= 1")
-        require(self.ffn_dim >= 1, at("ffn_dim"), "must be >= 1")
-        require(self.subsampling_channels >= 1, at("subsampling_channels"), "must be >= 1")
-        require(self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, at("conv_kernel"),
-                "must be odd and >= 1")
+        require(self.dim <= MAX_WIDTH and self.heads <= 256, at("dim"),
+                f"must be at most {MAX_WIDTH} (and heads at most 256)")
+        require_size(self.layers, at("layers"), MAX_LAYERS)
+        require_size(self.ffn_dim, at("ffn_dim"), 4 * MAX_WIDTH)
+        require_size(self.subsampling_channels, at("subsampling_channels"), 4096)
+        require(self.conv_kernel >= 1 and self.conv_kernel % 2 == 1 and self.conv_kernel <= 255,
+                at("conv_kernel"), "must be odd, in [1, 255]")
         for name in ("dropout", "attention_dropout", "stochastic_depth"):
             require(0.0 <= getattr(self, name) < 1.0, at(name), "must be in [0, 1)")
 

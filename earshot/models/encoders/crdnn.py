@@ -18,6 +18,7 @@ identity, and in evaluation runs its RNN as one fused bidirectional call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from earshot.config import EncoderConfig
-from earshot.config.core import dotted, require
+from earshot.config.core import MAX_LAYERS, MAX_WIDTH, dotted, require, require_size
 from earshot.masks import lengths_to_mask, zero_padding
 from earshot.models.dropout import Dropout
 from earshot.models.encoders.base import Encoder
@@ -204,17 +205,24 @@ class CRDNNConfig(EncoderConfig):
         def at(name: str) -> str:
             return dotted(key, name)
 
-        require(len(self.cnn_channels) >= 1 and min(self.cnn_channels) >= 1, at("cnn_channels"),
-                "needs at least one block, each with >= 1 channel")
+        require(1 <= len(self.cnn_channels) <= 16 and min(self.cnn_channels) >= 1
+                and max(self.cnn_channels) <= 4096, at("cnn_channels"),
+                "needs 1-16 blocks, each with 1-4096 channels")
         require(len(self.time_pool) == len(self.cnn_channels), at("time_pool"),
                 f"needs one entry per {at('cnn_channels')} entry")
         require(min(self.time_pool, default=1) >= 1 and self.freq_pool >= 1 and self.rnn_time_pool >= 1,
                 at("time_pool"), "pooling factors (time_pool, freq_pool, rnn_time_pool) must be >= 1")
-        require(self.cnn_kernel >= 1 and self.cnn_kernel % 2 == 1, at("cnn_kernel"), "must be odd and >= 1")
-        require(self.rnn_layers >= 1, at("rnn_layers"), "must be >= 1")
-        require(self.rnn_units >= 1, at("rnn_units"), "must be >= 1")
-        require(self.dnn_layers >= 0, at("dnn_layers"), "must be >= 0")
-        require(self.dnn_units >= 1, at("dnn_units"), "must be >= 1")
+        time = math.prod(self.time_pool) * self.rnn_time_pool
+        require(time <= 32, at("time_pool"),
+                f"subsamples time by {time} in all (time_pool x rnn_time_pool); at most 32, or "
+                f"most utterances would be too short for CTC to align their tokens")
+        require(self.freq_pool <= 16, at("freq_pool"), "must be at most 16")
+        require(self.cnn_kernel >= 1 and self.cnn_kernel % 2 == 1 and self.cnn_kernel <= 31,
+                at("cnn_kernel"), "must be odd, in [1, 31]")
+        require_size(self.rnn_layers, at("rnn_layers"), MAX_LAYERS)
+        require_size(self.rnn_units, at("rnn_units"), MAX_WIDTH)
+        require_size(self.dnn_layers, at("dnn_layers"), MAX_LAYERS, least=0)
+        require_size(self.dnn_units, at("dnn_units"), MAX_WIDTH)
         require(0.0 <= self.dropout < 1.0, at("dropout"), "must be in [0, 1)")
 
 

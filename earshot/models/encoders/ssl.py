@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from earshot.config import EncoderConfig
-from earshot.config.core import dotted, require
+from earshot.config.core import MAX_LAYERS, MAX_WIDTH, dotted, require, require_size
 from earshot.errors import ConfigError
 from earshot.masks import lengths_to_mask, zero_padding
 from earshot.models.dropout import Dropout
@@ -99,8 +99,8 @@ class SSLConfig(EncoderConfig):
                 "by earshot pretrain)")
         require(not self.architecture or isinstance(self.architecture.get("model_type"), str),
                 at("architecture"), "needs a model_type (e.g. wav2vec2, hubert, wavlm)")
-        require(self.projection_dim >= 1, at("projection_dim"), "must be >= 1")
-        require(self.projection_layers >= 1, at("projection_layers"), "must be >= 1")
+        require_size(self.projection_dim, at("projection_dim"), MAX_WIDTH)
+        require_size(self.projection_layers, at("projection_layers"), MAX_LAYERS)
         require(0.0 <= self.dropout < 1.0, at("dropout"), "must be in [0, 1)")
         require(self.unfreeze_after >= 0, at("unfreeze_after"), "must be >= 0 (0: never)")
         require(self.unfreeze_after == 0 or self.freeze != "none", at("unfreeze_after"),
