@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import inspect
 import json
 import logging
@@ -409,6 +410,18 @@ def _version() -> str:
     return f"earshot {__version__}"
 
 
+def describe_os_error(err: OSError) -> str:
+    """"PATH: reason" of a filesystem fault (disk full, read-only, permission denied, a file
+    where a folder should be, ...), with what to do for the common ones."""
+    path = err.filename if err.filename is not None else "(a file)"
+    reason = err.strerror or str(err)
+    advice = {errno.ENOSPC: "; free some space or write elsewhere",
+              errno.EROFS: "; the filesystem is read-only: write elsewhere",
+              errno.EACCES: "; write elsewhere or change its permissions",
+              errno.EPERM: "; write elsewhere or change its permissions"}.get(err.errno, "")
+    return f"{path}: {reason}{advice}"
+
+
 def _first_interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: unwind (a run stops where it is; checkpoints are written whole or not at all);
     a second one while unwinding stops the process at once, quietly."""
@@ -432,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EarshotError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a filesystem fault: one line naming the path
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

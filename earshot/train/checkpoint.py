@@ -18,10 +18,12 @@ Files in ``<exp_dir>/checkpoints/``: ``epoch-0003.pt`` at the end of epoch 3, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +68,46 @@ def atomic_torch_save(obj: object, path: str | Path,
     ``path.sha256``. ``before_rename`` runs once the temp file is written (the
     fault-injection tests kill the process there)."""
     path = Path(path)
-    _digest_path(path).unlink(missing_ok=True)  # a stale digest must never vouch for a new file
-    _atomic_write(path, lambda handle: torch.save(obj, handle), before_rename)
+    digest_path = _digest_path(path)
+    old_digest = digest_path.read_bytes() if digest_path.is_file() else None
+    digest_path.unlink(missing_ok=True)  # a stale digest must never vouch for a new file
+    try:
+        _atomic_write(path, lambda handle: torch.save(obj, handle), before_rename)
+    except (OSError, RuntimeError) as err:
+        if old_digest is not None:  # the old file stays, and so does what vouches for it
+            with contextlib.suppress(OSError):
+                digest_path.write_bytes(old_digest)
+        if isinstance(err, RuntimeError) and not _WRITE_FAILED.search(str(err)):
+            raise
+        raise EarshotError(_write_failure(path, obj, err)) from None
     digest = file_sha256(path)  # read back from the page cache: no second copy in memory
     _atomic_write(_digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
+
+
+# torch.save's own words for a write that failed (a full disk, a vanished filesystem).
+_WRITE_FAILED = re.compile(r"file write failed|enforce fail|No space left|unexpected pos", re.I)
+
+
+def _write_failure(path: Path, obj: object, err: BaseException) -> str:
+    """One line: what could not be written, why, and the space it needed against what is free."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+    needed = _tensor_bytes(obj)
+    try:
+        free = shutil.disk_usage(path.parent).free
+        room = f"; it needs about {needed / 2**20:.1f} MB and {free / 2**20:.1f} MB are free there"
+    except OSError:
+        room = f"; it needs about {needed / 2**20:.1f} MB"
+    return f"{path}: could not be written ({reason}){room}. The previous checkpoint is kept"
+
+
+def _tensor_bytes(obj: object) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
