@@ -43,7 +43,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     _check_exists(path)
     try:
         info = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError) as err:
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"cannot read audio header ({_describe(err)})") from None
     _check_header(path, int(info.samplerate), int(info.channels), int(info.frames))
     return AudioInfo(sample_rate=int(info.samplerate), frames=int(info.frames),
@@ -115,13 +115,13 @@ def _read(path: str | Path) -> tuple[np.ndarray, int]:
     _check_exists(path)
     try:
         info = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError):
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError):
         info = None  # (the read below says what is wrong with it)
     if info is not None:  # the header's claims, checked before decoding
         _check_header(path, int(info.samplerate), int(info.channels), int(info.frames))
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as err:
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"unreadable or corrupt audio ({_describe(err)})") from None
     return samples, int(rate)
 
@@ -185,5 +185,7 @@ def _declared_wav_frames(path: str | Path) -> int | None:
 
 def _describe(err: Exception) -> str:
     # LibsndfileError's str() repeats the path; its error_string is just the reason.
+    if isinstance(err, TypeError) and "samplerate" in str(err):  # a .raw file: no header
+        return "headerless raw samples; earshot reads files with a header (WAV, FLAC, OGG, ...)"
     text = getattr(err, "error_string", "") or str(err)
     return text.strip() or type(err).__name__

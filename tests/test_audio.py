@@ -139,3 +139,11 @@ def test_an_absurd_header_is_refused_before_decoding(tmp_path, rate, channels, s
         with pytest.raises(AudioError, match=says):
             read()
     assert time.monotonic() - start < 5
+
+
+def test_headerless_raw_samples_are_named_not_a_traceback(tmp_path):
+    path = tmp_path / "take.raw"
+    path.write_bytes(np.zeros(4000, np.int16).tobytes())
+    for read in (lambda: load_audio(path, sample_rate=16000), lambda: audio_info(path)):
+        with pytest.raises(AudioError, match="headerless raw samples"):
+            read()
