@@ -19,7 +19,7 @@ import torch
 
 from earshot.audio import check_waveform, load_audio
 from earshot.choices import DECODE_MODES
-from earshot.config import DecodeConfig, ExperimentConfig, check, to_dict
+from earshot.config import DecodeConfig, ExperimentConfig, check, from_dict, to_dict
 from earshot.decoding.api import Hypothesis, decode_batch
 from earshot.devices import resolve_device
 from earshot.errors import AudioError, ConfigError, EarshotError
@@ -112,6 +112,7 @@ class Transcriber:
         if not isinstance(decode, DecodeConfig):
             raise ConfigError(f"decode: expected an earshot.config.DecodeConfig, got "
                               f"{type(decode).__name__}")
+        decode = from_dict(DecodeConfig, to_dict(decode))  # the types, as a config file's
         check(decode)
         DECODE_MODES.entry(mode, "mode")
         return decode

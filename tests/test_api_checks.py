@@ -52,3 +52,10 @@ def test_load_model_names_an_unusable_device(device, says):
     with pytest.raises(ConfigError, match=rf"load_model\(device=\.\.\.\): {says}"):
         earshot.load_model(MODEL, device=device)
     assert earshot.load_model(MODEL, device=None).device.type in ("cpu", "cuda", "mps")  # None: auto
+
+
+@pytest.mark.parametrize("settings, says", [(dict(beam_size=True), "'beam_size': expected an integer"),
+                                            (dict(nbest=2.5), "'nbest': expected an integer")])
+def test_settings_of_the_wrong_type_are_named_as_a_config_file_would_have_them(model, settings, says):
+    with pytest.raises(ConfigError, match=says):
+        model.decode_waveforms(["a"], [torch.zeros(4000)], DecodeConfig(**settings))

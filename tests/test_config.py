@@ -172,6 +172,7 @@ def _bomb(levels: int = 8) -> str:
     ("train:\n  epochs: " + "[" * 5000 + "]" * 5000 + "\n", r"c\.yaml:2: nested deeper than 64 levels"),
     ("train:\n  epochs: 3\n  seed: 1\n  epochs: 4\n", r"c\.yaml:4: key 'epochs' given twice \(first on line 2\)"),
     ("train: {exp_dir: " + "x" * 100000 + ", epochs: [1]}\n", r"expected an integer, got \[1\]"),
+    ("train:\n  epochs: " + "9" * 10000 + "\n", r"c\.yaml: a value yaml cannot build"),
 ])
 def test_yaml_that_would_blow_up_or_silently_pick_a_value_is_refused_naming_file_and_line(tmp_path, text, says):
     import time

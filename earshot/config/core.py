@@ -85,7 +85,10 @@ def parse_yaml(text: str, where: str) -> Any:
         if _expanded_values(node) > MAX_YAML_VALUES:
             raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_VALUES} "
                               f"values; a config does not need that many")
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as err:  # e.g. an integer of 10,000 digits
+            raise ConfigError(f"{where}: a value yaml cannot build ({shown(str(err))})") from None
     finally:
         loader.dispose()
 
