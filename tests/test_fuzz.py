@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, fields, is_dataclass
@@ -36,7 +37,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from earshot.cli import main
-from earshot.config import ExperimentConfig, load_config
+from earshot.config import ExperimentConfig, load_config, to_dict
 from earshot.errors import ConfigError, EarshotError
 from earshot.integrity import CHECKSUM_FILE
 from earshot.models.artifacts import save_model_dir
@@ -404,13 +405,35 @@ def test_a_config_override_is_accepted_or_refused_naming_its_key(pairs_):
     except ConfigError as err:
         event("refused")
         message = str(err)
-        named = [key for key, _ in overrides
-                 if key in message or key.rsplit(".", 1)[0] + "." in message
-                 or key.split(".")[0] in message]
-        assert named, f"{pairs}: '{message}' names none of the keys"
+        named = FULL_KEY.search(message)
+        assert named or message.startswith("override "), f"{pairs}: '{message}' names no key"
+        if named:  # a key given, or (a check across keys) a full key of the same section
+            key = named.group(1)
+            given_keys = [k for k, _ in overrides]
+            assert key in given_keys or ("." in key and any(
+                k.split(".")[0] == key.split(".")[0] for k in given_keys)), (pairs, message)
         return
     event("accepted")
     assert isinstance(cfg, ExperimentConfig)
+    given = {}
+    for key, value in overrides:  # the last override of a key wins
+        given[key] = yaml.safe_load(value) if value != "" else ""
+    for key, value in given.items():  # an accepted config holds the values given
+        held = cfg
+        for part in key.split("."):
+            held = getattr(held, part)
+        held = to_dict(held)
+        if isinstance(value, dict):
+            assert all(held.get(k) == v for k, v in value.items()), (key, value, held)
+        elif isinstance(held, float) and not isinstance(value, str):
+            assert held == float(value), (key, value, held)
+        elif isinstance(held, str):
+            assert held == str(value), (key, value, held)
+        else:
+            assert held == value or (isinstance(held, float) and held == float(value)), (key, value, held)
+
+
+FULL_KEY = re.compile(r"config key '([^']+?)(?:\[\d+\][^']*)?'")
 
 
 # ---------------------------------------------------------------------------

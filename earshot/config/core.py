@@ -169,7 +169,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config key '{where}': expected a mapping, got {type(data).__name__}"
+                          if where else f"config: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
