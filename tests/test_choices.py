@@ -54,8 +54,6 @@ def _batch(lens=(2400, 1600)):
 
 
 def _model(encoder: str, attention: str = "location", frontend: str | None = None) -> EncoderDecoderASR:
-    if encoder == "ssl":
-        pytest.importorskip("transformers")
     kind = frontend or ("waveform" if encoder == "ssl" else "fbank")
     enc_cfg = EncoderConfig.member(encoder)(**{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in TINY_ENCODERS[encoder].items()})
@@ -172,8 +170,6 @@ def test_each_corpus_preparer_writes_its_splits(name, tmp_path):
 
     options = {"an4": dict(dev_speakers=1), "synthetic": dict(utterances=3),
                "csv": dict(dev_fraction=0.25), "jsonl": dict(dev_fraction=0.25)}.get(name, {})
-    if name == "synthetic":
-        pytest.importorskip("espeakng_loader")
     splits = PREPARERS.load(name)(_corpus_source(name, tmp_path / "src"), tmp_path / "out", **options)
     assert {"train", "dev"} <= set(splits) and len(splits["train"]) > 0
     for split, cuts in splits.items():

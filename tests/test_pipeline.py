@@ -107,7 +107,6 @@ def test_demo_quick_writes_model_data_and_summary(tmp_path, capsys):
     summary = json.loads((demo / "summary.json").read_text())
     assert {"wer", "cer", "utterances"} <= set(summary)
     assert "held-out voices" in capsys.readouterr().out
-    pytest.importorskip("matplotlib")
     assert main(["plot", str(demo)]) == 0  # the run is in demo/train
     assert (demo / "train" / "plots" / "curves.png").is_file()
 

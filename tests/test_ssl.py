@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-transformers = pytest.importorskip("transformers", reason="the ssl extra (pip install earshot[ssl])")
+import transformers  # the ssl extra (the test setup installs it)
 
 from earshot.cli import main  # noqa: E402
 from earshot.config import (DecodeConfig, DecoderConfig, AttentionConfig, FeatureConfig,  # noqa: E402
