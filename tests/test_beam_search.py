@@ -222,15 +222,68 @@ def test_window_coverage_and_shift_limit():
     model = make_model(vocab=30)
     h, lens = encoder_output([12, 7])
     plain = run(model, h, lens, beam_size=4, ctc_weight=0.3)
-    for kw in (dict(ctc_window=3), dict(ctc_window=3, pre_beam=6), dict(coverage_weight=0.1)):
-        hyps = run(model, h, lens, beam_size=4, ctc_weight=0.3, **kw)
-        assert all(u and math.isfinite(u[0].score) for u in hyps)
+    for kw in (dict(ctc_window=3), dict(pre_beam=2), dict(coverage_weight=0.5),
+               dict(max_attn_shift=1)):
+        hyps = run(model, h, lens, beam_size=4, ctc_weight=0.3, nbest=4, **kw)
+        assert all(u for u in hyps)
+        # each setting shows an effect: other hypotheses, or other scores for them
+        assert _nbest(hyps) != _nbest(run(model, h, lens, beam_size=4, ctc_weight=0.3, nbest=4)), kw
     # a shift limit wider than the input changes nothing; a tight one prunes a random
     # model's jumping attention, and the search still returns something
     wide = run(model, h, lens, beam_size=4, ctc_weight=0.3, max_attn_shift=12)
     assert [u[0].tokens for u in wide] == [u[0].tokens for u in plain]
     tight = run(model, h, lens, beam_size=4, ctc_weight=0.3, max_attn_shift=1)
     assert all(len(u) == 1 for u in tight)
+
+
+def _nbest(hyps):
+    return [[(tuple(x.tokens), round(float(x.score), 4)) for x in u] for u in hyps]
+
+
+def _ctc_log_prob(model, h, lens, i, tokens):
+    """log p_ctc(tokens | utterance i) from torch's CTC loss (the reference)."""
+    log_probs = model.ctc(h[i:i + 1, : int(lens[i])]).transpose(0, 1)
+    target = torch.tensor([tokens], dtype=torch.long)
+    return -float(torch.nn.functional.ctc_loss(log_probs, target, lens[i:i + 1],
+                                               torch.tensor([len(tokens)]), blank=BLANK,
+                                               reduction="sum", zero_infinity=False))
+
+
+def _attention_log_prob(model, h, lens, i, tokens):
+    """log p_att(tokens, eos | utterance i) by teacher forcing (the reference)."""
+    memory = model.encoded(h[i:i + 1, : int(lens[i])], lens[i:i + 1]).memory
+    with torch.no_grad():
+        logits = model.teacher_forced(memory, torch.tensor([[BOS, *tokens]]))
+    log_probs = torch.log_softmax(logits.float(), dim=-1)[0]
+    return float(sum(log_probs[t, y] for t, y in enumerate([*tokens, EOS])))
+
+
+def test_ctc_modes_and_rescoring_equal_reference_computations():
+    import itertools
+
+    model = make_model(vocab=7)  # tokens CTC can emit: unk, 5 and 6
+    h, lens = encoder_output([6, 4])
+    greedy = run(model, h, lens, mode="ctc_greedy")
+    for i in range(2):
+        best = model.ctc(h[i:i + 1, : int(lens[i])]).argmax(-1)[0].tolist()
+        collapsed = [t for j, t in enumerate(best) if t != BLANK and (j == 0 or t != best[j - 1])]
+        assert greedy[i][0].tokens == collapsed
+    beams = run(model, h, lens, mode="ctc_beam", beam_size=64, nbest=3)
+    for i in range(2):
+        every = [list(y) for n in range(0, 5) for y in itertools.product([UNK, 5, 6], repeat=n)]
+        scored = sorted(((_ctc_log_prob(model, h, lens, i, y), y) for y in every), reverse=True)
+        assert [x.tokens for x in beams[i]] == [y for _, y in scored[:3]]  # exact on this small a space
+        for x, (want, _) in zip(beams[i], scored):
+            assert float(x.score) == pytest.approx(want, abs=1e-4)
+    rescored = run(model, h, lens, mode="rescore", beam_size=64, ctc_weight=0.3, length_bonus=0.2,
+                   nbest=6)
+    for i in range(2):
+        totals = [float(x.score) for x in rescored[i]]
+        assert totals == sorted(totals, reverse=True)
+        for x in rescored[i]:
+            want = (0.7 * _attention_log_prob(model, h, lens, i, x.tokens)
+                    + 0.3 * _ctc_log_prob(model, h, lens, i, x.tokens) + 0.2 * (len(x.tokens) + 1))
+            assert float(x.score) == pytest.approx(want, abs=1e-3)  # (a wide beam: exact CTC)
 
 
 def test_other_modes():

@@ -69,9 +69,12 @@ def test_kill_after_a_random_step_then_resume_is_bitwise_identical(setup, tmp_pa
     killed = _train(config, overrides, tmp_path, fault=f"after-step:{step}")
     assert killed.returncode == -9, f"step {step}: {killed.stderr[-2000:]}"
     resumed = _train(config, overrides, tmp_path, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
-    _assert_same(tmp_path, straight)
+    assert resumed.returncode == 0, f"killed at step {step}: {resumed.stderr[-3000:]}"
+    assert "resuming from" in resumed.stderr, f"killed at step {step}"
+    try:
+        _assert_same(tmp_path, straight)
+    except AssertionError as err:
+        raise AssertionError(f"killed at step {step}: {err}") from None
 
 
 @pytest.mark.slow
