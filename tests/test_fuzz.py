@@ -424,15 +424,22 @@ def test_a_config_override_is_accepted_or_refused_naming_its_key(pairs_):
         held = cfg
         for part in key.split("."):
             held = getattr(held, part)
-        held = to_dict(held)
-        if isinstance(value, dict):
-            assert all(held.get(k) == v for k, v in value.items()), (key, value, held)
-        elif isinstance(held, float) and not isinstance(value, str):
-            assert held == float(value), (key, value, held)
-        elif isinstance(held, str):
-            assert held == str(value), (key, value, held)
-        else:
-            assert held == value or (isinstance(held, float) and held == float(value)), (key, value, held)
+        assert _holds(to_dict(held), value), (key, value, held)
+
+
+def _holds(held, value) -> bool:
+    """Whether a config value ``held`` is what the YAML ``value`` said (ints read as floats,
+    numbers and strings as strings, defaults filled in for keys not given)."""
+    if isinstance(value, dict):
+        return isinstance(held, dict) and all(_holds(held.get(k), v) for k, v in value.items())
+    if isinstance(value, list):
+        return (isinstance(held, list) and len(held) == len(value)
+                and all(_holds(h, v) for h, v in zip(held, value)))
+    if isinstance(held, str):
+        return held == str(value)
+    if isinstance(held, float):  # (YAML 1.1 reads 1e9 as a string; the config as a number)
+        return held == float(value)
+    return held == value
 
 
 FULL_KEY = re.compile(r"config key '([^']+?)(?:\[\d+\][^']*)?'")

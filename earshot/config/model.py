@@ -36,6 +36,11 @@ class FeatureConfig:
         require(self.num_mel_bins >= 1, dotted(key, "num_mel_bins"), "must be >= 1")
         require(self.frame_length_ms <= 200, dotted(key, "frame_length_ms"),
                 "must be at most 200 ms (speech frames are 20-50 ms)")
+        nyquist = self.sample_rate / 2
+        high = self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
+        require(0.0 <= self.low_freq < high <= nyquist, dotted(key, "low_freq"),
+                f"need 0 <= low_freq < high_freq <= {nyquist:g} (Nyquist), got "
+                f"{self.low_freq:g} and {high:g}")
         empty = empty_mel_filters(self)
         require(not empty, dotted(key, "num_mel_bins"),
                 f"{self.num_mel_bins} mel filters at {self.sample_rate} Hz over "
