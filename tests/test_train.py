@@ -619,3 +619,27 @@ def test_intermediate_ctc_trains_a_conformer_and_logs_the_tapped_loss(corpus, tm
     _, tokenizer, model = load_model_dir(tmp_path / "model")
     plain = build_model(load_config(None, [a for a in cfg_args if "intermediate" not in a]), tokenizer)
     assert model.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_subsampling_that_leaves_ctc_too_few_frames_is_named_before_training(corpus, caplog):
+    import logging
+
+    from earshot.data.manifests import import_csv
+    from earshot.errors import ConfigError
+    from earshot.models.factory import build_model
+    from earshot.tokenizer import train_tokenizer
+    from earshot.train.tasks.asr import check_ctc_can_align
+
+    cuts = import_csv(corpus[0])  # 0.1 s per character
+    fine = _cfg(corpus, "unused")
+    coarse = _cfg(corpus, "unused", "model.encoder.time_pool=[8]",
+                  "model.encoder.rnn_time_pool=4")  # one frame per 320 ms
+    tokenizer = train_tokenizer([c.supervisions[0].text for c in cuts], fine.tokenizer)
+    with caplog.at_level(logging.WARNING):
+        check_ctc_can_align(build_model(fine, tokenizer), tokenizer, cuts, fine)
+        assert "CTC cannot align" not in caplog.text  # every one aligns
+        check_ctc_can_align(build_model(coarse, tokenizer), tokenizer, cuts, coarse)
+    assert "6 of 8 training utterances have fewer encoder frames than tokens" in caplog.text
+    longer = cuts.filter(lambda c: len(c.supervisions[0].text) > 1)  # none of one character
+    with pytest.raises(ConfigError, match=r"6 of 6 training utterances .* CTC cannot align"):
+        check_ctc_can_align(build_model(coarse, tokenizer), tokenizer, longer, coarse)

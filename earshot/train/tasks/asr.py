@@ -59,6 +59,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
 
     warn_unknown_chars(tokenizer, [cut.supervisions[0].text for cut in dev_cuts], cfg.data.dev)
     run = build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts)
+    check_ctc_can_align(run.model, tokenizer, train_cuts, cfg)
     if saved is not None:
         state = restore(run, *saved)
     else:
@@ -180,6 +181,28 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
                      train_loader=train_loader, dev_loader=dev_loader, tokenizer=tokenizer,
                      train_hours=hours,
                      data=f"train: {len(train_cuts)} cuts ({hours:.2f} h); dev: {len(dev_cuts)} cuts")
+
+
+def check_ctc_can_align(model: torch.nn.Module, tokenizer: Tokenizer, cuts: CutSet,
+                        cfg: ExperimentConfig) -> None:
+    """CTC needs at least one encoder frame per token: warn about the training utterances
+    the encoder's time subsampling leaves too few frames (their CTC loss is 0, they teach
+    the CTC head nothing), and stop before training when that is every one of them."""
+    if cfg.loss.ctc_weight == 0 or not len(cuts):
+        return
+    samples = torch.tensor([round(cut.duration * model.sample_rate) for cut in cuts])
+    frames = model.encoded_lengths(samples.to(next(model.parameters()).device)).cpu().tolist()
+    short = [(cut.id, f, n) for cut, f in zip(cuts, frames)
+             if f < (n := len(tokenizer.encode(cut.supervisions[0].text)))]
+    if not short:
+        return
+    shown = ", ".join(f"'{uid}' ({f} frames, {n} tokens)" for uid, f, n in short[:3])
+    what = (f"{len(short)} of {len(cuts)} training utterances have fewer encoder frames than "
+            f"tokens, so CTC cannot align them ({shown}); the encoder subsamples time too much "
+            f"for them (model.encoder's pooling or subsampling)")
+    if len(short) == len(cuts):
+        raise ConfigError(what)
+    log.warning(what)
 
 
 @torch.no_grad()
