@@ -130,9 +130,8 @@ class Transcriber:
         wavs = [check_waveform(name, wav) for name, wav in zip(ids, wavs)]
         return self._decode_all(ids, wavs, decode, lm, mode)
 
-    def _decode_all(self, ids: list[str], wavs: list[torch.Tensor], decode: DecodeConfig | None,
+    def _decode_all(self, ids: list[str], wavs: list[torch.Tensor], decode: DecodeConfig,
                     lm, mode: str) -> list[Utterance]:
-        decode = self.decoding(decode, mode)
         order = sorted(range(len(wavs)), key=lambda i: -len(wavs[i]))
         results: dict[int, Utterance] = {}
         for start in range(0, len(order), decode.batch_size):
