@@ -1,0 +1,14 @@
+"""Run a trained model: transcribe recordings of any length, evaluate manifests.
+
+>>> import earshot                                   # doctest: +SKIP
+>>> model = earshot.load_model("exp/an4/model")       # doctest: +SKIP
+>>> model.transcribe("a.wav").text                   # doctest: +SKIP
+'YES'
+"""
+
+from earshot.inference.results import Hypothesis, Result, Segment, Word
+from earshot.inference.transcriber import (Transcriber, Utterance, decode_max_duration, evaluate,
+                                           load_lm_dir, write_nbest)
+
+__all__ = ["Hypothesis", "Result", "Segment", "Transcriber", "Utterance", "Word",
+           "decode_max_duration", "evaluate", "load_lm_dir", "write_nbest"]
