@@ -258,29 +258,13 @@ def tsv_field(text: str) -> str:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from earshot.inference import Transcriber, load_lm_dir, write_nbest
+    from earshot.inference import Transcriber
+    from earshot.inference.command import run
 
     model = Transcriber.load(args.model, device=device_of(args))
-    decode = decode_config(args, model.cfg.decode)
-    lm = load_lm_dir(args.lm, model) if args.lm else None
-    utts = model.transcribe_detailed(args.audio, decode, lm=lm, mode=args.mode, on_error="keep")
-    for u in utts:
-        if u.error:
-            print(f"error: {u.error}", file=sys.stderr)
-        elif args.json:
-            print(json.dumps({"path": u.id, "text": u.text,
-                              "nbest": [{"text": h.text, "score": float(h.score)}
-                                        for h in u.hypotheses]}))
-        else:
-            print(f"{tsv_field(u.id)}\t{tsv_field(u.text)}")
-    decoded = [u for u in utts if not u.error]
-    if args.nbest_out:
-        write_nbest(Path(args.nbest_out), decoded)
-    failed = len(utts) - len(decoded)
-    if failed:
-        print(f"error: {failed} of {len(utts)} files could not be read (named above); the "
-              f"other {len(decoded)} were transcribed", file=sys.stderr)
-    return 1 if failed else 0
+    options = {f.name: getattr(args, f"decode_{f.name}") for f in dataclasses.fields(DecodeConfig)
+               if getattr(args, f"decode_{f.name}") is not None}
+    return run(args, model, options)
 
 
 # ---------------------------------------------------------------------------
@@ -390,15 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = command("transcribe", "print transcripts of audio files, one 'path<TAB>text' line each\n"
-                              "(a tab, newline or backslash in them written as \\t, \\n, \\\\)",
+    p = command("transcribe", "transcribe recordings of any length: one 'path<TAB>text' line each\n"
+                              "(a tab, newline or backslash in them written as \\t, \\n, \\\\),\n"
+                              "and with --output-format txt/json/srt/vtt/tsv files",
                 "earshot transcribe --model exp/an4/model a.wav b.flac",
-                "earshot transcribe --model exp/an4/model --beam-size 10 --ctc-weight 0.4 --json a.wav")
+                "earshot transcribe --model exp/an4/model --beam-size 10 --ctc-weight 0.4 --json a.wav",
+                "earshot transcribe --model exp/an4/model --word-timestamps --output-format srt "
+                "--output-dir subs/ --recursive recordings/",
+                "cat talk.flac | earshot transcribe --model exp/an4/model -")
     p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")
-    p.add_argument("audio", nargs="+", type=Path, help="audio files (any format soundfile reads)")
     add_device_arg(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per file")
-    p.add_argument("--nbest-out", type=Path, default=None, help="also write the n-best lists as JSONL here (default: not written)")
+    from earshot.inference.command import add_arguments
+
+    add_arguments(p)
     add_decode_args(p)
     p.set_defaults(func=cmd_transcribe)
     return parser

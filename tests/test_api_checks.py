@@ -26,20 +26,22 @@ def model():
 def test_bad_decoding_settings_are_named_before_anything_is_decoded(model, settings, key):
     wav = torch.zeros(4000)
     with pytest.raises(ConfigError, match=rf"config key '{key}'"):
-        model.decode_waveforms(["a"], [wav], DecodeConfig(**settings))
-    with pytest.raises(ConfigError, match=rf"config key '{key}'"):
-        model.transcribe(["does-not-exist.wav"], DecodeConfig(**settings))  # checked before reading
+        model.transcribe(wav, sample_rate=8000, decode=DecodeConfig(**settings))
+    with pytest.raises(ConfigError, match=rf"config key '{key}'"):  # checked before reading
+        model.transcribe(["does-not-exist.wav"], decode=DecodeConfig(**settings))
+    with pytest.raises(ConfigError, match=rf"option {key}="):
+        model.transcribe(["does-not-exist.wav"], **settings)
 
 
-def test_a_bad_mode_a_foreign_decode_object_and_missing_ids_are_named(model):
+def test_a_bad_mode_a_foreign_decode_object_and_unknown_keywords_are_named(model):
     wav = torch.zeros(4000)
     with pytest.raises(ConfigError, match="mode: unknown decoding mode 'fastest'"):
-        model.decode_waveforms(["a"], [wav], mode="fastest")
+        model.transcribe(wav, sample_rate=8000, mode="fastest")
     with pytest.raises(ConfigError, match="expected an earshot.config.DecodeConfig, got dict"):
-        model.decode_waveforms(["a"], [wav], {"beam_size": 2})
-    with pytest.raises(ConfigError, match="1 ids for 2 waveforms"):
-        model.decode_waveforms(["a"], [wav, wav])
-    assert len(model.decode_waveforms(["a", "b"], [wav, wav], DecodeConfig(beam_size=2))) == 2
+        model.transcribe(wav, sample_rate=8000, decode={"beam_size": 2})
+    with pytest.raises(TypeError, match="beam; decoding options: .*beam_size"):
+        model.transcribe(wav, sample_rate=8000, beam=2)
+    assert len(model.transcribe([wav, wav], sample_rate=8000, decode=DecodeConfig(beam_size=2))) == 2
 
 
 @pytest.mark.parametrize("device, says", [("bogus", "'bogus' is not a device"), ("cuda:7", "'cuda:7' but"),
@@ -58,4 +60,4 @@ def test_load_model_names_an_unusable_device(device, says):
                                             (dict(nbest=2.5), "'nbest': expected an integer")])
 def test_settings_of_the_wrong_type_are_named_as_a_config_file_would_have_them(model, settings, says):
     with pytest.raises(ConfigError, match=says):
-        model.decode_waveforms(["a"], [torch.zeros(4000)], DecodeConfig(**settings))
+        model.transcribe(torch.zeros(4000), sample_rate=8000, decode=DecodeConfig(**settings))

@@ -78,7 +78,7 @@ def test_transcribe_cli_and_python_api_agree(overfit_model, corpus, capsys):
     assert main(["transcribe", "--model", str(model_dir)] + wavs) == 0
     printed = [line.split("\t")[1] for line in capsys.readouterr().out.strip().splitlines()]
     assert printed == TEXTS
-    assert earshot.load_model(model_dir).transcribe(wavs) == TEXTS
+    assert [r.text for r in earshot.load_model(model_dir).transcribe(wavs)] == TEXTS
 
 
 def test_transcribe_reports_bad_files_and_still_transcribes_good_ones(overfit_model, corpus,
@@ -90,12 +90,16 @@ def test_transcribe_reports_bad_files_and_still_transcribes_good_ones(overfit_mo
     captured = capsys.readouterr()
     assert code == 1
     assert "broken.wav" in captured.err and "missing.flac" in captured.err
-    assert "2 of 3 files could not be read" in captured.err
+    assert "2 of 3 inputs could not be transcribed" in captured.err
     assert captured.out.strip().endswith(TEXTS[0])
     model = earshot.load_model(overfit_model / "exp" / "model")
     with pytest.raises(AudioError, match="broken.wav"):
-        model.transcribe([corpus / "u0.wav", bad])
-    assert model.transcribe([bad, corpus / "u0.wav"], on_error="keep") == [None, TEXTS[0]]
+        model.transcribe([corpus / "u0.wav", bad], on_error="raise")
+    with pytest.raises(AudioError, match="broken.wav"):
+        model.transcribe(bad)  # a single input raises
+    results = model.transcribe([bad, corpus / "u0.wav"])
+    assert "broken.wav" in results[0].error and results[0].text == ""
+    assert results[1].error is None and results[1].text == TEXTS[0]
 
 
 def test_demo_quick_writes_model_data_and_summary(tmp_path, capsys):

@@ -206,8 +206,8 @@ def test_model_directory_stands_alone_after_the_checkpoint_is_deleted(tmp_path):
     wav = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
     sf.write(tmp_path / "a8k.wav", wav, 8000)
     transcriber = Transcriber.load(tmp_path / "model")
-    first = transcriber.transcribe([tmp_path / "a8k.wav"])
-    assert first == Transcriber.load(tmp_path / "model").transcribe([tmp_path / "a8k.wav"])
+    first = transcriber.transcribe(tmp_path / "a8k.wav").text
+    assert first == Transcriber.load(tmp_path / "model").transcribe(tmp_path / "a8k.wav").text
     from earshot.audio import load_audio
 
     assert load_audio(tmp_path / "a8k.wav", transcriber.sample_rate).numel() == 16000
@@ -384,8 +384,8 @@ def test_fine_tuning_on_a_pretrained_checkpoint_trains_and_resumes_exactly(pretr
     b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "epoch-0002.pt")
     for name in a.model:
         assert torch.equal(a.model[name], b.model[name]), name
-    texts = Transcriber.load(model_dir).transcribe([folder / "u0.wav"])
-    assert isinstance(texts[0], str)
+    result = Transcriber.load(model_dir).transcribe(folder / "u0.wav")
+    assert isinstance(result.text, str) and result.error is None
 
 
 def test_an_utterance_over_the_batch_budget_is_left_out_with_its_name(pretrained, tmp_path, caplog):

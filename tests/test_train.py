@@ -421,11 +421,11 @@ def test_a_click_in_a_transcribe_batch_decodes_to_empty_text(straight_run, tmp_p
     sf.write(tmp_path / "click.wav", np.zeros(10, dtype=np.float32), RATE)
     sf.write(tmp_path / "ab.wav", _utterance("ab", np.random.default_rng(1)), RATE)
     model = earshot.load_model(model_dir)
-    texts = model.transcribe([tmp_path / "ab.wav", tmp_path / "click.wav"])
-    alone = model.transcribe([tmp_path / "ab.wav"])
-    assert texts[1] == "" and texts[0] == alone[0]
+    texts = [r.text for r in model.transcribe([tmp_path / "ab.wav", tmp_path / "click.wav"])]
+    alone = model.transcribe(tmp_path / "ab.wav").text
+    assert texts[1] == "" and texts[0] == alone
     for mode in ("beam", "ctc_beam", "rescore", "ctc_greedy"):
-        assert model.transcribe([tmp_path / "click.wav"], mode=mode) == [""]
+        assert model.transcribe(tmp_path / "click.wav", mode=mode).text == ""
 
 
 def test_cosine_schedule_spans_the_whole_run(corpus, tmp_path):

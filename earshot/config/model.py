@@ -161,6 +161,8 @@ class ModelCard:
     epochs: int = 0  # epochs trained
     exported_epochs: tuple[int, ...] = ()  # the epoch(s) whose (mean) weights were exported
     parameters: int = 0
+    longest_utterance: float = 0.0  # seconds; the longest training utterance (0: not recorded)
+    ctc_weight: float | None = None  # the training loss's alpha (None: not recorded)
 
 
 MODEL_DIR_FORMAT = 2

@@ -106,9 +106,10 @@ def beam(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypot
 
 def greedy(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     min_lens, _ = length_limits(search.enc.lens, cfg)
+    scores = torch.zeros(len(search.enc), device=search.enc.lens.device)
     tokens = greedy_attention(search.model, search.enc.memory, search.bos, search.eos,
-                              cfg.max_len_ratio, min_len=min_lens)
-    return [[Hypothesis(t, 0.0, {})] for t in tokens]
+                              cfg.max_len_ratio, min_len=min_lens, scores=scores)
+    return [[Hypothesis(t, s, {"attention": s})] for t, s in zip(tokens, scores.tolist())]
 
 
 def ctc_greedy_mode(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:

@@ -28,12 +28,14 @@ def greedy_attention(
     eos_id: int,
     max_len_ratio: float,
     min_len: int | torch.Tensor = 0,
+    scores: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Argmax decoding of all N rows of ``memory`` together; eos excluded from the output.
 
     A row stops at eos or after ceil(max_len_ratio * enc_len) tokens (at least 1);
     eos is forbidden before ``min_len`` tokens (int or (N,) tensor). Finished rows
-    leave the batch, so later steps cost nothing for them.
+    leave the batch, so later steps cost nothing for them. ``scores`` (N,), when given,
+    receives each row's summed log-probability (its eos step included).
     """
     enc_lens = memory.enc_lens
     n, device = enc_lens.size(0), enc_lens.device
@@ -50,6 +52,8 @@ def greedy_attention(
         if t < eos_banned:
             log_probs[:, eos_id] = log_probs[:, eos_id].masked_fill(min_lens[rows] > t, -math.inf)
         tokens = log_probs.argmax(dim=-1)
+        if scores is not None:
+            scores.index_add_(0, rows, log_probs.gather(1, tokens[:, None]).squeeze(1).float())
         out[rows, t] = tokens
         done = tokens.eq(eos_id) | (row_max <= t + 1)
         finished = int(done.sum())  # one host sync a step

@@ -6,9 +6,9 @@
 'YES'
 """
 
+from earshot.inference.evaluate import decode_max_duration, evaluate, load_lm_dir, write_nbest
 from earshot.inference.results import Hypothesis, Result, Segment, Word
-from earshot.inference.transcriber import (Transcriber, Utterance, decode_max_duration, evaluate,
-                                           load_lm_dir, write_nbest)
+from earshot.inference.transcriber import Transcriber
 
-__all__ = ["Hypothesis", "Result", "Segment", "Transcriber", "Utterance", "Word",
-           "decode_max_duration", "evaluate", "load_lm_dir", "write_nbest"]
+__all__ = ["Hypothesis", "Result", "Segment", "Transcriber", "Word", "decode_max_duration",
+           "evaluate", "load_lm_dir", "write_nbest"]

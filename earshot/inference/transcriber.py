@@ -1,51 +1,53 @@
-"""Run a trained model: transcribe files and evaluate manifests.
+"""A loaded model and the transcription of what users hold: paths, arrays, lists of either.
 
->>> import earshot                                   # doctest: +SKIP
->>> model = earshot.load_model("exp/an4/model")       # doctest: +SKIP
->>> model.transcribe(["a.wav", "b.flac"])             # doctest: +SKIP
-['yes', 'go']
+>>> import earshot
+>>> model = earshot.load_model("exp/an4/model")                    # doctest: +SKIP
+>>> model                                                          # doctest: +SKIP
+Transcriber(encoder=conformer, parameters=2.64M, sample_rate=16000, tokenizer=char (32), device=cpu)
+>>> result = model.transcribe("meeting.flac", beam_size=10, ctc_weight=0.3,
+...                           word_timestamps=True)                # doctest: +SKIP
+>>> print(result)                                                  # doctest: +SKIP
+YES GO
+>>> [(w.text, round(w.start, 2), round(w.end, 2)) for w in result.words]  # doctest: +SKIP
+[('YES', 0.41, 0.83), ('GO', 1.52, 1.8)]
+>>> model.transcribe(samples, sample_rate=8000).text               # doctest: +SKIP
+'NO'
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from earshot.audio import check_waveform, load_audio
 from earshot.choices import DECODE_MODES
 from earshot.config import DecodeConfig, ExperimentConfig, check, from_dict, to_dict
-from earshot.decoding.api import Hypothesis, decode_batch
 from earshot.devices import resolve_device
-from earshot.errors import AudioError, ConfigError, EarshotError
-from earshot.metrics import ErrorRates, write_report
+from earshot.errors import ConfigError
+from earshot.inference import pipeline
+from earshot.inference.evaluate import load_lm_dir
+from earshot.inference.results import Result
+from earshot.inference.segment import SegmentOptions
+from earshot.inference.sources import Source, from_api
 from earshot.models.artifacts import load_model_dir
 
 if TYPE_CHECKING:
-    from lhotse import CutSet
-
     from earshot.models.lm import RNNLM
 
-log = logging.getLogger(__name__)
+DECODE_OPTIONS = tuple(f.name for f in dataclasses.fields(DecodeConfig))
+MIN_SEGMENT_SECONDS = 2.0
+DEFAULT_SEGMENT_SECONDS = 20.0  # for model directories that do not record their longest utterance
 
 
-@dataclass
-class Utterance:
-    """One decoded utterance: its n-best list, best first."""
+def api_flag(name: str) -> str:
+    return f"{name}="
 
-    id: str
-    hypotheses: list[Hypothesis]
-    reference: str | None = None
-    error: str | None = None  # why it was not decoded (its audio did not load)
 
-    @property
-    def text(self) -> str:
-        return self.hypotheses[0].text if self.hypotheses else ""
+def cli_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 class Transcriber:
@@ -68,46 +70,73 @@ class Transcriber:
     def sample_rate(self) -> int:
         return self.cfg.model.features.sample_rate
 
-    def transcribe(self, paths: list[str | Path], decode: DecodeConfig | None = None,
-                   lm: RNNLM | None = None, mode: str = "auto", on_error: str = "raise") -> list[str | None]:
-        """Transcribe audio files; returns one text per path, in order. A file that cannot
-        be read raises ``AudioError`` naming it, before anything is decoded; with
-        ``on_error="keep"`` its text is None and the other files are transcribed."""
-        return [None if u.error else u.text
-                for u in self.transcribe_detailed(paths, decode, lm, mode, on_error)]
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"Transcriber(encoder={self.cfg.model.encoder.type}, parameters={params / 1e6:.2f}M, "
+                f"sample_rate={self.sample_rate}, tokenizer={self.tokenizer.kind} "
+                f"({self.tokenizer.vocab_size}), device={self.device})")
 
-    def transcribe_detailed(self, paths: list[str | Path], decode: DecodeConfig | None = None,
-                            lm: RNNLM | None = None, mode: str = "auto", on_error: str = "raise") -> list[Utterance]:
-        """Like ``transcribe`` but returns each file's n-best list with scores; with
-        ``on_error="keep"`` an unreadable file's Utterance has no hypotheses and its
-        ``error`` says why."""
+    # -- the Python API -----------------------------------------------------------
+
+    def transcribe(self, audio: Any, *, sample_rate: int | None = None, mode: str = "auto",
+                   lm: str | Path | RNNLM | None = None, word_timestamps: bool = False,
+                   max_segment_seconds: float | None = None, decode: DecodeConfig | None = None,
+                   on_error: str = "keep", progress: bool = False, **options: Any
+                   ) -> Result | list[Result]:
+        """Transcribe ``audio``: a path (str or Path), a numpy array or torch tensor of
+        samples (1-D, or 2-D channels x samples; ``sample_rate`` required, resampled to the
+        model's), or a list of these. One input gives one Result, a list gives a list.
+
+        Recordings of any length are cut at their pauses (``max_segment_seconds``: default
+        the longest utterance the model trained on). Keywords are the command line's
+        decoding options: ``beam_size``, ``ctc_weight``, ``lm_weight``, ``nbest``,
+        ``batch_size``... (``earshot.config.DecodeConfig``; ``decode`` gives them all at
+        once), ``mode`` (``earshot.choices.DECODE_MODES``) and ``lm``, a language model
+        directory or a loaded one. An input in a list that cannot be read gets a Result
+        whose ``error`` says why while the others decode; ``on_error="raise"`` raises its
+        ``AudioError`` instead (a single input always raises). Arrays that are not finite
+        floating-point samples raise ``ValueError`` naming the item.
+
+        >>> model.transcribe(["a.wav", "b.flac"], beam_size=10, ctc_weight=0.4)  # doctest: +SKIP
+        [Result(id='a.wav', ...), Result(id='b.flac', ...)]
+        """
         if on_error not in ("raise", "keep"):
             raise ValueError(f"on_error must be 'raise' or 'keep', not {on_error!r}")
-        decode = self.decoding(decode, mode)
-        readable, wavs, errors = [], [], {}
-        for i, path in enumerate(paths):
-            try:
-                wavs.append(load_audio(path, self.sample_rate))
-                readable.append(i)
-            except AudioError as err:
-                if on_error == "raise":
-                    raise
-                errors[i] = str(err)
-        # (files are checked by load_audio; resampling may leave a 1-sample file empty,
-        # which decodes to '' like any audio shorter than a frame)
-        decoded = self._decode_all([str(paths[i]) for i in readable], wavs, decode, lm,
-                                   mode) if wavs else []
-        out: list[Utterance] = [None] * len(paths)  # type: ignore[list-item]
-        for i, utt in zip(readable, decoded):
-            out[i] = utt
-        for i, reason in errors.items():
-            out[i] = Utterance(str(paths[i]), [], error=reason)
-        return out
+        unknown = sorted(set(options) - set(DECODE_OPTIONS))
+        if unknown:
+            raise TypeError(f"transcribe() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                            f"decoding options: {', '.join(DECODE_OPTIONS)}")
+        settings = self.settings(decode, options, mode=mode, lm=lm,
+                                 word_timestamps=word_timestamps,
+                                 max_segment_seconds=max_segment_seconds, flag=api_flag)
+        single = not isinstance(audio, (list, tuple))
+        sources = from_api(audio, sample_rate, self.sample_rate)
+        results = list(self.stream(sources, settings, progress=progress))
+        for r in results:
+            if r.error is not None and (single or on_error == "raise"):
+                from earshot.errors import AudioError
 
-    def decoding(self, decode: DecodeConfig | None, mode: str) -> DecodeConfig:
+                raise AudioError(r.id, r.error.split(": ", 1)[-1] if r.error.startswith(r.id)
+                                 else r.error)
+        return results[0] if single else results
+
+    def stream(self, sources: Iterable[Source], settings: pipeline.Settings,
+               progress: bool | None = False) -> Iterator[Result]:
+        """Results of ``sources`` in order, each as soon as it is complete (the command
+        line writes them as they come); ``progress`` shows a bar of audio seconds (None:
+        only on a terminal)."""
+        from tqdm import tqdm
+
+        with tqdm(desc="transcribe", unit="s", unit_scale=False, disable=progress is False,
+                  dynamic_ncols=True, bar_format="{desc}: {n:.0f} s of audio [{elapsed}, "
+                  "{rate_fmt}]") as bar:
+            yield from pipeline.run(self, sources, settings, on_audio=bar.update)
+
+    # -- settings ---------------------------------------------------------------------
+
+    def decoding(self, decode: DecodeConfig | None, mode: str = "auto") -> DecodeConfig:
         """``decode`` (default: the model's own settings) and ``mode`` checked as the CLI
-        checks its options (``earshot.config.check``, ``earshot.choices.DECODE_MODES``):
-        a ConfigError naming the setting, before any audio is read."""
+        checks its options: a ConfigError naming the setting, before any audio is read."""
         decode = self.cfg.decode if decode is None else decode
         if not isinstance(decode, DecodeConfig):
             raise ConfigError(f"decode: expected an earshot.config.DecodeConfig, got "
@@ -117,122 +146,55 @@ class Transcriber:
         DECODE_MODES.entry(mode, "mode")
         return decode
 
-    def decode_waveforms(self, ids: list[str], wavs: list[torch.Tensor],
-                         decode: DecodeConfig | None = None, lm: RNNLM | None = None,
-                         mode: str = "auto") -> list[Utterance]:
-        """Decode mono waveforms (S,) at ``self.sample_rate``, batched longest first.
-        Each must be floating-point samples in [-1, 1], finite and not empty (AudioError
-        naming its id otherwise); one shorter than an encoder frame decodes to ''."""
-        decode = self.decoding(decode, mode)
-        if len(ids) != len(wavs):
-            raise ConfigError(f"decode_waveforms: {len(ids)} ids for {len(wavs)} waveforms; "
-                              f"give one id per waveform")
-        wavs = [check_waveform(name, wav) for name, wav in zip(ids, wavs)]
-        return self._decode_all(ids, wavs, decode, lm, mode)
-
-    def _decode_all(self, ids: list[str], wavs: list[torch.Tensor], decode: DecodeConfig,
-                    lm, mode: str) -> list[Utterance]:
-        order = sorted(range(len(wavs)), key=lambda i: -len(wavs[i]))
-        results: dict[int, Utterance] = {}
-        for start in range(0, len(order), decode.batch_size):
-            idx = order[start:start + decode.batch_size]
-            hyps = self._decode([wavs[i] for i in idx], decode, lm, mode)
-            for i, nbest in zip(idx, hyps):
-                results[i] = Utterance(ids[i], nbest)
-        return [results[i] for i in range(len(wavs))]
-
-    @torch.inference_mode()
-    def _decode(self, wavs: list[torch.Tensor], decode: DecodeConfig, lm, mode: str):
-        lens = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-        batch = torch.zeros(len(wavs), int(lens.max()))
-        for i, w in enumerate(wavs):
-            batch[i, : len(w)] = w
-        return decode_batch(self.model, batch.to(self.device), lens.to(self.device), decode,
-                            self.tokenizer, lm=lm, mode=mode)
-
-    @torch.inference_mode()
-    def decode_cuts(self, cuts: CutSet, decode: DecodeConfig | None = None, lm: RNNLM | None = None,
-                    mode: str = "auto", progress: bool = True) -> list[Utterance]:
-        """Decode every cut of a CutSet (batched by duration); unreadable audio is skipped."""
-        from tqdm import tqdm
-
-        from earshot.data.batching import make_loader
-
-        decode = self.decoding(decode, mode)
-        loader = make_loader(cuts, self.tokenizer, self.sample_rate,
-                             max_duration=decode_max_duration(decode), shuffle=False)
-        out = []
-        for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress,
-                          dynamic_ncols=True):
-            hyps = decode_batch(self.model, batch.wavs.to(self.device),
-                                batch.wav_lens.to(self.device), decode, self.tokenizer,
-                                lm=lm, mode=mode)
-            for uid, ref, nbest in zip(batch.ids, batch.texts, hyps):
-                out.append(Utterance(uid, nbest, self.tokenizer.normalize(ref)))
-        return out
+    def settings(self, decode: DecodeConfig | None, options: dict[str, Any], *, mode: str = "auto",
+                 lm: str | Path | RNNLM | None = None, word_timestamps: bool = False,
+                 max_segment_seconds: float | None = None, flag=api_flag) -> pipeline.Settings:
+        """One call's settings: the model's decoding section, ``decode`` and the options
+        given, checked; an option that cannot apply is a ConfigError naming it as the
+        caller typed it (``flag``: keyword or command-line spelling)."""
+        base = self.decoding(decode, mode)
+        try:
+            decode = self.decoding(dataclasses.replace(base, **options), mode)
+        except ConfigError as err:
+            for name in options:
+                key = f"config key '{name}'"
+                if str(err).startswith(key):
+                    raise ConfigError(str(err).replace(key, f"option {flag(name)}", 1)) from None
+            raise
+        if isinstance(lm, (str, Path)):
+            lm = load_lm_dir(lm, self)
+        given = set(options) | set(_changed(decode, self.cfg.decode))
+        _check_applicable(decode, given, lm, flag)
+        card = getattr(self.cfg, "card", None)
+        ctc_trained = getattr(card, "ctc_weight", None) != 0.0
+        if word_timestamps and not ctc_trained:
+            raise ConfigError(f"option {flag('word_timestamps')}: word times come from the CTC "
+                              f"head, and this model was trained without one (loss.ctc_weight 0)")
+        longest = float(getattr(card, "longest_utterance", 0.0) or DEFAULT_SEGMENT_SECONDS)
+        seconds = max(longest, MIN_SEGMENT_SECONDS) if max_segment_seconds is None else max_segment_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not MIN_SEGMENT_SECONDS <= seconds <= 3600:
+            raise ConfigError(f"option {flag('max_segment_seconds')}: must be in "
+                              f"[{MIN_SEGMENT_SECONDS:g}, 3600] seconds, got {seconds!r}")
+        return pipeline.Settings(decode, mode, lm, word_timestamps,
+                                 SegmentOptions(max_seconds=seconds), ctc_trained)
 
 
-def decode_max_duration(decode: DecodeConfig) -> float:
-    """Seconds of audio per decoding batch: batch_size utterances of ~10 s."""
-    return max(10.0, 10.0 * decode.batch_size)
+def _changed(decode: DecodeConfig, base: DecodeConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(DecodeConfig)
+            if getattr(decode, f.name) != getattr(base, f.name)]
 
 
-def evaluate(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
-             decode: DecodeConfig | None = None, lm_dir: str | Path | None = None,
-             mode: str = "auto", device: str | torch.device | None = "auto") -> ErrorRates:
-    """Decode a manifest, write summary.json, alignments and hypotheses to ``out_dir``."""
-    from earshot.data.manifests import load_cuts
-
-    transcriber = Transcriber.load(model_dir, device=device)
-    decode = decode or transcriber.cfg.decode
-    lm = load_lm_dir(lm_dir, transcriber) if lm_dir else None
-    from earshot.tokenizer import warn_unknown_chars
-
-    cuts = load_cuts(manifest)
-    unseen = warn_unknown_chars(transcriber.tokenizer, (c.supervisions[0].text for c in cuts), str(manifest))
-    start = time.perf_counter()
-    utts = transcriber.decode_cuts(cuts, decode, lm=lm, mode=mode)
-    seconds = time.perf_counter() - start
-    if not utts:
-        raise EarshotError(f"{manifest}: no utterance could be decoded")
-    decoded = {u.id for u in utts}
-    dropped = [cut.id for cut in cuts if cut.id not in decoded]
-    if dropped:
-        log.warning("%s: %d of %d utterances could not be decoded (their audio did not load; "
-                    "see the warnings above) and are not scored", manifest, len(dropped), len(cuts))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_nbest(out_dir / "hypotheses.jsonl", utts)
-    extra = {"model": str(model_dir), "manifest": str(manifest), "mode": mode,
-             "lm": str(lm_dir) if lm_dir else None, "decode_seconds": round(seconds, 3),
-             "decode": to_dict(decode), "manifest_utterances": len(cuts),
-             "dropped": len(dropped), "dropped_ids": dropped[:50],
-             "dropped_reason": "audio could not be loaded" if dropped else None,
-             "unknown_reference_chars": unseen}
-    return write_report(out_dir, [u.id for u in utts], [u.reference for u in utts],
-                        [u.text for u in utts], extra=extra)
-
-
-def load_lm_dir(lm_dir: str | Path, transcriber: Transcriber) -> RNNLM:
-    """The language model in ``lm_dir``, on the transcriber's device, checked to share its
-    tokenizer's vocabulary."""
-    from earshot.models.artifacts import load_lm
-
-    lm = load_lm(lm_dir, device=transcriber.device)
-    lm_vocab = getattr(lm, "vocab_size", None)
-    if lm_vocab is not None and lm_vocab != transcriber.tokenizer.vocab_size:
-        raise EarshotError(f"{lm_dir}: LM vocabulary ({lm_vocab}) does not match the ASR "
-                           f"tokenizer ({transcriber.tokenizer.vocab_size}); train the LM "
-                           "with this model's tokenizer")
-    return lm
-
-
-def write_nbest(path: Path, utts: list[Utterance]) -> None:
-    """One JSON line per utterance: id, ref, and its n-best hypotheses with scores."""
-    with open(path, "w") as f:
-        for u in utts:
-            row = {"id": u.id, "ref": u.reference,
-                   "nbest": [{"text": h.text, "tokens": list(h.tokens), "score": float(h.score),
-                              "scores": {k: float(v) for k, v in h.scores.items()}}
-                             for h in u.hypotheses]}
-            f.write(json.dumps(row) + "\n")
+def _check_applicable(decode: DecodeConfig, given: set[str], lm, flag) -> None:
+    """Options the user set that the rest of the settings make meaningless."""
+    if "lm_weight" in given and decode.lm_weight > 0 and lm is None:
+        raise ConfigError(f"option {flag('lm_weight')} {decode.lm_weight:g} needs a language "
+                          f"model: give {flag('lm')} (a directory from earshot train-lm)")
+    if lm is not None and decode.lm_weight == 0:
+        raise ConfigError(f"option {flag('lm')}: the language model is weighted 0; give "
+                          f"{flag('lm_weight')} above 0 (e.g. 0.3)")
+    if ("nbest" in given or "beam_size" in given) and decode.nbest > decode.beam_size:
+        raise ConfigError(f"option {flag('nbest')} {decode.nbest} is above {flag('beam_size')} "
+                          f"{decode.beam_size}: the search keeps only beam-size hypotheses")
+    if "ctc_window" in given and decode.ctc_window > 0 and decode.ctc_weight == 0:
+        raise ConfigError(f"option {flag('ctc_window')} limits the CTC prefix score, which "
+                          f"{flag('ctc_weight')} 0 turns off; give {flag('ctc_weight')} above 0")

@@ -89,8 +89,9 @@ class ASRTask(Task):
     ROWS = "utterances"
     UNUSABLE = "too short for one encoder frame"
 
-    def __init__(self, cfg: ExperimentConfig, model: EncoderDecoderASR):
+    def __init__(self, cfg: ExperimentConfig, model: EncoderDecoderASR, longest: float = 0.0):
         self.cfg, self.rate = cfg, model.sample_rate
+        self.longest = longest  # seconds: the longest training utterance (for the model card)
         # With alpha 0 or 1 one branch gets no gradient, nor does a frozen part; DDP must
         # be told to expect that.
         self.find_unused_parameters = (cfg.loss.ctc_weight in (0.0, 1.0)
@@ -126,7 +127,8 @@ class ASRTask(Task):
 
     def save_export(self, run: Run, out: Path, epochs: list[int], dev: DevResult,
                     state: TrainState) -> None:
-        card = model_card(run.cfg, run.model, dev, run.train_hours, epochs, state.epoch)
+        card = model_card(run.cfg, run.model, dev, run.train_hours, epochs, state.epoch,
+                          self.longest)
         save_model_dir(out, run.cfg, run.tokenizer, copy.deepcopy(run.model).cpu(), card)
         log.info("exported epoch(s) %s to %s (dev WER %.2f CER %.2f)",
                  ", ".join(map(str, epochs)), out, dev.wer, dev.cer)
@@ -177,7 +179,8 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
                              num_buckets=data.num_buckets, num_workers=data.num_workers,
                              even=False, keep_empty=True, **shard)
     hours = sum(cut.duration for cut in train_cuts) / 3600
-    return Run.start(cfg, exp_dir, world, device, model=model, task=ASRTask(cfg, model),
+    longest = max((cut.duration for cut in train_cuts), default=0.0)
+    return Run.start(cfg, exp_dir, world, device, model=model, task=ASRTask(cfg, model, longest),
                      train_loader=train_loader, dev_loader=dev_loader, tokenizer=tokenizer,
                      train_hours=hours,
                      data=f"train: {len(train_cuts)} cuts ({hours:.2f} h); dev: {len(dev_cuts)} cuts")
@@ -288,13 +291,15 @@ def plot_dev_alignments(run: Run, epoch: int) -> None:
 
 
 def model_card(cfg: ExperimentConfig, model: torch.nn.Module, dev: DevResult, train_hours: float,
-               exported_epochs: list[int], epochs: int) -> ModelCard:
+               exported_epochs: list[int], epochs: int, longest: float = 0.0) -> ModelCard:
     """The card of a model directory: corpus, training hours, the dev WER/CER of exactly
-    the exported weights, the epochs trained and exported, the parameter count."""
+    the exported weights, the epochs trained and exported, the parameter count, the longest
+    training utterance and the CTC loss weight."""
     return ModelCard(corpus=corpus_name(cfg.data), train_hours=round(train_hours, 3),
                      dev_wer=round(dev.wer, 3), dev_cer=round(dev.cer, 3), epochs=epochs,
                      exported_epochs=tuple(exported_epochs),
-                     parameters=sum(p.numel() for p in model.parameters()))
+                     parameters=sum(p.numel() for p in model.parameters()),
+                     longest_utterance=round(longest, 3), ctc_weight=cfg.loss.ctc_weight)
 
 
 def corpus_name(data: DataConfig) -> str:
