@@ -36,7 +36,8 @@ def test_every_option_has_help_with_its_default_and_the_help_ends_with_examples(
     lines = capsys.readouterr().out.rstrip().splitlines()
     start = max(i for i, line in enumerate(lines) if line == "examples:")
     shown = lines[start + 1:]
-    assert 1 <= len(shown) <= 2 and all(line.strip().startswith("earshot ") for line in shown), lines
+    assert 1 <= len(shown) <= 4 and all(line.strip().startswith("earshot ") or "| earshot " in line
+                                        for line in shown), lines
 
 
 def test_prepare_refuses_an_option_its_corpus_does_not_take(tmp_path, capsys):

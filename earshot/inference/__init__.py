@@ -4,11 +4,24 @@
 >>> model = earshot.load_model("exp/an4/model")       # doctest: +SKIP
 >>> model.transcribe("a.wav").text                   # doctest: +SKIP
 'YES'
+
+Names are imported on first use, so ``earshot --help`` does not load torch.
 """
 
-from earshot.inference.evaluate import decode_max_duration, evaluate, load_lm_dir, write_nbest
-from earshot.inference.results import Hypothesis, Result, Segment, Word
-from earshot.inference.transcriber import Transcriber
+from __future__ import annotations
 
-__all__ = ["Hypothesis", "Result", "Segment", "Transcriber", "Word", "decode_max_duration",
-           "evaluate", "load_lm_dir", "write_nbest"]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Transcriber": "transcriber", "Result": "results", "Segment": "results", "Word": "results",
+    "Hypothesis": "results", "evaluate": "scoring", "decode_max_duration": "scoring",
+    "load_lm_dir": "scoring", "write_nbest": "scoring",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"earshot.inference.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'earshot.inference' has no attribute {name!r}")

@@ -28,7 +28,7 @@ from earshot.config import DecodeConfig, ExperimentConfig, check, from_dict, to_
 from earshot.devices import resolve_device
 from earshot.errors import ConfigError
 from earshot.inference import pipeline
-from earshot.inference.evaluate import load_lm_dir
+from earshot.inference.scoring import load_lm_dir
 from earshot.inference.results import Result
 from earshot.inference.segment import SegmentOptions
 from earshot.inference.sources import Source, from_api
