@@ -14,45 +14,7 @@ import earshot
 from earshot.cli import main
 from earshot.errors import AudioError
 
-TEXTS = ["red cup", "blue hat", "go home", "big dog"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Four short espeak utterances and a CSV manifest for them."""
-    from earshot.data.espeak import speak
-    import soundfile as sf
-
-    root = tmp_path_factory.mktemp("corpus")
-    rows = ["id,path,text"]
-    for i, text in enumerate(TEXTS):
-        audio, sr = speak(text, voice="en-us", rate=170, seed=i)
-        sf.write(root / f"u{i}.wav", audio, sr)
-        rows.append(f"u{i},u{i}.wav,{text}")
-    (root / "all.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def overfit_model(corpus, tmp_path_factory):
-    """A tiny model trained on the four utterances until it repeats them perfectly."""
-    out = tmp_path_factory.mktemp("exp")
-    assert main(["prepare", "csv", str(corpus / "all.csv"), "--out", str(out / "data")]) == 0
-    cuts = str(out / "data" / "cuts.jsonl.gz")
-    overrides = [
-        f"data.train={cuts}", f"data.dev={cuts}", "data.max_duration=100",
-        f"train.exp_dir={out / 'exp'}", "train.epochs=60", "train.keep_last=1",
-        "model.features.num_mel_bins=40", "model.encoder.cnn_channels=[8, 16]",
-        "model.encoder.rnn_layers=1", "model.encoder.rnn_units=64", "model.encoder.dnn_units=64",
-        "model.encoder.dropout=0.0", "model.decoder.units=64", "model.decoder.dropout=0.0",
-        "model.decoder.embedding_dim=16", "model.decoder.attention.dim=32",
-        "optim.lr=0.003", "optim.scheduler.type=none", "loss.label_smoothing=0.0",
-    ]
-    assert main(["train", "recipes/demo/none.yaml"] + overrides) == 2  # missing file: clear error
-    cfg = out / "tiny.yaml"
-    cfg.write_text("train: {log_every: 100}\n")
-    assert main(["train", str(cfg)] + overrides) == 0
-    return out
+from conftest import TEXTS  # the corpus and overfit_model fixtures live there
 
 
 def test_overfit_to_cer_zero_and_report_files(overfit_model, capsys):

@@ -59,7 +59,9 @@ class _Job:
 class _Decoded:
     span: Planned
     nbest: list[Hypothesis]
-    # per token of the best hypothesis: absolute [start, end) samples and confidence
+    # the best hypothesis's tokens that CTC can emit (no blank), each one's absolute
+    # [start, end) samples and confidence
+    tokens: list[int] = field(default_factory=list)
     token_spans: list[tuple[int, int]] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
 
@@ -254,12 +256,14 @@ def decode_batch(t: Transcriber, jobs: list[_Job], s: Settings) -> list[_Decoded
     for d, has_speech in zip(out, speech):
         if not has_speech:  # the CTC head hears nothing: an attention decoder would invent
             d.nbest = [Hypothesis([], 0.0, {}, "")]
-    targets = [[tok for tok in d.nbest[0].tokens] for d in out]
+    vocab = log_probs.size(-1)
+    targets = [[tok for tok in d.nbest[0].tokens if tok != blank and 0 <= tok < vocab] for d in out]
     spans = align.ctc_forced_align(log_probs, enc_lens, targets, blank)
     for b, d in enumerate(out):
         if not targets[b]:
             continue
         per_frame = len(jobs[b].wav) / max(int(enc_lens[b]), 1)
+        d.tokens = targets[b]
         d.confidences = align.token_confidences(log_probs[b], spans[b], targets[b])
         d.token_spans = [(d.span.start + round(first * per_frame),
                           d.span.start + min(round((last + 1) * per_frame), len(jobs[b].wav)))
@@ -300,7 +304,7 @@ def merge_windows(windows: list[_Decoded], t: Transcriber) -> _Decoded:
     for k, w in enumerate(windows):
         lo = (windows[k - 1].span.end + w.span.start) // 2 if k else -1
         hi = (w.span.end + windows[k + 1].span.start) // 2 if k + 1 < len(windows) else None
-        for tok, span, conf in zip(w.nbest[0].tokens, w.token_spans, w.confidences):
+        for tok, span, conf in zip(w.tokens, w.token_spans, w.confidences):
             centre = (span[0] + span[1]) // 2
             if centre >= lo and (hi is None or centre < hi):
                 tokens.append(tok)
@@ -313,7 +317,7 @@ def merge_windows(windows: list[_Decoded], t: Transcriber) -> _Decoded:
     best = Hypothesis(tokens, sum(w.nbest[0].score for w in windows), scores,
                       t.tokenizer.decode(tokens))
     span = Planned(windows[0].span.start, windows[-1].span.end, windows[0].span.group)
-    return _Decoded(span, [best], token_spans, confidences)
+    return _Decoded(span, [best], tokens, token_spans, confidences)
 
 
 def _segment(d: _Decoded, t: Transcriber, s: Settings) -> Segment:
@@ -323,7 +327,7 @@ def _segment(d: _Decoded, t: Transcriber, s: Settings) -> Segment:
     words = []
     if d.token_spans:  # (token spans are absolute samples: one "frame" a sample)
         inclusive = torch.tensor([[a, max(a, b - 1)] for a, b in d.token_spans], dtype=torch.long)
-        words = align.words_from_alignment(best.tokens, inclusive, d.confidences, t.tokenizer,
+        words = align.words_from_alignment(d.tokens, inclusive, d.confidences, t.tokenizer,
                                            1.0, 0, rate, d.span.end)
     start, end = d.span.start, d.span.end
     if words:  # the speech itself, not the pauses padded around it
