@@ -74,14 +74,27 @@ def test_synthesised_speech_is_cut_at_its_pauses():
 
 def test_speech_without_a_pause_becomes_overlapping_windows_of_one_group():
     rate = 16000
-    t = np.arange(10 * rate) / rate
+    t = np.arange(5 * rate) / rate
     tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
     wav = np.concatenate([np.zeros(2 * rate, np.float32), tone, np.zeros(2 * rate, np.float32)])
-    spans = plan(frame_energies(wav, 160), 160, len(wav), rate, SegmentOptions(max_seconds=4.0))
+    spans = plan(frame_energies(wav, 160), 160, len(wav), rate, SegmentOptions(max_seconds=2.0))
     assert len(spans) >= 3 and len({s.group for s in spans}) == 1 and spans[0].group >= 0
     for a, b in zip(spans, spans[1:]):
         assert b.start < a.end <= b.end  # overlapping, in order
-    assert all(s.end - s.start <= 4 * rate for s in spans)
+    assert all(s.end - s.start <= 2 * rate for s in spans)
+    assert spans[0].start < 2 * rate <= spans[0].speech[0] and spans[-1].speech[1] <= 7 * rate
+
+
+def test_segments_read_back_from_a_file_are_its_samples(tmp_path):
+    """Spans with gaps longer than a read block, and overlapping ones, across 100 s."""
+    rate = 8000
+    wav = np.random.default_rng(0).uniform(-0.5, 0.5, 100 * rate).astype(np.float32)
+    sf.write(tmp_path / "long.wav", wav, rate, subtype="FLOAT")
+    spans = [Planned(100, 9000), Planned(8000, 20000), Planned(45 * rate, 46 * rate),
+             Planned(95 * rate, 100 * rate)]
+    source = pipeline.Source("long.wav", path=tmp_path / "long.wav")
+    for span, got in pipeline._slices(source, rate, spans):
+        assert np.array_equal(got.numpy(), wav[span.start:span.end]), span
 
 
 def test_overlapping_windows_merge_at_the_token_level(model):

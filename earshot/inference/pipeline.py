@@ -181,7 +181,8 @@ def _slices(source: Source, rate: int, spans: list[Planned]) -> Iterator[tuple[P
         yield span, torch.from_numpy(buffer[span.start - base:span.end - base].copy())
         i += 1
         keep_from = spans[i].start if i < len(spans) else base + len(buffer)
-        buffer, base = buffer[keep_from - base:], keep_from
+        drop = min(keep_from - base, len(buffer))  # (the next span may start past the buffer)
+        buffer, base = buffer[drop:], base + drop
 
 
 # -- decoding -----------------------------------------------------------------
@@ -316,7 +317,8 @@ def merge_windows(windows: list[_Decoded], t: Transcriber) -> _Decoded:
             scores[name] = scores.get(name, 0.0) + value
     best = Hypothesis(tokens, sum(w.nbest[0].score for w in windows), scores,
                       t.tokenizer.decode(tokens))
-    span = Planned(windows[0].span.start, windows[-1].span.end, windows[0].span.group)
+    span = Planned(windows[0].span.start, windows[-1].span.end, windows[0].span.group,
+                   windows[0].span.speech[0], windows[-1].span.speech[1])
     return _Decoded(span, [best], tokens, token_spans, confidences)
 
 
@@ -329,9 +331,9 @@ def _segment(d: _Decoded, t: Transcriber, s: Settings) -> Segment:
         inclusive = torch.tensor([[a, max(a, b - 1)] for a, b in d.token_spans], dtype=torch.long)
         words = align.words_from_alignment(d.tokens, inclusive, d.confidences, t.tokenizer,
                                            1.0, 0, rate, d.span.end)
-    start, end = d.span.start, d.span.end
-    if words:  # the speech itself, not the pauses padded around it
-        start, end = words[0].start_sample, words[-1].end_sample
+    start, end = d.span.speech  # the speech itself, not the pauses padded around it
+    if words:  # (CTC may place a word's first token before the detector's onset)
+        start, end = min(start, words[0].start_sample), max(end, words[-1].end_sample)
     for hyp in d.nbest:
         hyp.text = " ".join(hyp.text.split())
     return Segment(start, end, rate, text, words if s.word_timestamps else [], d.nbest)
