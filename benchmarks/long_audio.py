@@ -30,12 +30,15 @@ MODES = {"greedy": {"mode": "greedy", "beam_size": 1, "ctc_weight": 0.0},
 PAUSE = (0.5, 2.5)  # seconds, uniform
 
 
-def trim(wav: np.ndarray, rate: int, below_peak_db: float = 45.0) -> tuple[int, int]:
-    """[first, last) sample of the speech: 10 ms frames within ``below_peak_db`` of the peak."""
+def trim(wav: np.ndarray, rate: int, below_peak_db: float = 40.0,
+         above_floor_db: float = 10.0) -> tuple[int, int]:
+    """[first, last) sample of the speech: from the first to the last 10 ms frame within
+    ``below_peak_db`` of the recording's peak and ``above_floor_db`` above its background
+    (its 10th-percentile frame)."""
     hop = rate // 100
     frames = wav[: len(wav) // hop * hop].reshape(-1, hop)
     db = 10 * np.log10((frames.astype(np.float64) ** 2).mean(1) + 1e-12)
-    loud = np.flatnonzero(db > db.max() - below_peak_db)
+    loud = np.flatnonzero(db > max(db.max() - below_peak_db, np.percentile(db, 10) + above_floor_db))
     return int(loud[0]) * hop, int(loud[-1] + 1) * hop
 
 
