@@ -2,8 +2,9 @@
 
 Builds recordings of 1, 10 and 60 minutes from real utterances (a manifest's cuts, each
 trimmed to its speech, cycled in shuffled order) joined by pauses of random length filled
-with noise at each utterance's own background level, so the true utterance boundaries
-are known. Each recording is written to FLAC and transcribed from the file in a fresh
+with each utterance's own background (the recording before and after its speech), every
+utterance scaled so that its background sits at one level, as in one room; the true
+utterance boundaries (where speech rises above its background) are known. Each recording is written to FLAC and transcribed from the file in a fresh
 process (its peak RSS is the process's), greedy and with joint beam search + CTC; the
 transcript is scored against the joined references next to the same utterances decoded
 one at a time; segment starts and ends are compared with the true boundaries.
@@ -28,6 +29,7 @@ import numpy as np
 MODES = {"greedy": {"mode": "greedy", "beam_size": 1, "ctc_weight": 0.0},
          "joint beam 10 + CTC": {"mode": "beam", "beam_size": 10, "ctc_weight": 0.3}}
 PAUSE = (0.5, 2.5)  # seconds, uniform
+BACKGROUND_DB = -60.0  # dBFS: every utterance's background is brought to this level
 
 
 def trim(wav: np.ndarray, rate: int, below_peak_db: float = 40.0,
@@ -73,9 +75,13 @@ def load_clips(manifest: str, rate: int, margin: float = 0.1) -> list[dict]:
         first, last = trim(wav.numpy(), rate)
         pad = int(margin * rate)
         lo, hi = max(0, first - pad), min(len(wav), last + pad)
-        clips.append({"id": cut.id, "wav": wav.numpy()[lo:hi], "speech": (first - lo, last - lo),
-                      "noise": background(wav.numpy(), first, last, rate),
-                      "text": cut.supervisions[0].text})
+        samples, noise = wav.numpy(), background(wav.numpy(), first, last, rate)
+        # One room for the whole recording: each utterance scaled so that its background
+        # sits at BACKGROUND_DB (its speech keeps its own signal-to-noise ratio).
+        level = 10 * np.log10(float(np.mean(noise.astype(np.float64) ** 2)) + 1e-12)
+        gain = min(10 ** ((BACKGROUND_DB - level) / 20), 0.95 / float(np.abs(samples).max()))
+        clips.append({"id": cut.id, "wav": gain * samples[lo:hi], "speech": (first - lo, last - lo),
+                      "noise": gain * noise, "text": cut.supervisions[0].text})
     return clips
 
 

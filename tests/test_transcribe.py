@@ -171,7 +171,7 @@ def test_a_minute_of_silence_or_of_noise_transcribes_to_nothing(model):
     for name, wav in (("silence", np.zeros(60 * rate, np.float32)),
                       ("noise", (0.05 * rng.standard_normal(60 * rate)).astype(np.float32))):
         result = model.transcribe(wav, sample_rate=rate)
-        assert result.text == "" and result.words == [], name
+        assert result.text == "" and result.words == [] and result.duration == 60.0, name
 
 
 def test_a_batch_out_of_memory_is_split_until_it_fits(model, corpus, monkeypatch):

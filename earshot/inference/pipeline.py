@@ -108,8 +108,8 @@ def run(t: Transcriber, sources: Iterable[Source], s: Settings,
         if entry.error is None:
             try:
                 count = 0
-                for count, (span, wav, total) in enumerate(read_segments(t, source, s), 1):
-                    entry.num_samples = total
+                entry.num_samples, segments = read_segments(t, source, s)
+                for count, (span, wav) in enumerate(segments, 1):
                     pool.append(_Job(number, count - 1, span, wav))
                     if sum(len(j.wav) for j in pool) >= POOL_SECONDS * t.sample_rate:
                         flush()
@@ -129,25 +129,21 @@ def run(t: Transcriber, sources: Iterable[Source], s: Settings,
 
 
 def read_segments(t: Transcriber, source: Source, s: Settings
-                  ) -> Iterator[tuple[Planned, torch.Tensor, int]]:
-    """(span, samples, the source's length in samples) of each segment of ``source``."""
+                  ) -> tuple[int, Iterator[tuple[Planned, torch.Tensor]]]:
+    """The length of ``source`` in samples and (span, samples) of each of its segments."""
     rate, max_samples = t.sample_rate, int(s.segments.max_seconds * t.sample_rate)
     if source.array is not None:
         wav = source.array
         spans = ([Planned(0, len(wav))] if len(wav) <= max_samples else
                  plan(frame_energies(wav.numpy(), _hop(rate)), _hop(rate), len(wav), rate, s.segments))
-        for span in spans:
-            yield span, wav[span.start:span.end], len(wav)
-        return
+        return len(wav), ((span, wav[span.start:span.end]) for span in spans)
     check_readable(source)
     info = audio_info(source.path)
     if info.duration <= s.segments.max_seconds:
         wav = load_audio(source.path, rate)
-        yield Planned(0, len(wav)), wav, len(wav)
-        return
+        return len(wav), iter([(Planned(0, len(wav)), wav)])
     energies, total = _file_energies(source, rate)
-    spans = plan(energies, _hop(rate), total, rate, s.segments)
-    yield from ((span, wav, total) for span, wav in _slices(source, rate, spans))
+    return total, _slices(source, rate, plan(energies, _hop(rate), total, rate, s.segments))
 
 
 def _hop(rate: int) -> int:
@@ -242,7 +238,10 @@ def _decode_splitting(t: Transcriber, jobs: list[_Job], s: Settings) -> list[tup
 def decode_batch(t: Transcriber, jobs: list[_Job], s: Settings) -> list[_Decoded]:
     """Encode, search and align one batch."""
     lens = torch.tensor([len(j.wav) for j in jobs], dtype=torch.long)
-    wavs = torch.zeros(len(jobs), int(lens.max()))
+    # Padded to whole seconds: a handful of batch shapes instead of one per length, so the
+    # CPU kernels' per-shape caches (oneDNN keeps up to 1024 primitives) stay small.
+    width = -(-int(lens.max()) // t.sample_rate) * t.sample_rate
+    wavs = torch.zeros(len(jobs), width)
     for i, j in enumerate(jobs):
         wavs[i, :len(j.wav)] = j.wav
     enc = t.model.encode(wavs.to(t.device), lens.to(t.device))
