@@ -26,8 +26,24 @@ from earshot.decoding.beam_search import Hypothesis
 __all__ = ["Hypothesis", "Result", "Segment", "Word"]
 
 
+class _Timed:
+    """``start`` and ``end`` in seconds, from integer sample positions."""
+
+    start_sample: int
+    end_sample: int
+    sample_rate: int
+
+    @property
+    def start(self) -> float:
+        return self.start_sample / self.sample_rate
+
+    @property
+    def end(self) -> float:
+        return self.end_sample / self.sample_rate
+
+
 @dataclass
-class Word:
+class Word(_Timed):
     """One word: its text, the samples [start_sample, end_sample) it spans and its
     confidence (mean CTC posterior of its tokens' frames, 0-1)."""
 
@@ -37,14 +53,6 @@ class Word:
     sample_rate: int
     confidence: float
 
-    @property
-    def start(self) -> float:
-        return self.start_sample / self.sample_rate
-
-    @property
-    def end(self) -> float:
-        return self.end_sample / self.sample_rate
-
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
                 "start_sample": self.start_sample, "end_sample": self.end_sample,
@@ -52,7 +60,7 @@ class Word:
 
 
 @dataclass
-class Segment:
+class Segment(_Timed):
     """A stretch of the input decoded as one utterance: samples [start_sample, end_sample),
     its best text, its words (empty without word timestamps) and its n-best list."""
 
@@ -62,14 +70,6 @@ class Segment:
     text: str
     words: list[Word] = field(default_factory=list)
     nbest: list[Hypothesis] = field(default_factory=list)
-
-    @property
-    def start(self) -> float:
-        return self.start_sample / self.sample_rate
-
-    @property
-    def end(self) -> float:
-        return self.end_sample / self.sample_rate
 
     def to_dict(self) -> dict[str, Any]:
         return {"start": round(self.start, 3), "end": round(self.end, 3),
