@@ -127,7 +127,8 @@ class Transcriber:
         only on a terminal)."""
         from tqdm import tqdm
 
-        with tqdm(desc="transcribe", unit="s", unit_scale=False, disable=progress is False,
+        with tqdm(desc="transcribe", unit="s", unit_scale=False,
+                  disable=None if progress is None else not progress,
                   dynamic_ncols=True, bar_format="{desc}: {n:.0f} s of audio [{elapsed}, "
                   "{rate_fmt}]") as bar:
             yield from pipeline.run(self, sources, settings, on_audio=bar.update)
