@@ -8,6 +8,7 @@
     earshot average exp/an4 --best 5         earshot plot exp/an4
     earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev
     earshot transcribe --model exp/an4/model a.wav b.flac
+    earshot serve --model exp/an4/model --port 8000     (HTTP, OpenAI-style; earshot[serve])
 
 Each command parses its arguments, turns them into a config, and calls one library
 function; errors a user can fix are one line on stderr and exit status 2.
@@ -267,6 +268,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return run(args, model, options)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from earshot.serve.command import run
+
+    return run(args)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -389,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     add_decode_args(p)
     p.set_defaults(func=cmd_transcribe)
+
+    p = command("serve", "serve a model over HTTP: POST /v1/audio/transcriptions (as OpenAI's), "
+                         "batching concurrent requests (needs earshot[serve])",
+                "earshot serve --model exp/an4/model",
+                "earshot serve --model exp/an4/model --host 0.0.0.0 --port 9000 --max-batch-size 32",
+                "earshot serve --model exp/an4/model --beam-size 10 --ctc-weight 0.3")
+    from earshot.serve.command import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    add_device_arg(p)
+    add_decode_args(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
