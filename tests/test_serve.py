@@ -297,6 +297,13 @@ def test_concurrent_requests_are_decoded_in_one_call(serve, transcriber, corpus)
     assert held.calls == [1, 4, 1]
 
 
+def test_a_lone_request_does_not_wait_for_company(serve, corpus):
+    client = serve(max_wait_ms=5000)
+    began = time.monotonic()
+    assert post(client, wav(corpus, 0)).json() == {"text": TEXTS[0]}
+    assert time.monotonic() - began < 4  # not the 5 s a batch may wait for requests arriving
+
+
 def test_a_full_queue_is_503_with_retry_after(serve, transcriber, corpus):
     held = Held(transcriber)
     client = serve(transcriber=held, max_batch_size=1, max_queue=1)

@@ -109,7 +109,23 @@ class Service:
                                            **dict(options))
 
     async def transcribe(self, request: Request, stats: dict[str, Any]) -> Response:
-        """The endpoint's work; ApiError for every refusal."""
+        """The endpoint's work; ApiError for every refusal. While the request is read the
+        batcher counts it as arriving (a batch being formed waits for it)."""
+        self.batcher.arriving += 1
+        try:
+            fields, key, audio = await self.receive(request, stats)
+        finally:
+            self.batcher.arriving -= 1
+        result = await self.result(audio, key, stats)
+        if result.error:
+            raise ApiError(422, f"file: {fields.upload.filename or 'the upload'} could not be "
+                                f"transcribed: {result.error}", "invalid_audio", "file")
+        body, media_type = respond(result, fields.response_format, self.options.language,
+                                   fields.word_timestamps)
+        return Response(body, media_type=media_type)
+
+    async def receive(self, request: Request, stats: dict[str, Any]):
+        """The request's checked fields, their batching key and its samples."""
         check_content_length(request.headers, self.body_limit, self.options.max_upload_mb)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, "send the audio as multipart/form-data with a 'file' field "
@@ -135,13 +151,7 @@ class Service:
         audio = await run_in_threadpool(read_audio, data, name, self.rate,
                                         self.options.max_audio_seconds)
         stats["audio"] = len(audio) / self.rate
-        result = await self.result(audio, key, stats)
-        if result.error:
-            raise ApiError(422, f"file: {name} could not be transcribed: {result.error}",
-                           "invalid_audio", "file")
-        body, media_type = respond(result, fields.response_format, self.options.language,
-                                   fields.word_timestamps)
-        return Response(body, media_type=media_type)
+        return fields, key, audio
 
     async def result(self, audio: np.ndarray, key: Hashable, stats: dict[str, Any]):
         """The queued decode of ``audio``; its failures as ApiErrors."""

@@ -3,7 +3,8 @@
 Requests wait in a bounded ``asyncio.Queue`` (a full one is refused at once, so a client
 hears "busy" instead of waiting for minutes). One worker task takes the first waiting
 request, then up to ``max_batch_size - 1`` more, waiting at most ``max_wait`` seconds
-after the first for them; it groups the batch by decoding options (requests whose options
+after the first for them, and only while others are on their way (``arriving``: being
+uploaded and read), so a lone request never waits for company; it groups the batch by decoding options (requests whose options
 differ cannot share a search) and decodes each group with one call in a single decoding
 thread, so the event loop keeps accepting uploads while the model runs. Each request's
 future gets its own result, or the exception its decode raised: a group that fails is
@@ -78,6 +79,7 @@ class Batcher:
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.calls = 0  # decode calls made (the tests and /health read it)
+        self.arriving = 0  # requests being received and read, soon to be submitted
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -146,7 +148,8 @@ class Batcher:
 
     async def _collect(self) -> list[Job]:
         """The first waiting job and up to ``max_batch_size - 1`` more: those waiting
-        already, then any that arrive within ``max_wait`` of taking the first."""
+        already, then any that arrive within ``max_wait`` of taking the first while
+        others are ``arriving``."""
         assert self._queue is not None
         batch = [await self._queue.get()]
         deadline = time.monotonic() + self.max_wait
@@ -155,7 +158,7 @@ class Batcher:
                 batch.append(self._queue.get_nowait())
                 continue
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.arriving <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
