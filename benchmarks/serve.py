@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,15 +65,17 @@ class Server:
     def __init__(self, model: Path, batch: int, device: str, extra: list[str]):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.devnull, "w")
+        # its log (a line per request) goes to a file: an unread pipe would fill and stall it
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "earshot.cli", "serve", "--model", str(model),
              "--port", str(self.port), "--device", device, "--max-batch-size", str(batch),
-             "--max-queue", "1024", *extra], stdout=self.log, stderr=subprocess.PIPE)
+             "--max-queue", "1024", *extra], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while True:
             if self.proc.poll() is not None:
-                sys.exit(f"error: earshot serve stopped:\n{self.proc.stderr.read().decode()}")
+                self.log.seek(0)
+                sys.exit(f"error: earshot serve stopped:\n{self.log.read().decode()}")
             try:
                 if httpx.get(self.base + "/health", timeout=2).status_code == 200:
                     return
@@ -143,8 +146,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 1],
                     help="the servers' --max-batch-size")
-    ap.add_argument("--requests", type=int, default=96, help="requests per measurement (at most)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="seconds per measurement (at most)")
+    ap.add_argument("--requests", type=int, default=1000, help="requests per measurement (at most)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="seconds per measurement (at most)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("serve_args", nargs="*", help="more `earshot serve` flags, after --")
