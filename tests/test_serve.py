@@ -154,7 +154,7 @@ def test_decoding_options_as_form_fields(serve, corpus, transcriber):
     ({"beam_size": "wide"}, "beam_size", "expected an integer"),
     ({"ctc_weight": "nan"}, "ctc_weight", "finite number"),
     ({"nbest": "5", "beam_size": "2"}, "nbest", "above"),
-    ({"lm_weight": "0.3"}, "lm_weight", "needs a language model"),
+    ({"lm_weight": "0.3"}, "lm_weight", "no language model"),
     ({"length_normalize": "maybe"}, "length_normalize", "true or false"),
     ({"beam": "4"}, "beam", "unknown field"),
     ({"response_format": "xml"}, "response_format", "not one of"),
@@ -166,7 +166,8 @@ def test_a_bad_field_is_400_naming_it(serve, corpus, fields, param, words):
     response = post(serve(), wav(corpus, 0), **fields)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["param"] == param and error["message"].startswith(param) and words in error["message"]
+    assert error["param"] == param and error["message"].startswith(param)
+    assert words in error["message"]
     assert error["type"] == "invalid_request_error"
 
 
@@ -177,12 +178,14 @@ def test_missing_or_text_file_field_is_400(serve):
     assert no_file.status_code == 400 and no_file.json()["error"]["param"] in ("file", "other")
     assert client.post(URL, data={"file": "hello"}, files={"x": ("", b"")}).status_code == 400
     not_form = client.post(URL, content=b"abc", headers={"content-type": "audio/wav"})
-    assert not_form.status_code == 400 and "multipart/form-data" in not_form.json()["error"]["message"]
+    assert not_form.status_code == 400
+    assert "multipart/form-data" in not_form.json()["error"]["message"]
 
 
 def test_empty_upload_is_400(serve):
     response = post(serve(), b"")
-    assert response.status_code == 400 and response.json()["error"]["message"] == "file: the upload is empty"
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "file: the upload is empty"
 
 
 def test_garbage_is_415_with_the_reason(serve, corpus):
@@ -272,6 +275,27 @@ def test_health_and_page(serve, model_dir):
     assert model_name(Path("exp/an4/model")) == "an4" and model_name(Path("exp/avg5")) == "avg5"
 
 
+def test_lm_weight_0_turns_the_servers_language_model_off(corpus):
+    frozen = Path(__file__).parent / "data" / "frozen"
+    model = earshot.load_model(frozen / "crdnn_v2", device="cpu")
+    seen = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def transcribe(self, audio, **kwargs):
+            seen.append((kwargs["lm"] is not None, kwargs.get("lm_weight")))
+            return model.transcribe(audio, **kwargs)
+
+    app = create_app(Spy(), ServeOptions(lm=frozen / "lm", decode={"beam_size": 2,
+                                                                    "lm_weight": 0.5}))
+    with TestClient(app) as client:
+        assert post(client, wav(corpus, 0)).status_code == 200
+        assert post(client, wav(corpus, 0), lm_weight="0").status_code == 200
+    assert seen == [(True, 0.5), (False, None)]
+
+
 # -- the queue ---------------------------------------------------------------------------
 
 
@@ -349,7 +373,8 @@ def test_earshot_serve_answers_over_loopback(model_dir, corpus):
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "earshot.cli", "serve", "--model", str(model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "earshot.cli", "serve",
+                             "--model", str(model_dir),
                              "--port", str(port), "--device", "cpu", "--beam-size", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -421,7 +446,8 @@ async def _call(app, receive, boundary: bytes, lifespan: bool = True):
     else:
         await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body
 
 
 class _lifespan:

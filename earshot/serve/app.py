@@ -89,22 +89,29 @@ class Service:
     def key(self, fields: Fields) -> Hashable:
         """The request's decoding, checked (ApiError 400 naming the field), as the key the
         batcher groups by: the options that differ from the model's own, and word times."""
+        if self.lm is None and fields.decode.get("lm_weight", 0) > 0:
+            raise ApiError(400, "lm_weight: this server has no language model to weight (it "
+                                "is given one with earshot serve --lm DIR)", param="lm_weight")
         merged = {**_changed(self.default_decode, self.model_decode), **fields.decode}
+        # lm_weight 0 turns the server's language model off for this request
+        use_lm = self.lm is not None and merged.get("lm_weight", self.model_decode.lm_weight) > 0
         try:
             settings = self.transcriber.settings(None, merged, mode=self.options.mode,
-                                                 lm=self.lm, word_timestamps=fields.word_timestamps,
+                                                 lm=self.lm if use_lm else None,
+                                                 word_timestamps=fields.word_timestamps,
                                                  flag=form_flag)
         except ConfigError as err:
             message = str(err).removeprefix("option ")
             raise ApiError(400, message, param=message.split(":")[0].split(" ")[0]) from None
-        return tuple(sorted(_changed(settings.decode, self.model_decode).items())), \
-            fields.word_timestamps
+        return (tuple(sorted(_changed(settings.decode, self.model_decode).items())),
+                fields.word_timestamps, use_lm)
 
     def decode(self, key: Hashable, arrays: Sequence[np.ndarray]) -> list:
         """One batch of equal options, in the decoding thread."""
-        options, word_timestamps = key
+        options, word_timestamps, use_lm = key
         return self.transcriber.transcribe(list(arrays), sample_rate=self.rate,
-                                           mode=self.options.mode, lm=self.lm,
+                                           mode=self.options.mode,
+                                           lm=self.lm if use_lm else None,
                                            word_timestamps=word_timestamps, on_error="keep",
                                            **dict(options))
 
@@ -145,7 +152,8 @@ class Service:
         finally:
             await form.close()
         if len(data) > self.options.max_upload_mb * MB:
-            raise too_large(f"the file ({len(data) / MB:.1f} MiB)", f"{self.options.max_upload_mb:g} MiB")
+            raise too_large(f"the file ({len(data) / MB:.1f} MiB)",
+                            f"{self.options.max_upload_mb:g} MiB")
         if not data:
             raise ApiError(400, "file: the upload is empty", param="file")
         audio = await run_in_threadpool(read_audio, data, name, self.rate,

@@ -4,11 +4,12 @@ Requests wait in a bounded ``asyncio.Queue`` (a full one is refused at once, so 
 hears "busy" instead of waiting for minutes). One worker task takes the first waiting
 request, then up to ``max_batch_size - 1`` more, waiting at most ``max_wait`` seconds
 after the first for them, and only while others are on their way (``arriving``: being
-uploaded and read), so a lone request never waits for company; it groups the batch by decoding options (requests whose options
-differ cannot share a search) and decodes each group with one call in a single decoding
-thread, so the event loop keeps accepting uploads while the model runs. Each request's
-future gets its own result, or the exception its decode raised: a group that fails is
-decoded again one request at a time, so one bad input fails only its own request.
+uploaded and read), so a lone request never waits for company. It groups the batch by
+decoding options (requests whose options differ cannot share a search) and decodes each
+group with one call in a single decoding thread, so the event loop keeps accepting
+uploads while the model runs. Each request's future gets its own result, or the
+exception its decode raised: a group that fails is decoded again one request at a time,
+so one bad input fails only its own request.
 
 >>> import asyncio, numpy as np
 >>> async def demo():

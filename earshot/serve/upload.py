@@ -122,7 +122,8 @@ def read_fields(form, model_names: tuple[str, ...], language: str) -> Fields:
     if fields.response_format not in RESPONSE_FORMATS:
         raise ApiError(400, f"response_format: {fields.response_format!r} is not one of "
                             f"{', '.join(RESPONSE_FORMATS)}", param="response_format")
-    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+    granularities = [*form.getlist("timestamp_granularities[]"),
+                     *form.getlist("timestamp_granularities")]
     for value in granularities:
         if value not in GRANULARITIES:
             raise ApiError(400, f"timestamp_granularities[]: {value!r} is not one of "
