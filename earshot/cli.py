@@ -258,11 +258,21 @@ def tsv_field(text: str) -> str:
             .replace("\r", "\\r"))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from earshot.export.command import run
+
+    return run(args)
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from earshot.inference import Transcriber
     from earshot.inference.command import run
 
-    model = Transcriber.load(args.model, device=device_of(args))
+    if args.onnx is not None:
+        from earshot.export.runtime import check_export_dir
+
+        check_export_dir(args.onnx)
+    model = Transcriber.load(args.onnx or args.model, device=device_of(args))
     options = {f.name: getattr(args, f"decode_{f.name}") for f in dataclasses.fields(DecodeConfig)
                if getattr(args, f"decode_{f.name}") is not None}
     return run(args, model, options)
@@ -381,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = command("export", "write ONNX graphs of a model for onnxruntime (needs earshot[onnx])",
+                "earshot export --model exp/an4/model --out exp/an4/model.onnx",
+                "earshot export --model exp/an4/model --out exp/an4/int8.onnx --quantize int8")
+    from earshot.export.command import add_arguments as add_export_arguments
+
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
+
     p = command("transcribe", "transcribe recordings of any length: one 'path<TAB>text' line each\n"
                               "(a tab, newline or backslash in them written as \\t, \\n, \\\\),\n"
                               "and with --output-format txt/json/srt/vtt/tsv files",
@@ -389,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "earshot transcribe --model exp/an4/model --word-timestamps --output-format srt "
                 "--output-dir subs/ --recursive recordings/",
                 "cat talk.flac | earshot transcribe --model exp/an4/model -")
-    p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, default=None,
+                       help="a model directory (train.exp_dir/model) or an ONNX export")
+    which.add_argument("--onnx", type=Path, default=None,
+                       help="an ONNX export (earshot export): decode on onnxruntime")
     add_device_arg(p)
     from earshot.inference.command import add_arguments
 

@@ -101,6 +101,10 @@ def delta_kernels(order: int = 2, window: int = DELTA_WINDOW) -> list[torch.Tens
 
 def frame_signal(wavs: torch.Tensor, length: int, shift: int) -> torch.Tensor:
     """(B, S) -> (B, T, L) frames with snip_edges=True (no frame runs past the end)."""
+    if torch.onnx.is_in_onnx_export():  # a gather, which the ONNX exporter sizes at run time
+        frames = torch.div(wavs.shape[1] - length, shift, rounding_mode="floor") + 1
+        starts = torch.arange(frames, device=wavs.device) * shift
+        return wavs[:, starts.unsqueeze(1) + torch.arange(length, device=wavs.device)]
     if wavs.shape[1] < length:
         return wavs.new_zeros(wavs.shape[0], 0, length)
     return wavs.unfold(1, length, shift)
@@ -182,14 +186,27 @@ class FeatureExtractor(nn.Module):
         log_energy = frames.pow(2).sum(dim=2).clamp(min=LOG_FLOOR).log()
         first = frames[..., :1] * (1.0 - PREEMPHASIS)
         frames = torch.cat([first, frames[..., 1:] - PREEMPHASIS * frames[..., :-1]], dim=2)
-        spectrum = torch.fft.rfft(frames * self.window, n=self.fft_size)
-        power = spectrum.real.pow(2) + spectrum.imag.pow(2)
+        power = _power_spectrum(frames * self.window, self.fft_size)
         return (power @ self.mel).clamp(min=LOG_FLOOR).log(), log_energy
 
     def _cepstra(self, log_mel: torch.Tensor, log_energy: torch.Tensor) -> torch.Tensor:
         """MFCC (B, T, C) with C0 replaced by the raw log energy (Kaldi's use_energy)."""
         ceps = log_mel @ self.dct
         return torch.cat([log_energy.unsqueeze(2), ceps[..., 1:]], dim=2)
+
+
+def _power_spectrum(frames: torch.Tensor, n: int) -> torch.Tensor:
+    """|rfft(frames, n)|^2 (B, T, n // 2 + 1). An ONNX export has no real FFT operator, so
+    there it is two matrix products with the DFT's cosine and sine bases (same values to
+    float rounding)."""
+    if not torch.onnx.is_in_onnx_export():
+        spectrum = torch.fft.rfft(frames, n=n)
+        return spectrum.real.pow(2) + spectrum.imag.pow(2)
+    length = frames.shape[-1]
+    angle = (2 * torch.pi / n) * torch.outer(torch.arange(length, dtype=torch.float64),
+                                             torch.arange(n // 2 + 1, dtype=torch.float64))
+    cos, sin = angle.cos().to(frames.dtype), angle.sin().to(frames.dtype)
+    return (frames @ cos).pow(2) + (frames @ sin).pow(2)
 
 
 def _check_settings(cfg: FeatureConfig) -> None:

@@ -61,10 +61,25 @@ class Transcriber:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str | torch.device | None = "auto") -> Transcriber:
-        """A model directory on ``device`` (``earshot.devices``: auto, cpu, cuda, cuda:N, mps)."""
+        """A model directory on ``device`` (``earshot.devices``: auto, cpu, cuda, cuda:N, mps).
+        An ONNX export (``earshot export``) runs on onnxruntime's CPU provider with the same
+        search, segmentation and outputs."""
+        from earshot.export.runtime import is_export_dir
+
+        if is_export_dir(model_dir):
+            return cls.load_onnx(model_dir)
         dev = resolve_device(device, "load_model(device=...)")
         cfg, tokenizer, model = load_model_dir(model_dir, device=dev)
         return cls(cfg, tokenizer, model, dev)
+
+    @classmethod
+    def load_onnx(cls, export_dir: str | Path) -> Transcriber:
+        """An export directory from ``earshot export`` on onnxruntime (CPU); a ConfigError
+        naming what is missing when ``export_dir`` is not one."""
+        from earshot.export.runtime import OnnxASR
+
+        cfg, tokenizer, model = OnnxASR.load(export_dir)
+        return cls(cfg, tokenizer, model, torch.device("cpu"))
 
     @property
     def sample_rate(self) -> int:
@@ -72,7 +87,8 @@ class Transcriber:
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
-        return (f"Transcriber(encoder={self.cfg.model.encoder.type}, parameters={params / 1e6:.2f}M, "
+        size = "onnx" if params == 0 else f"{params / 1e6:.2f}M"
+        return (f"Transcriber(encoder={self.cfg.model.encoder.type}, parameters={size}, "
                 f"sample_rate={self.sample_rate}, tokenizer={self.tokenizer.kind} "
                 f"({self.tokenizer.vocab_size}), device={self.device})")
 

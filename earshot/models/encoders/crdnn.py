@@ -260,7 +260,8 @@ class CRDNN(Encoder):
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, D), lens (B,) -> h (B, T', H) zero past h_lens, h_lens (B,)."""
-        padded = bool((lens < feats.size(1)).any())  # False: every row is full length
+        # False: every row is full length (an exported graph always takes the padded path)
+        padded = torch.onnx.is_in_onnx_export() or bool((lens < feats.size(1)).any())
         x = feats.unsqueeze(-1)  # (B, T, F, C=1)
         for block in self.blocks:
             x, lens = block(x, lens, padded)

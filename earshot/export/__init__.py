@@ -1,0 +1,1 @@
+"""ONNX export (``earshot export``) and decoding on onnxruntime (needs earshot[onnx])."""

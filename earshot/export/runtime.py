@@ -1,0 +1,234 @@
+"""An export directory on onnxruntime, behind the model's own interface.
+
+``OnnxASR`` has the methods the searches and the transcription pipeline call on an
+``EncoderDecoderASR`` (``encode``, ``init_state``, ``step``, ``select_state``, ...): the
+network runs in onnxruntime, the search, segmentation and alignment are the library's.
+Tensors cross as numpy views (no copies on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from earshot.errors import ConfigError
+from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
+
+REQUIRED = ("manifest.json", "encoder.onnx", "decoder_step.onnx", "config.yaml", "tokenizer")
+
+
+def is_export_dir(path: str | Path) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def check_export_dir(path: str | Path) -> None:
+    """A ConfigError naming what an export directory lacks."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: not a directory (an ONNX export from earshot export)")
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        raise ConfigError(f"{path}: not an earshot ONNX export: missing {', '.join(missing)} "
+                          f"(make one with: earshot export --model MODEL_DIR --out {path})")
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
+
+
+class OnnxASR:
+    """The encoder + CTC and decoder-step graphs of an export directory. The length
+    formulas (frames per waveform) come from a weightless torch skeleton of the model."""
+
+    def __init__(self, directory: Path, skeleton, manifest: dict, threads: int | None = None):
+        self.directory = directory
+        self.manifest = manifest
+        self.skeleton = skeleton
+        self.specials = skeleton.specials
+        self.vocab_size = skeleton.vocab_size
+        self.cfg = skeleton.cfg
+        self.encoder = self  # ``Transcriber`` reads ``model.encoder``'s type from the config only
+        self.lstm = bool(manifest.get("lstm_decoder"))
+        self.enc_session = _session(directory / "encoder.onnx", threads)
+        self.dec_session = _session(directory / "decoder_step.onnx", threads)
+        # an input the graph does not read (a GRU decoder's cell) is pruned by the exporter
+        self.dec_inputs = {i.name for i in self.dec_session.get_inputs()}
+        self._multihead = skeleton.decoder.attention.init_state(
+            torch.zeros(1, 1, skeleton.encoder.output_dim), torch.ones(1, dtype=torch.long)).dim() == 3
+
+    @classmethod
+    def from_files(cls, directory: str | Path, description, tokenizer, threads: int | None = None):
+        from earshot.models.factory import build_model
+
+        directory = Path(directory)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        skeleton = build_model(description, tokenizer).eval()
+        return cls(directory, skeleton, manifest, threads)
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None):
+        """(description, tokenizer, OnnxASR) of an export directory, checked first."""
+        from earshot.export.onnx import _require_onnx
+        from earshot.integrity import verify_checksums
+        from earshot.models.artifacts import CONFIG_FILE, TOKENIZER_DIR, read_description
+        from earshot.tokenizer import load_tokenizer
+
+        _require_onnx()
+        directory = Path(directory)
+        check_export_dir(directory)
+        verify_checksums(directory)
+        description, _ = read_description(directory / CONFIG_FILE)
+        tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+        return description, tokenizer, cls.from_files(directory, description, tokenizer, threads)
+
+    # -- what the pipeline reads off a model ----------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return self.skeleton.sample_rate
+
+    def encoded_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
+        return self.skeleton.encoded_lengths(wav_lens)
+
+    def parameters(self):
+        return iter(())
+
+    def to(self, device):
+        if torch.device(device).type != "cpu":
+            raise ConfigError(f"device {device}: ONNX decoding runs on the CPU here")
+        return self
+
+    def eval(self):
+        return self
+
+    # -- encoding -------------------------------------------------------------------
+
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor, taps: tuple[int, ...] = ()):
+        from earshot.models.asr import Encoded
+
+        b = wavs.shape[0]
+        frames = self.encoded_lengths(wav_lens)
+        rows = (frames > 0).nonzero(as_tuple=True)[0]
+        if len(rows) == b:
+            enc, lens, lp, keys = self._run_encoder(wavs, wav_lens)
+        else:
+            h_dim = self.skeleton.encoder.output_dim
+            if len(rows) == 0:
+                enc = wavs.new_zeros(b, 0, h_dim)
+                return Encoded(self.skeleton.decoder.memory(enc, frames), wavs.new_zeros(
+                    b, 0, self.vocab_size), torch.zeros_like(frames))
+            part = self._run_encoder(wavs[rows, : int(wav_lens[rows].max())], wav_lens[rows])
+
+            def scatter(x: torch.Tensor) -> torch.Tensor:
+                out = x.new_zeros(b, *x.shape[1:])
+                out[rows] = x
+                return out
+
+            enc, lens, lp, keys = (scatter(x) for x in part)
+        mask = torch.arange(enc.shape[1]).unsqueeze(0) < lens.unsqueeze(1)
+        return Encoded(Memory(enc, lens, mask, keys), lp, lens)
+
+    def _run_encoder(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        outs = self.enc_session.run(None, {"wavs": _np(wavs.float()), "wav_lens": _np(wav_lens.long())})
+        return tuple(torch.from_numpy(o) for o in outs)
+
+    # -- the decoder's step interface -------------------------------------------------
+
+    def init_state(self, memory: Memory) -> DecoderState:
+        return self.skeleton.decoder.init_state(memory)
+
+    def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory):
+        cell = state.cell if state.cell is not None else state.hidden
+        feeds = {"tokens": _np(tokens.long()), "hidden": _np(state.hidden), "cell": _np(cell),
+                 "context": _np(state.context), "attn": _np(state.attn), "enc": _np(memory.enc),
+                 "mask": _np(memory.mask), "keys": _np(memory.keys)}
+        feeds = {name: value for name, value in feeds.items() if name in self.dec_inputs}
+        log_probs, hidden, cell, context, attn = (
+            torch.from_numpy(o) for o in self.dec_session.run(None, feeds))
+        return log_probs, DecoderState(hidden, cell if self.lstm else None, context, attn)
+
+    select_state = staticmethod(AttentionalDecoder.select_state)
+    select_memory = staticmethod(AttentionalDecoder.select_memory)
+    repeat_memory = staticmethod(AttentionalDecoder.repeat_memory)
+
+    def alignment(self, state: DecoderState) -> torch.Tensor:
+        return self.skeleton.decoder.attention.alignment(state.attn)
+
+    def teacher_forced(self, memory: Memory, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Log-probs (N, U, V) of whole sequences, one decoder step at a time (attention
+        rescoring reads them like logits: log_softmax leaves log-probs unchanged)."""
+        state = self.init_state(memory)
+        out = []
+        for t in range(tokens_in.shape[1]):
+            log_probs, state = self.step(tokens_in[:, t], state, memory)
+            out.append(log_probs)
+        return torch.stack(out, dim=1)
+
+
+def check_parity(model, onnx_model: OnnxASR, tolerance: float | None = None) -> float:
+    """Run torch and onnxruntime on random waveforms of several lengths and batch sizes
+    (padding included) and one decoder step each; ConfigError naming the graph and the
+    largest difference when it exceeds ``tolerance``. Returns the largest difference."""
+    from earshot.export.onnx import TOLERANCE
+
+    tolerance = TOLERANCE if tolerance is None else tolerance
+    rate = model.sample_rate
+    g = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for seconds in ((0.9,), (2.1, 0.6, 1.4), (3.7, 3.7)):
+        lens = torch.tensor([int(s * rate) for s in seconds])
+        wavs = torch.randn(len(lens), int(lens.max()), generator=g) * 0.05
+        for i, n in enumerate(lens.tolist()):
+            wavs[i, n:] = 0
+        with torch.no_grad():
+            ref = model.encode(wavs, lens)
+            got = onnx_model.encode(wavs, lens)
+            worst = max(worst, _compare("encoder.onnx", {
+                "enc": (ref.memory.enc, got.memory.enc), "keys": (ref.memory.keys, got.memory.keys),
+                "ctc_log_probs": (ref.ctc_log_probs, got.ctc_log_probs),
+                "enc_lens": (ref.lens.float(), got.lens.float())}, ref.lens, tolerance))
+            state = model.init_state(ref.memory)
+            tokens = torch.randint(0, model.vocab_size, (len(lens),), generator=g)
+            for _ in range(3):
+                lp_ref, s_ref = model.step(tokens, state, ref.memory)
+                lp_got, s_got = onnx_model.step(tokens, state, ref.memory)
+                worst = max(worst, _compare("decoder_step.onnx", {
+                    "log_probs": (lp_ref, lp_got), "hidden": (s_ref.hidden, s_got.hidden),
+                    "context": (s_ref.context, s_got.context), "attn": (s_ref.attn, s_got.attn)},
+                    None, tolerance))
+                state, tokens = s_ref, lp_ref.argmax(-1)
+    return worst
+
+
+def _compare(graph: str, pairs: dict, lens, tolerance: float) -> float:
+    worst = 0.0
+    for name, (a, b) in pairs.items():
+        if a.shape != b.shape:
+            raise ConfigError(f"{graph}: output {name} has shape {tuple(b.shape)} on onnxruntime, "
+                              f"{tuple(a.shape)} in torch")
+        if lens is not None and a.dim() >= 2 and a.shape[1] == int(lens.max()) and name != "enc_lens":
+            keep = (torch.arange(a.shape[1]).unsqueeze(0) < lens.unsqueeze(1))
+            a, b = a[keep], b[keep]  # padding frames are never read
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        if not torch.equal(torch.isfinite(a), torch.isfinite(b)):
+            raise ConfigError(f"{graph}: output {name} is finite in one runtime and not the other")
+        diff = float((a[finite] - b[finite]).abs().max()) if finite.any() else 0.0
+        if diff > tolerance:
+            raise ConfigError(f"{graph}: output {name} differs from torch by {diff:.3g} "
+                              f"(tolerance {tolerance:g})")
+        worst = max(worst, diff)
+    return worst
+
