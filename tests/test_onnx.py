@@ -1,0 +1,143 @@
+"""ONNX export: graphs that match torch within 1e-4 (every encoder and attention type that
+exports), transcripts and n-best lists that match the torch path, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'earshot[onnx]'")
+pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'earshot[onnx]'")
+
+from earshot.cli import main  # noqa: E402
+from earshot.config import load_config  # noqa: E402
+from earshot.errors import ConfigError, EarshotError  # noqa: E402
+from earshot.export.onnx import export_model  # noqa: E402
+from earshot.export.runtime import OnnxASR, check_parity  # noqa: E402
+from earshot.models.artifacts import load_model_dir, save_model_dir  # noqa: E402
+from earshot.models.factory import build_model  # noqa: E402
+from earshot.tokenizer import train_tokenizer  # noqa: E402
+
+from conftest import TEXTS  # noqa: E402
+
+SMALL = ["model.features.sample_rate=8000", "model.features.num_mel_bins=12",
+         "model.decoder.units=16", "model.decoder.embedding_dim=8", "model.decoder.attention.dim=16",
+         "model.decoder.attention.heads=2", "model.decoder.attention.location_kernel=31"]
+VARIANTS = {
+    "crdnn-location-gru": ["model.encoder.cnn_channels=[4]", "model.encoder.time_pool=[2]",
+                           "model.encoder.rnn_units=16", "model.encoder.dnn_units=16",
+                           "model.decoder.rnn_type=gru"],
+    "crdnn-content-lstm-mfcc": ["model.encoder.cnn_channels=[4]", "model.encoder.time_pool=[1]", "model.encoder.rnn_units=16",
+                                "model.encoder.dnn_units=16", "model.decoder.attention.type=content",
+                                "model.decoder.rnn_type=lstm", "model.features.kind=mfcc",
+                                "model.features.num_ceps=8", "model.decoder.layers=2"],
+    "conformer-multihead": ["model.encoder.type=conformer", "model.encoder.dim=16",
+                            "model.encoder.layers=2", "model.encoder.heads=2",
+                            "model.encoder.ffn_dim=32", "model.encoder.subsampling_channels=4",
+                            "model.decoder.attention.type=multihead_location"],
+}
+
+
+def _random_model_dir(tmp_path, overrides):
+    cfg = load_config(None, SMALL + overrides)
+    tokenizer = train_tokenizer(["yes no", "go stop"], cfg.tokenizer)
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer).eval()
+    return save_model_dir(tmp_path / "model", cfg, tokenizer, model)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_encoder_and_attention_type_exports_within_tolerance(tmp_path, variant):
+    model_dir = _random_model_dir(tmp_path, VARIANTS[variant])
+    out = export_model(model_dir, tmp_path / "model.onnx")  # checks parity before it writes
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["graphs"]["encoder.onnx"]["inputs"] == ["wavs", "wav_lens"]
+    description, tokenizer, model = load_model_dir(model_dir)
+    _, _, onnx_model = OnnxASR.load(out)
+    assert check_parity(model, onnx_model) < 1e-4
+    # a row too short for one frame beside a long one: zero frames, the other row unchanged
+    wavs = torch.randn(2, 8000) * 0.1
+    lens = torch.tensor([8000, 40])
+    ref, got = model.encode(wavs, lens), onnx_model.encode(wavs, lens)
+    assert got.lens.tolist() == ref.lens.tolist() and got.lens[1] == 0
+    n = int(ref.lens[0])
+    assert torch.allclose(ref.ctc_log_probs[0, :n], got.ctc_log_probs[0, :n], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def exported(overfit_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", "--model", str(overfit_model / "exp" / "model"), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("options", [{}, {"beam_size": 10, "ctc_weight": 0.4, "nbest": 5}],
+                         ids=["greedy", "beam10-ctc"])
+def test_transcripts_and_nbest_order_match_torch(overfit_model, corpus, exported, options):
+    import earshot
+
+    files = [str(corpus / f"u{i}.wav") for i in range(len(TEXTS))]
+    torch_model = earshot.load_model(overfit_model / "exp" / "model", device="cpu")
+    onnx_model = earshot.load_model(exported)
+    assert "onnx" in repr(onnx_model)
+    ref = torch_model.transcribe(files, word_timestamps=True, **options)
+    got = onnx_model.transcribe(files, word_timestamps=True, **options)
+    assert [r.text for r in got] == [r.text for r in ref] and all(r.text for r in ref)
+    for a, b in zip(ref, got):
+        assert [h.text for h in b.nbest] == [h.text for h in a.nbest]
+        assert [h.score for h in b.nbest] == pytest.approx([h.score for h in a.nbest], abs=1e-3)
+        assert [(w.text, w.start, w.end) for w in b.words] == [(w.text, w.start, w.end) for w in a.words]
+
+
+def test_cli_transcribe_onnx_prints_what_the_model_prints(overfit_model, corpus, exported, capsys):
+    wav = str(corpus / "u0.wav")
+    assert main(["transcribe", "--model", str(overfit_model / "exp" / "model"), wav]) == 0
+    torch_line = capsys.readouterr().out
+    assert main(["transcribe", "--onnx", str(exported), wav, "--beam-size", "1"]) == 0
+    assert capsys.readouterr().out == torch_line
+
+
+def test_int8_export_decodes(overfit_model, corpus, tmp_path):
+    import earshot
+
+    out = tmp_path / "int8.onnx"
+    export_model(overfit_model / "exp" / "model", out, quantize="int8")
+    assert json.loads((out / "manifest.json").read_text())["quantize"] == "int8"
+    assert (out / "decoder_step.onnx").stat().st_size > 0
+    result = earshot.load_model(out).transcribe(str(corpus / "u0.wav"))
+    assert isinstance(result.text, str)
+
+
+def test_onnx_on_a_directory_that_is_not_an_export_names_what_is_missing(overfit_model, capsys):
+    assert main(["transcribe", "--onnx", str(overfit_model / "exp" / "model"), "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert "not an earshot ONNX export" in err and "encoder.onnx" in err and "earshot export" in err
+
+
+def test_export_refuses_damaged_or_non_finite_models_naming_the_file(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    model_dir = _random_model_dir(tmp_path, VARIANTS["crdnn-location-gru"])
+    (model_dir / "tokenizer" / "extra").write_text("")  # unlisted files are ignored
+    weights = load_file(str(model_dir / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name].clone().fill_(float("nan"))
+    save_file(weights, str(model_dir / "model.safetensors"))
+    assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err  # its checksum no longer matches
+    (model_dir / "checksums.sha256").unlink()
+    with pytest.raises(ConfigError, match="model.safetensors"):  # and it holds a NaN
+        export_model(model_dir, tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_changed_export_is_refused_on_load(tmp_path):
+    model_dir = _random_model_dir(tmp_path, VARIANTS["crdnn-location-gru"])
+    out = export_model(model_dir, tmp_path / "m.onnx")
+    with open(out / "decoder_step.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(EarshotError, match="decoder_step.onnx"):
+        OnnxASR.load(out)
