@@ -2,7 +2,7 @@
 
     python benchmarks/decode.py --model exp/an4/model --manifest data/an4/dev.jsonl.gz \
         [--lm exp/an4/lm] [--json bench.json] [--batch-size 16] [--limit 200] [--threads 2] \
-        [--profile greedy]
+        [--profile greedy] [--onnx exp/an4/model.onnx]
 
 Audio is loaded into memory first; each mode then encodes and decodes the same batches
 (so every mode pays for the encoder, as a user does). Reported per mode: utterances per
@@ -48,10 +48,23 @@ def main(argv: list[str] | None = None) -> int:
         lm = load_lm(args.lm, device)
     batches, audio_seconds = load_batches(args.manifest, model.sample_rate,
                                           args.batch_size, args.limit, device)
+    onnx_model = None
+    if args.onnx:
+        from earshot.export.runtime import OnnxASR
+
+        onnx_model = OnnxASR.load(args.onnx)[2]
     rows = []
     for name, decode, mode_lm in modes(cfg.decode, lm):
         rows.append(measure(name, model, batches, decode, tokenizer, mode_lm, audio_seconds, device))
+        if onnx_model is not None:
+            row = measure(f"onnx {name}", onnx_model, batches, decode, tokenizer, mode_lm,
+                          audio_seconds, device)
+            row["speedup"] = round(rows[-1]["seconds"] / row["seconds"], 2)
+            row["texts_differing"] = sum(a != b for a, b in zip(rows[-1]["texts"], row["texts"]))
+            rows.append(row)
     rows.append(measure_encode(model, batches, audio_seconds, device))
+    if onnx_model is not None:
+        rows.append(measure_encode(onnx_model, batches, audio_seconds, device, "onnx encode only"))
     greedy = rows[0]["seconds"]
     for row in rows:
         row["relative_to_greedy"] = round(row["seconds"] / greedy, 3)
@@ -60,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         name, decode, mode_lm = next(m for m in modes(cfg.decode, lm) if m[0] == args.profile)
         print_profile(name, model, batches, decode, tokenizer, mode_lm)
     if args.json:
-        keys = ("mode", "rtf", "utt_per_s", "relative_to_greedy", "peak_mem_mb")
-        Path(args.json).write_text(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+        keys = ("mode", "rtf", "utt_per_s", "relative_to_greedy", "peak_mem_mb", "speedup",
+                "texts_differing")
+        Path(args.json).write_text(json.dumps([{k: r[k] for k in keys if k in r} for r in rows],
+                                              indent=2))
     return 0
 
 
@@ -75,6 +90,8 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--onnx", default=None,
+                   help="an earshot export of --model: also decode on onnxruntime and compare")
     p.add_argument("--profile", default=None,
                    choices=("greedy", "beam10", "beam10+ctc", "beam10+ctc+lm"),
                    help="also profile this mode's pass (top operators by self time)")
@@ -119,9 +136,15 @@ def load_batches(manifest, sample_rate, batch_size, limit, device):
 
 
 def measure(name, model, batches, decode, tokenizer, lm, audio_seconds, device) -> dict:
+    texts = []
+
     def run(wavs, lens):
-        return decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto")
-    return timed(name, run, batches, audio_seconds, device)
+        hyps = decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto")
+        texts.extend(h[0].text for h in hyps)
+        return hyps
+    row = timed(name, run, batches, audio_seconds, device)
+    row["texts"] = texts[len(batches[0][1]):]  # without the warm-up batch's
+    return row
 
 
 def print_profile(name, model, batches, decode, tokenizer, lm, rows: int = 15) -> None:
@@ -133,11 +156,11 @@ def print_profile(name, model, batches, decode, tokenizer, lm, rows: int = 15) -
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def measure_encode(model, batches, audio_seconds, device) -> dict:
+def measure_encode(model, batches, audio_seconds, device, name="encode only") -> dict:
     @torch.inference_mode()
     def run(wavs, lens):
         return model.encode(wavs, lens).lens  # one entry per utterance
-    return timed("encode only", run, batches, audio_seconds, device)
+    return timed(name, run, batches, audio_seconds, device)
 
 
 def timed(name, run, batches, audio_seconds, device) -> dict:
@@ -191,12 +214,18 @@ def _status_mb(key: str) -> float:
 def print_table(rows, audio_seconds, n_utts):
     print(f"{n_utts} utterances, {audio_seconds:.1f} s of audio, torch threads "
           f"{torch.get_num_threads()}")
-    header = f"{'mode':<16}{'utt/s':>10}{'RTF':>10}{'peak MB':>10}{'vs greedy':>11}"
+    header = f"{'mode':<22}{'utt/s':>10}{'RTF':>10}{'peak MB':>10}{'vs greedy':>11}"
+    onnx = any("speedup" in r for r in rows)
+    if onnx:
+        header += f"{'onnx speed-up':>15}{'texts differing':>17}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['mode']:<16}{r['utt_per_s']:>10.2f}{r['rtf']:>10.4f}{r['peak_mem_mb']:>10.1f}"
-              f"{r['relative_to_greedy']:>10.2f}x")
+        line = (f"{r['mode']:<22}{r['utt_per_s']:>10.2f}{r['rtf']:>10.4f}"
+                f"{r['peak_mem_mb']:>10.1f}{r['relative_to_greedy']:>10.2f}x")
+        if "speedup" in r:
+            line += f"{r['speedup']:>14.2f}x{r['texts_differing']:>17d}"
+        print(line)
 
 
 if __name__ == "__main__":

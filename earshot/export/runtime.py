@@ -42,6 +42,9 @@ def _session(path: Path, threads: int | None):
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The search runs torch operators between two graph calls: onnxruntime's worker
+    # threads must sleep then, not spin on the cores torch is using.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -63,7 +66,9 @@ class OnnxASR:
         self.encoder = self  # ``Transcriber`` reads ``model.encoder``'s type from the config only
         self.lstm = bool(manifest.get("lstm_decoder"))
         self.enc_session = _session(directory / "encoder.onnx", threads)
-        self.dec_session = _session(directory / "decoder_step.onnx", threads)
+        # one decoder step is a few hundred microseconds of small operators: handing them to
+        # worker threads costs more than it saves
+        self.dec_session = _session(directory / "decoder_step.onnx", 1)
         # an input the graph does not read (a GRU decoder's cell) is pruned by the exporter
         self.dec_inputs = {i.name for i in self.dec_session.get_inputs()}
         self._multihead = skeleton.decoder.attention.init_state(
@@ -188,7 +193,7 @@ def check_parity(model, onnx_model: OnnxASR, tolerance: float | None = None) -> 
     rate = model.sample_rate
     g = torch.Generator().manual_seed(1)
     worst = 0.0
-    for seconds in ((0.9,), (2.1, 0.6, 1.4), (3.7, 3.7)):
+    for seconds in ((0.9,), (2.1, 0.613, 1.4), (1.017,), (0.537, 0.371), (3.7, 3.7)):
         lens = torch.tensor([int(s * rate) for s in seconds])
         wavs = torch.randn(len(lens), int(lens.max()), generator=g) * 0.05
         for i, n in enumerate(lens.tolist()):

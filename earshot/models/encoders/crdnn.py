@@ -167,7 +167,7 @@ class CNNBlock(nn.Module):
             # valid frames, exactly as ceil-mode pooling of the utterance alone would.
             x = x.masked_fill(keep == 0, torch.finfo(x.dtype).min)
             keep = lengths_to_mask(pooled_lengths(lens, self.pool[0]),
-                                   -(-x.size(1) // self.pool[0]))[:, :, None, None].to(x.dtype)
+                                   (x.size(1) + self.pool[0] - 1) // self.pool[0])[:, :, None, None].to(x.dtype)
         if self.pool != (1, 1):
             x = nn.functional.max_pool2d(x.permute(0, 3, 1, 2), self.pool, self.pool,
                                          ceil_mode=True).permute(0, 2, 3, 1)
@@ -178,7 +178,7 @@ def stack_frames(x: torch.Tensor, lens: torch.Tensor, k: int, padded: bool = Tru
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate k consecutive frames: (B, T, D) -> (B, ceil(T/k), k*D), zero-padding the end."""
     b, t, d = x.shape
-    pad = (-t) % k
+    pad = (k - t % k) % k  # (an exported graph keeps this arithmetic on its sizes)
     x = nn.functional.pad(zero_padding(x, lens) if padded else x, (0, 0, 0, pad))
     return x.reshape(b, (t + pad) // k, k * d), pooled_lengths(lens, k)
 
