@@ -241,7 +241,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from earshot.metrics import format_table
     from earshot.models.artifacts import check_model_dir, CONFIG_FILE, read_description
 
-    check_model_dir(args.model)
+    from earshot.export.runtime import check_export_dir, is_export_dir
+
+    (check_export_dir if is_export_dir(args.model) else check_model_dir)(args.model)
     base = read_description(Path(args.model) / CONFIG_FILE)[0].decode
     decode = decode_config(args, base)
     rates = evaluate(args.model, args.manifest, args.out, decode, lm_dir=args.lm,
@@ -382,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", "decode a manifest; write WER/CER report and alignments",
                 "earshot evaluate --model exp/an4/model --manifest data/an4/dev.jsonl.gz --out exp/an4/dev",
                 "earshot evaluate ... --beam-size 10 --ctc-weight 0.4 --lm exp/an4/lm --lm-weight 0.3")
-    p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")
+    p.add_argument("--model", required=True, type=Path,
+                   help="a model directory (train.exp_dir/model) or an ONNX export of one")
     p.add_argument("--manifest", required=True, type=Path,
                    help="a CutSet manifest with transcripts (.jsonl.gz from earshot prepare)")
     p.add_argument("--out", required=True, type=Path,
@@ -393,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "write ONNX graphs of a model for onnxruntime (needs earshot[onnx])",
                 "earshot export --model exp/an4/model --out exp/an4/model.onnx",
-                "earshot export --model exp/an4/model --out exp/an4/int8.onnx --quantize int8")
+                "earshot export --model exp/an4/model --out exp/an4/int8.onnx --quantize int8",
+                "earshot export --lm exp/an4/lm --out exp/an4/lm.onnx")
     from earshot.export.command import add_arguments as add_export_arguments
 
     add_export_arguments(p)

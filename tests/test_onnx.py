@@ -141,3 +141,31 @@ def test_a_changed_export_is_refused_on_load(tmp_path):
         handle.write(b"\0")
     with pytest.raises(EarshotError, match="decoder_step.onnx"):
         OnnxASR.load(out)
+
+
+def test_language_model_export_gives_the_same_fused_search(overfit_model, corpus, tmp_path, capsys):
+    import earshot
+    from earshot.config import LMConfig, LMExperimentConfig
+    from earshot.models.artifacts import save_lm_dir
+    from earshot.models.lm import RNNLM
+    from earshot.tokenizer import load_tokenizer
+
+    model_dir = overfit_model / "exp" / "model"
+    tokenizer = load_tokenizer(model_dir / "tokenizer")
+    torch.manual_seed(3)
+    lm = RNNLM(LMConfig(embedding_dim=8, units=16, layers=2), tokenizer.vocab_size).eval()
+    save_lm_dir(tmp_path / "lm", lm, LMExperimentConfig(model=lm.cfg), tokenizer)
+    assert main(["export", "--lm", str(tmp_path / "lm"), "--out", str(tmp_path / "lm.onnx")]) == 0
+    assert "lm_step.onnx" in capsys.readouterr().out
+    files = [str(corpus / f"u{i}.wav") for i in range(len(TEXTS))]
+    options = dict(beam_size=10, ctc_weight=0.4, lm_weight=0.5, nbest=4)
+    ref = earshot.load_model(model_dir, device="cpu").transcribe(files, lm=tmp_path / "lm", **options)
+    out = export_model(model_dir, tmp_path / "model.onnx")
+    got = earshot.load_model(out).transcribe(files, lm=tmp_path / "lm.onnx", **options)
+    for a, b in zip(ref, got):
+        assert [h.text for h in b.nbest] == [h.text for h in a.nbest]
+        assert [h.scores["lm"] for h in b.nbest] == pytest.approx([h.scores["lm"] for h in a.nbest],
+                                                                  abs=1e-3)
+    with pytest.raises(ConfigError, match="lm_step.onnx"):
+        (tmp_path / "lm.onnx" / "lm_step.onnx").unlink()
+        earshot.load_model(out).transcribe(files[0], lm=tmp_path / "lm.onnx", **options)

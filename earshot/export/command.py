@@ -7,7 +7,10 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="a model directory (train.exp_dir/model)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, default=None, help="a model directory (train.exp_dir/model)")
+    which.add_argument("--lm", type=Path, default=None,
+                       help="a language model directory (earshot train-lm), exported on its own")
     p.add_argument("--out", required=True, type=Path,
                    help="the export directory to write (replaced as a whole), e.g. MODEL.onnx")
     p.add_argument("--quantize", choices=["int8"], default=None,
@@ -15,8 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from earshot.export.onnx import export_model
+    from earshot.errors import ConfigError
+    from earshot.export.onnx import export_lm, export_model
 
+    if args.lm is not None:
+        if args.quantize:
+            raise ConfigError("option --quantize applies to --model exports only")
+        out = export_lm(args.lm, args.out)
+        print(f"wrote {out}: lm_step.onnx, tokenizer/, manifest.json (give it as --lm)")
+        return 0
     out = export_model(args.model, args.out, quantize=args.quantize)
     print(f"wrote {out}: encoder.onnx, decoder_step.onnx, tokenizer/, manifest.json "
           f"(earshot transcribe --onnx {out} ...)")

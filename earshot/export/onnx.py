@@ -8,6 +8,9 @@ An export directory holds what the search needs and nothing it does not:
     decoder_step.onnx   tokens (N,), hidden (L, N, U)[, cell], context (N, H), attn,
                         enc, mask (N, T') bool, keys -> log_probs (N, V) and the new state
     config.yaml, tokenizer/   copied from the model directory
+
+A language model exports on its own (``earshot export --lm LM_DIR``) to ``lm_step.onnx``:
+tokens (N,), hidden, cell (L, N, U) -> log_probs (N, V), new_hidden, new_cell.
     manifest.json       earshot version, opset, every graph's input and output names
     checksums.sha256    checked on load, like a model directory's
 
@@ -36,6 +39,7 @@ OPSET = 18
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
+LM_FILE = "lm_step.onnx"
 EXPORT_FORMAT = 1
 TOLERANCE = 1e-4
 
@@ -67,6 +71,54 @@ class _DecoderStep(nn.Module):
         outs = (log_probs, new.hidden, new.cell if self.lstm else new.hidden, new.context,
                 new.attn)
         return outs
+
+
+class _LMStep(nn.Module):
+    def __init__(self, lm) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens, hidden, cell):
+        from earshot.models.lm import LMState
+
+        log_probs, state = self.lm.step(tokens, LMState(hidden, cell))
+        return log_probs, state.hidden, state.cell
+
+
+def lm_names() -> tuple[list[str], list[str]]:
+    return ["tokens", "hidden", "cell"], ["log_probs", "new_hidden", "new_cell"]
+
+
+def export_lm(lm_dir: str | Path, out: str | Path) -> Path:
+    """Export the language model directory ``lm_dir`` (``earshot train-lm``) to ``out``:
+    lm_step.onnx, its config and tokenizer, a manifest; checked against torch first."""
+    from earshot import __version__
+    from earshot.export.runtime import OnnxLM
+    from earshot.models.artifacts import load_lm, staged_directory
+
+    _require_onnx()
+    lm = load_lm(lm_dir).eval()
+    source = Path(lm_dir) if (Path(lm_dir) / "config.yaml").is_file() else Path(lm_dir) / "model"
+    with staged_directory(out) as staging:
+        state = lm.init_state(3, torch.device("cpu"))
+        tokens = torch.tensor([1, 2, 3]) % lm.vocab_size
+        names_in, names_out = lm_names()
+        rows = {1: "rows"}
+        with torch.no_grad():
+            _export(_LMStep(lm).eval(), (tokens, state.hidden, state.cell), staging / LM_FILE,
+                    names_in, names_out, {"tokens": {0: "rows"}, "hidden": rows, "cell": rows,
+                                          "log_probs": {0: "rows"}, "new_hidden": rows,
+                                          "new_cell": rows})
+        shutil.copy2(source / "config.yaml", staging / "config.yaml")
+        shutil.copytree(source / "tokenizer", staging / "tokenizer")
+        (staging / MANIFEST_FILE).write_text(json.dumps({
+            "format": EXPORT_FORMAT, "earshot": __version__, "opset": OPSET, "kind": "lm",
+            "torch": torch.__version__, "graphs": {LM_FILE: {"inputs": names_in,
+                                                              "outputs": names_out}}},
+            indent=2) + "\n")
+        OnnxLM.from_files(staging, lm.cfg, lm.tokenizer).check_parity(lm)
+    log.info("wrote %s (language model, opset %d)", out, OPSET)
+    return Path(out)
 
 
 def encoder_names() -> tuple[list[str], list[str]]:
@@ -146,7 +198,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
         shutil.copy2(model_dir / CONFIG_FILE, staging / CONFIG_FILE)
         shutil.copytree(model_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
         manifest = {
-            "format": EXPORT_FORMAT, "earshot": __version__, "opset": OPSET,
+            "format": EXPORT_FORMAT, "earshot": __version__, "opset": OPSET, "kind": "asr",
             "torch": torch.__version__, "encoder_type": kind, "quantize": quantize,
             "graphs": {ENCODER_FILE: {"inputs": enc_in, "outputs": enc_out},
                        DECODER_FILE: {"inputs": dec_in, "outputs": dec_out}},
@@ -161,10 +213,14 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
 
 
 def _quantize(path: Path) -> None:
+    """Dynamic int8 weights for the network's matrix products; the front end's (mel bank,
+    DFT bases) stay float: they are features, not weights, and int8 would coarsen them."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep = [n.name for n in onnx.load(str(path)).graph.node if n.name.startswith("/frontend/")]
     tmp = path.with_suffix(".int8.onnx")
-    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, nodes_to_exclude=keep)
     tmp.replace(path)
 
 

@@ -183,6 +183,84 @@ class OnnxASR:
         return torch.stack(out, dim=1)
 
 
+class OnnxLM:
+    """A language model export (``earshot export --lm``) with RNNLM's step interface."""
+
+    def __init__(self, directory: Path, cfg, tokenizer, threads: int | None = 1):
+        self.directory, self.cfg, self.tokenizer = directory, cfg, tokenizer
+        self.vocab_size = tokenizer.vocab_size
+        self.session = _session(directory / "lm_step.onnx", threads)
+
+    @classmethod
+    def from_files(cls, directory: str | Path, cfg, tokenizer) -> OnnxLM:
+        return cls(Path(directory), cfg, tokenizer)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> OnnxLM:
+        from earshot.config import LMExperimentConfig, load_config
+        from earshot.export.onnx import _require_onnx
+        from earshot.integrity import verify_checksums
+        from earshot.tokenizer import load_tokenizer
+
+        _require_onnx()
+        directory = Path(directory)
+        missing = [n for n in ("manifest.json", "lm_step.onnx", "config.yaml", "tokenizer")
+                   if not (directory / n).exists()]
+        if missing:
+            raise ConfigError(f"{directory}: not an earshot language model export: missing "
+                              f"{', '.join(missing)} (make one with: earshot export --lm LM_DIR "
+                              f"--out {directory})")
+        verify_checksums(directory)
+        cfg = load_config(directory / "config.yaml", cls=LMExperimentConfig).model
+        return cls(directory, cfg, load_tokenizer(directory / "tokenizer"))
+
+    def to(self, device):
+        return OnnxASR.to(self, device)
+
+    def eval(self):
+        return self
+
+    def init_state(self, batch: int, device: torch.device):
+        from earshot.models.lm import LMState
+
+        zeros = torch.zeros(self.cfg.layers, batch, self.cfg.units)
+        return LMState(zeros, zeros.clone())
+
+    def step(self, tokens: torch.Tensor, state):
+        from earshot.models.lm import LMState
+
+        log_probs, hidden, cell = (torch.from_numpy(o) for o in self.session.run(None, {
+            "tokens": _np(tokens.long()), "hidden": _np(state.hidden), "cell": _np(state.cell)}))
+        return log_probs, LMState(hidden, cell)
+
+    @staticmethod
+    def select_state(state, index: torch.Tensor):
+        from earshot.models.lm import RNNLM
+
+        return RNNLM.select_state(state, index)
+
+    def check_parity(self, lm, tolerance: float | None = None) -> float:
+        """Three steps of torch and onnxruntime from the same state; ConfigError naming the
+        graph and the largest difference beyond ``tolerance``."""
+        from earshot.export.onnx import TOLERANCE
+
+        g = torch.Generator().manual_seed(2)
+        worst = 0.0
+        for rows in (1, 7):
+            state = lm.init_state(rows, torch.device("cpu"))
+            tokens = torch.randint(0, self.vocab_size, (rows,), generator=g)
+            for _ in range(3):
+                with torch.no_grad():
+                    ref, ref_state = lm.step(tokens, state)
+                got, got_state = self.step(tokens, state)
+                worst = max(worst, _compare("lm_step.onnx", {
+                    "log_probs": (ref, got), "hidden": (ref_state.hidden, got_state.hidden),
+                    "cell": (ref_state.cell, got_state.cell)}, None,
+                    TOLERANCE if tolerance is None else tolerance))
+                state, tokens = ref_state, ref.argmax(-1)
+        return worst
+
+
 def check_parity(model, onnx_model: OnnxASR, tolerance: float | None = None) -> float:
     """Run torch and onnxruntime on random waveforms of several lengths and batch sizes
     (padding included) and one decoder step each; ConfigError naming the graph and the

@@ -256,6 +256,10 @@ def load_lm(lm_dir: str | Path, device: str | torch.device = "cpu") -> RNNLM:
     from earshot.tokenizer import load_tokenizer
 
     d = Path(lm_dir)
+    if (d / "manifest.json").exists():  # an ONNX export (earshot export --lm)
+        from earshot.export.runtime import OnnxLM
+
+        return OnnxLM.load(d)
     if not (d / "model.safetensors").exists() and (d / "model" / "model.safetensors").exists():
         d = d / "model"  # the train-lm experiment directory: its exported LM
     for name in ("config.yaml", "tokenizer", "model.safetensors"):
