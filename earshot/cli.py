@@ -413,9 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "cat talk.flac | earshot transcribe --model exp/an4/model -")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", type=Path, default=None,
-                       help="a model directory (train.exp_dir/model) or an ONNX export")
+                       help="a model directory (train.exp_dir/model) or an ONNX export (this or --onnx)")
     which.add_argument("--onnx", type=Path, default=None,
-                       help="an ONNX export (earshot export): decode on onnxruntime")
+                       help="an ONNX export (earshot export): decode on onnxruntime (this or --model)")
     add_device_arg(p)
     from earshot.inference.command import add_arguments
 

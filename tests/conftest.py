@@ -65,3 +65,17 @@ def overfit_model(corpus, tmp_path_factory):
     cfg.write_text("train: {log_every: 100}\n")
     assert main(["train", str(cfg)] + overrides) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(overfit_model):
+    """The overfit model's directory."""
+    return overfit_model / "exp" / "model"
+
+
+@pytest.fixture(scope="session")
+def transcriber(model_dir):
+    """The overfit model loaded on the CPU."""
+    import earshot
+
+    return earshot.load_model(model_dir, device="cpu")

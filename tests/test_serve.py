@@ -37,16 +37,6 @@ from earshot.serve.command import MISSING_EXTRA, model_name  # noqa: E402
 URL = "/v1/audio/transcriptions"
 
 
-@pytest.fixture(scope="module")
-def model_dir(overfit_model):
-    return overfit_model / "exp" / "model"
-
-
-@pytest.fixture(scope="module")
-def transcriber(model_dir):
-    return earshot.load_model(model_dir, device="cpu")
-
-
 @pytest.fixture
 def serve(transcriber):
     """serve(**options) -> a started TestClient (``transcriber=`` to wrap the model)."""

@@ -23,13 +23,8 @@ FROZEN = Path(__file__).parent / "data" / "frozen" / "crdnn_v2"  # 8 kHz, untrai
 
 
 @pytest.fixture(scope="module")
-def model_dir(overfit_model):
-    return overfit_model / "exp" / "model"
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return earshot.load_model(model_dir, device="cpu")
+def model(transcriber):
+    return transcriber
 
 
 def _utterances(corpus, rate):

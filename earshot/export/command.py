@@ -8,13 +8,16 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", type=Path, default=None, help="a model directory (train.exp_dir/model)")
+    which.add_argument("--model", type=Path, default=None,
+                       help="a model directory (train.exp_dir/model) (this or --lm)")
     which.add_argument("--lm", type=Path, default=None,
-                       help="a language model directory (earshot train-lm), exported on its own")
+                       help="a language model directory (earshot train-lm), exported on its "
+                            "own (this or --model)")
     p.add_argument("--out", required=True, type=Path,
                    help="the export directory to write (replaced as a whole), e.g. MODEL.onnx")
     p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="dynamic int8 weights (smaller, faster on CPU; the transcripts may change)")
+                   help="int8 weights (dynamic quantisation): about a third of the size; transcripts "
+                        "may change and the speed depends on the CPU (default: float32)")
 
 
 def run(args: argparse.Namespace) -> int:

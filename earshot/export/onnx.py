@@ -98,7 +98,9 @@ def export_lm(lm_dir: str | Path, out: str | Path) -> Path:
 
     _require_onnx()
     lm = load_lm(lm_dir).eval()
-    source = Path(lm_dir) if (Path(lm_dir) / "config.yaml").is_file() else Path(lm_dir) / "model"
+    source = Path(lm_dir)
+    if not (source / "model.safetensors").exists():  # the train-lm experiment: its model/
+        source = source / "model"
     with staged_directory(out) as staging:
         state = lm.init_state(3, torch.device("cpu"))
         tokens = torch.tensor([1, 2, 3]) % lm.vocab_size
