@@ -68,9 +68,8 @@ class _DecoderStep(nn.Module):
         memory = Memory(enc, mask.sum(1), mask, keys)
         state = DecoderState(hidden, cell if self.lstm else None, context, attn)
         log_probs, new = self.model.decoder.step(tokens, state, memory)
-        outs = (log_probs, new.hidden, new.cell if self.lstm else new.hidden, new.context,
+        return (log_probs, new.hidden, new.cell if self.lstm else new.hidden, new.context,
                 new.attn)
-        return outs
 
 
 class _LMStep(nn.Module):

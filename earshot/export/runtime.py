@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from earshot.errors import ConfigError
+from earshot.masks import lengths_to_mask
 from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
+from earshot.models.lm import RNNLM
 
 REQUIRED = ("manifest.json", "encoder.onnx", "decoder_step.onnx", "config.yaml", "tokenizer")
 
@@ -48,6 +50,11 @@ def _session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _check_cpu(device) -> None:
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"device {device}: ONNX decoding runs on onnxruntime's CPU provider")
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
@@ -63,7 +70,6 @@ class OnnxASR:
         self.specials = skeleton.specials
         self.vocab_size = skeleton.vocab_size
         self.cfg = skeleton.cfg
-        self.encoder = self  # ``Transcriber`` reads ``model.encoder``'s type from the config only
         self.lstm = bool(manifest.get("lstm_decoder"))
         self.enc_session = _session(directory / "encoder.onnx", threads)
         # one decoder step is a few hundred microseconds of small operators: handing them to
@@ -71,8 +77,6 @@ class OnnxASR:
         self.dec_session = _session(directory / "decoder_step.onnx", 1)
         # an input the graph does not read (a GRU decoder's cell) is pruned by the exporter
         self.dec_inputs = {i.name for i in self.dec_session.get_inputs()}
-        self._multihead = skeleton.decoder.attention.init_state(
-            torch.zeros(1, 1, skeleton.encoder.output_dim), torch.ones(1, dtype=torch.long)).dim() == 3
 
     @classmethod
     def from_files(cls, directory: str | Path, description, tokenizer, threads: int | None = None):
@@ -112,8 +116,7 @@ class OnnxASR:
         return iter(())
 
     def to(self, device):
-        if torch.device(device).type != "cpu":
-            raise ConfigError(f"device {device}: ONNX decoding runs on the CPU here")
+        _check_cpu(device)
         return self
 
     def eval(self):
@@ -143,8 +146,7 @@ class OnnxASR:
                 return out
 
             enc, lens, lp, keys = (scatter(x) for x in part)
-        mask = torch.arange(enc.shape[1]).unsqueeze(0) < lens.unsqueeze(1)
-        return Encoded(Memory(enc, lens, mask, keys), lp, lens)
+        return Encoded(Memory(enc, lens, lengths_to_mask(lens, enc.shape[1]), keys), lp, lens)
 
     def _run_encoder(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
         outs = self.enc_session.run(None, {"wavs": _np(wavs.float()), "wav_lens": _np(wav_lens.long())})
@@ -215,7 +217,8 @@ class OnnxLM:
         return cls(directory, cfg, load_tokenizer(directory / "tokenizer"))
 
     def to(self, device):
-        return OnnxASR.to(self, device)
+        _check_cpu(device)
+        return self
 
     def eval(self):
         return self
@@ -233,11 +236,7 @@ class OnnxLM:
             "tokens": _np(tokens.long()), "hidden": _np(state.hidden), "cell": _np(state.cell)}))
         return log_probs, LMState(hidden, cell)
 
-    @staticmethod
-    def select_state(state, index: torch.Tensor):
-        from earshot.models.lm import RNNLM
-
-        return RNNLM.select_state(state, index)
+    select_state = staticmethod(RNNLM.select_state)
 
     def check_parity(self, lm, tolerance: float | None = None) -> float:
         """Three steps of torch and onnxruntime from the same state; ConfigError naming the
