@@ -186,7 +186,7 @@ class FeatureExtractor(nn.Module):
         log_energy = frames.pow(2).sum(dim=2).clamp(min=LOG_FLOOR).log()
         first = frames[..., :1] * (1.0 - PREEMPHASIS)
         frames = torch.cat([first, frames[..., 1:] - PREEMPHASIS * frames[..., :-1]], dim=2)
-        power = _power_spectrum(frames * self.window, self.fft_size)
+        power = _power_spectrum(frames * self.window, self.fft_size, self.frame_length)
         return (power @ self.mel).clamp(min=LOG_FLOOR).log(), log_energy
 
     def _cepstra(self, log_mel: torch.Tensor, log_energy: torch.Tensor) -> torch.Tensor:
@@ -195,14 +195,14 @@ class FeatureExtractor(nn.Module):
         return torch.cat([log_energy.unsqueeze(2), ceps[..., 1:]], dim=2)
 
 
-def _power_spectrum(frames: torch.Tensor, n: int) -> torch.Tensor:
-    """|rfft(frames, n)|^2 (B, T, n // 2 + 1). An ONNX export has no real FFT operator, so
-    there it is two matrix products with the DFT's cosine and sine bases (same values to
-    float rounding)."""
+def _power_spectrum(frames: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    """|rfft(frames, n)|^2 (B, T, n // 2 + 1) of frames of ``length`` samples. An ONNX
+    export has no real FFT operator, so there it is two matrix products with the DFT's
+    cosine and sine bases (same values to float rounding), built from the Python int
+    ``length`` so that the exporter stores them as constants."""
     if not torch.onnx.is_in_onnx_export():
         spectrum = torch.fft.rfft(frames, n=n)
         return spectrum.real.pow(2) + spectrum.imag.pow(2)
-    length = frames.shape[-1]
     angle = (2 * torch.pi / n) * torch.outer(torch.arange(length, dtype=torch.float64),
                                              torch.arange(n // 2 + 1, dtype=torch.float64))
     cos, sin = angle.cos().to(frames.dtype), angle.sin().to(frames.dtype)
