@@ -360,39 +360,122 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_earshot_serve_answers_over_loopback(model_dir, corpus):
-    import httpx
+class LiveServer:
+    """An ``earshot serve`` process on a free loopback port, up once /health answers."""
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "earshot.cli", "serve",
-                             "--model", str(model_dir),
-                             "--port", str(port), "--device", "cpu", "--beam-size", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    def __init__(self, model_dir: Path, *flags: str) -> None:
+        import httpx
+
+        port = _free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "earshot.cli", "serve",
+                                      "--model", str(model_dir), "--port", str(port),
+                                      "--device", "cpu", *flags],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.output = ""
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
+            if self.proc.poll() is not None:
+                raise AssertionError(self.stop())
             try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "earshot serve did not come up"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"earshot serve did not come up: {self.stop()}")
             time.sleep(0.2)
-        with open(corpus / "u3.wav", "rb") as f:
-            response = httpx.post(f"{base}{URL}", files={"file": ("u3.wav", f, "audio/wav")},
-                                  data={"response_format": "verbose_json"}, timeout=60)
-        assert response.status_code == 200 and response.json()["text"] == TEXTS[3]
-        assert httpx.get(f"{base}/health").json()["decoding"]["beam_size"] == 2
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0].decode()
+
+    def stop(self) -> str:
+        """SIGTERM; the server's whole output."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.output = self.proc.communicate(timeout=30)[0].decode()
+        return self.output
+
+
+@pytest.fixture
+def live_server(model_dir):
+    """live_server(*flags) -> a started ``LiveServer``; stopped after the test."""
+    servers = []
+
+    def start(*flags: str) -> LiveServer:
+        servers.append(LiveServer(model_dir, *flags))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_earshot_serve_answers_over_loopback(live_server, corpus):
+    import httpx
+
+    server = live_server("--beam-size", "2")
+    with open(corpus / "u3.wav", "rb") as f:
+        response = httpx.post(f"{server.base}{URL}", files={"file": ("u3.wav", f, "audio/wav")},
+                              data={"response_format": "verbose_json"}, timeout=60)
+    assert response.status_code == 200 and response.json()["text"] == TEXTS[3]
+    assert httpx.get(f"{server.base}/health").json()["decoding"]["beam_size"] == 2
+    out = server.stop()
     # uvicorn shuts down cleanly, then lets SIGTERM end the process as it would have
-    assert proc.returncode in (0, -15) and "Application shutdown complete" in out, out
+    assert server.proc.returncode in (0, -15) and "Application shutdown complete" in out, out
     line = [x for x in out.splitlines() if "POST /v1/audio/transcriptions 200" in x]
     assert line and "audio=" in line[0] and "queue=" in line[0] and "decode=" in line[0] \
         and "total=" in line[0], out
+
+
+def _headless_chromium():
+    """A headless Chromium under selenium, or a skip naming what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the page test needs selenium")
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), \
+        shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("the page test needs Chromium and ChromeDriver (Debian: apt install "
+                    "chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
+def test_the_page_transcribes_an_upload_in_headless_chromium(live_server, corpus, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _headless_chromium()
+    server = live_server()
+    try:
+        browser.get(f"{server.base}/")
+        wait = WebDriverWait(browser, 60)
+        text = lambda id_: browser.find_element(By.ID, id_).text  # noqa: E731
+        wait.until(lambda _: text("model").startswith("model "))  # the page read /health
+        browser.find_element(By.ID, "file").send_keys(str(corpus / "u3.wav"))
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda _: text("text") or text("error"))
+        assert (text("text"), text("error")) == (TEXTS[3], "")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#words tr.word")
+        assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == TEXTS[3].split()
+        assert "s of audio, answered in" in text("status")
+        # an upload that is not audio: the reason is shown, and the next upload works
+        junk = tmp_path / "notes.wav"
+        junk.write_text("not audio at all")
+        browser.find_element(By.ID, "file").send_keys(str(junk))
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda _: text("error"))
+        assert text("text") == ""
+        browser.find_element(By.ID, "file").send_keys(str(corpus / "u1.wav"))
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda _: text("text"))
+        assert (text("text"), text("error")) == (TEXTS[1], "")
+    finally:
+        browser.quit()
 
 
 def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, tmp_path):
