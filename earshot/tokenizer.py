@@ -2,8 +2,9 @@
 
 Both reserve the same five named special ids first, all distinct:
 ``<blank>`` = 0 (CTC), ``<pad>`` = 1, ``<unk>`` = 2, ``<bos>`` = 3, ``<eos>`` = 4.
-Every text, transcripts and references alike, passes through ``normalize`` (case,
-whitespace) before it is encoded, so scoring sees exactly what the model was trained on.
+Every text, transcripts and references alike, passes through ``normalize`` (the
+tokenizer's ``TextRules``: case, punctuation, numbers, whitespace) before it is encoded,
+so scoring sees exactly what the model was trained on; the rules are saved with it.
 A saved tokenizer is plain JSON (plus the SentencePiece model file): nothing in it runs code.
 
 >>> from earshot.config import TokenizerConfig
@@ -28,17 +29,19 @@ import sentencepiece as spm
 
 from earshot.config import TokenizerConfig
 from earshot.errors import TokenizerError
+from earshot.text import TextRules
 
 SPECIALS = ("<blank>", "<pad>", "<unk>", "<bos>", "<eos>")  # ids 0..4 in this order
 CONFIG_FILE = "tokenizer.json"
 SP_MODEL_FILE = "tokenizer.model"
-_CASES = {"lower": str.lower, "upper": str.upper, "keep": lambda s: s}
 
 
-def _case_rule(case: str):
-    if case not in _CASES:
-        raise TokenizerError(f"unknown tokenizer case {case!r} (valid: {', '.join(_CASES)})")
-    return _CASES[case]
+def text_rules(case: str = "lower", punctuation: str = "keep", numbers: str = "keep") -> TextRules:
+    """``TextRules``; TokenizerError naming the bad setting."""
+    try:
+        return TextRules(case, punctuation, numbers)
+    except ValueError as err:
+        raise TokenizerError(f"tokenizer {err}") from None
 
 
 class Tokenizer:
@@ -46,8 +49,9 @@ class Tokenizer:
 
     kind = "base"
 
-    def __init__(self, case: str, blank_id: int, pad_id: int, unk_id: int, bos_id: int, eos_id: int):
-        _case_rule(case)
+    def __init__(self, case: str, blank_id: int, pad_id: int, unk_id: int, bos_id: int, eos_id: int,
+                 punctuation: str = "keep", numbers: str = "keep"):
+        self.rules = text_rules(case, punctuation, numbers)
         self.case = case
         self.blank_id, self.pad_id, self.unk_id = blank_id, pad_id, unk_id
         self.bos_id, self.eos_id = bos_id, eos_id
@@ -84,11 +88,12 @@ class Tokenizer:
 
     @property
     def config(self) -> TokenizerConfig:
-        return TokenizerConfig(kind=self.kind, vocab_size=self.vocab_size, case=self.case)
+        return TokenizerConfig(kind=self.kind, vocab_size=self.vocab_size, **self.rules.as_dict())
 
     def normalize(self, text: str) -> str:
-        """Apply the case rule, turn every run of whitespace into one space, strip the ends."""
-        return " ".join(_CASES[self.case](text).split())
+        """Apply the text rules (numbers, punctuation, case), turn every run of whitespace
+        into one space, strip the ends."""
+        return self.rules(text)
 
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of the normalised ``text`` that no token covers (they would become unk)."""
@@ -119,11 +124,13 @@ class Tokenizer:
         """Write ``out_dir/tokenizer.json`` (and the kind's own files); JSON only, no pickles."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"kind": self.kind, "case": self.case, **self._save_files(out_dir)}
+        meta = {"kind": self.kind, **self.rules.as_dict(), **self._save_files(out_dir)}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size}, case={self.case!r})"
+        rules = ", ".join(f"{k}={v!r}" for k, v in self.rules.as_dict().items()
+                          if k == "case" or v != "keep")
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, {rules})"
 
 
 class CharTokenizer(Tokenizer):
@@ -131,7 +138,8 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str], case: str = "lower"):
+    def __init__(self, chars: Sequence[str], case: str = "lower", punctuation: str = "keep",
+                 numbers: str = "keep"):
         chars = list(chars)
         if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
             raise TokenizerError("character vocabulary must hold distinct single characters")
@@ -140,18 +148,19 @@ class CharTokenizer(Tokenizer):
         self._pieces = list(SPECIALS) + chars
         self._ids = {c: i for i, c in enumerate(self._pieces)}
         self._chars = frozenset(chars)
-        super().__init__(case, *range(len(SPECIALS)))
+        super().__init__(case, *range(len(SPECIALS)), punctuation=punctuation, numbers=numbers)
 
     @classmethod
-    def train(cls, texts: Iterable[str], case: str = "lower") -> CharTokenizer:
+    def train(cls, texts: Iterable[str], case: str = "lower", punctuation: str = "keep",
+              numbers: str = "keep") -> CharTokenizer:
         """Vocabulary = every character of the normalised texts (space included)."""
-        norm = _case_rule(case)
+        norm = text_rules(case, punctuation, numbers)
         seen: set[str] = set()
         for text in texts:
-            seen.update(" ".join(norm(text).split()))
+            seen.update(norm(text))
         if not seen:
             raise TokenizerError("cannot train a character tokenizer: the training texts are empty")
-        return cls(sorted(seen), case)
+        return cls(sorted(seen), case, punctuation, numbers)
 
     @property
     def tokens(self) -> list[str]:
@@ -180,7 +189,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes, case: str = "lower", model_type: str = "unigram"):
+    def __init__(self, model_proto: bytes, case: str = "lower", model_type: str = "unigram",
+                 punctuation: str = "keep", numbers: str = "keep"):
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         self.model_type = model_type
@@ -189,24 +199,25 @@ class SentencePieceTokenizer(Tokenizer):
         if min(ids) < 0 or len(set(ids)) != len(ids) or not sp.is_control(ids[0]):
             raise TokenizerError(f"SentencePiece model lacks distinct {', '.join(SPECIALS)} pieces "
                                  "(was it trained by earshot?)")
-        super().__init__(case, *ids)
+        super().__init__(case, *ids, punctuation=punctuation, numbers=numbers)
         self._pieces = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
         self._chars = frozenset(c for i, p in enumerate(self._pieces) if self._is_text_piece(i)
                                 for c in p.replace("\u2581", " "))
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
-              case: str = "lower") -> SentencePieceTokenizer:
+              case: str = "lower", punctuation: str = "keep",
+              numbers: str = "keep") -> SentencePieceTokenizer:
         """Train on the normalised texts, in memory. A vocabulary the texts cannot fill is
         lowered to the largest size SentencePiece accepts, with a warning."""
-        norm = _case_rule(case)
-        lines = [t for t in (" ".join(norm(x).split()) for x in texts) if t]
+        norm = text_rules(case, punctuation, numbers)
+        lines = [t for t in (norm(x) for x in texts) if t]
         if not lines:
             raise TokenizerError("cannot train a SentencePiece tokenizer: the training texts are empty")
         size = vocab_size
         for _ in range(3):  # a lowered size is normally accepted on the first retry
             try:
-                return cls(_train_sp(lines, size, model_type), case, model_type)
+                return cls(_train_sp(lines, size, model_type), case, model_type, punctuation, numbers)
             except RuntimeError as err:
                 size = _lowered_vocab_size(str(err), vocab_size)
         raise TokenizerError(f"SentencePiece training failed with tokenizer.vocab_size={vocab_size}")
@@ -221,7 +232,7 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def config(self) -> TokenizerConfig:
         return TokenizerConfig(kind="sentencepiece", vocab_size=self.vocab_size,
-                               model_type=self.model_type, case=self.case)
+                               model_type=self.model_type, **self.rules.as_dict())
 
     def _encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text))
@@ -287,10 +298,11 @@ def warn_unknown_chars(tokenizer: Tokenizer, texts: Iterable[str], source: str) 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
     """Build the tokenizer ``cfg`` describes from training transcripts."""
+    rules = dict(punctuation=cfg.punctuation, numbers=cfg.numbers)
     if cfg.kind == "char":
-        return CharTokenizer.train(texts, cfg.case)
+        return CharTokenizer.train(texts, cfg.case, **rules)
     if cfg.kind == "sentencepiece":
-        return SentencePieceTokenizer.train(texts, cfg.vocab_size, cfg.model_type, cfg.case)
+        return SentencePieceTokenizer.train(texts, cfg.vocab_size, cfg.model_type, cfg.case, **rules)
     raise TokenizerError(f"config key 'tokenizer.kind': unknown kind {cfg.kind!r}")
 
 
@@ -298,13 +310,16 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Read what ``Tokenizer.save`` wrote; TokenizerError naming the file if it is missing or bad."""
     path = Path(directory) / CONFIG_FILE
     meta = _read_meta(path)
-    case = meta.get("case", "lower")
-    if case not in _CASES:
-        raise TokenizerError(f"{path}: 'case' must be one of {list(_CASES)}, got {case!r}")
+    rules = {key: meta.get(key, default) for key, default in
+             (("case", "lower"), ("punctuation", "keep"), ("numbers", "keep"))}
+    try:
+        TextRules(**rules)
+    except (ValueError, TypeError) as err:
+        raise TokenizerError(f"{path}: {err}") from None
     loader = _LOADERS.get(meta.get("kind"))
     if loader is None:
         raise TokenizerError(f"{path}: 'kind' must be one of {list(_LOADERS)}, got {meta.get('kind')!r}")
-    return loader(path, meta, case)
+    return loader(path, meta, rules)
 
 
 def _read_meta(path: Path) -> dict:
@@ -319,22 +334,23 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _load_char(path: Path, meta: dict, case: str) -> CharTokenizer:
+def _load_char(path: Path, meta: dict, rules: dict) -> CharTokenizer:
     vocab = meta.get("vocabulary")
     if not isinstance(vocab, list) or not all(isinstance(c, str) for c in vocab):
         raise TokenizerError(f"{path}: 'vocabulary' must be a list of characters")
     try:
-        return CharTokenizer(vocab, case)
+        return CharTokenizer(vocab, **rules)
     except TokenizerError as err:
         raise TokenizerError(f"{path}: {err}") from None
 
 
-def _load_sentencepiece(path: Path, meta: dict, case: str) -> SentencePieceTokenizer:
+def _load_sentencepiece(path: Path, meta: dict, rules: dict) -> SentencePieceTokenizer:
     model = path.parent / str(meta.get("model", SP_MODEL_FILE))
     if not model.is_file():
         raise TokenizerError(f"{model}: SentencePiece model file not found")
     try:
-        return SentencePieceTokenizer(model.read_bytes(), case, _model_type(path, meta))
+        return SentencePieceTokenizer(model.read_bytes(), rules["case"], _model_type(path, meta),
+                                      rules["punctuation"], rules["numbers"])
     except (RuntimeError, TokenizerError) as err:
         raise TokenizerError(f"{model}: not a usable SentencePiece model ({err})") from None
 

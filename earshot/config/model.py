@@ -59,7 +59,10 @@ class TokenizerConfig:
     kind: Literal["char", "sentencepiece"] = "char"
     vocab_size: int = 256  # sentencepiece only
     model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only
-    case: Literal["lower", "upper", "keep"] = "lower"  # applied to every text, refs included
+    # the text rules, applied to every text, references included (earshot.text.TextRules)
+    case: Literal["lower", "upper", "keep"] = "lower"
+    punctuation: Literal["keep", "strip"] = "keep"  # strip: apostrophes inside words stay
+    numbers: Literal["keep", "words"] = "keep"  # words: digits spelled out in English
 
     def check(self, key: str) -> None:
         require_size(self.vocab_size, dotted(key, "vocab_size"), 65536, least=2)
