@@ -73,18 +73,21 @@ def audio_duration(path: str | Path) -> float:
     return audio_info(path).duration
 
 
-def load_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor:
+def load_audio(path: str | Path, sample_rate: int | None = None,
+               span: tuple[float, float] | None = None) -> torch.Tensor:
     """Decode ``path`` to a mono float32 waveform (S,) in [-1, 1].
 
     Channels are averaged; when ``sample_rate`` is given and differs from the file's
-    rate the signal is resampled with soxr. Raises ``AudioError`` for missing,
-    unreadable, empty or non-finite audio.
+    rate the signal is resampled with soxr. ``span`` (start, duration) in seconds
+    decodes only that stretch (a segment of a long recording). Raises ``AudioError``
+    for missing, unreadable, empty or non-finite audio.
     """
     if sample_rate is not None and sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    samples, file_rate = _read(path)
+    samples, file_rate = _read(path, span)
     _check_samples(path, samples)
-    _warn_if_truncated(path, samples.shape[0])
+    if span is None:
+        _warn_if_truncated(path, samples.shape[0])
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
     if sample_rate is not None and sample_rate != file_rate:
         mono = soxr.resample(mono, file_rate, sample_rate, quality=RESAMPLE_QUALITY)
@@ -110,8 +113,9 @@ def check_waveform(name: str, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
     return wav
 
 
-def _read(path: str | Path) -> tuple[np.ndarray, int]:
-    """All samples as (frames, channels) float32, and the file's sample rate."""
+def _read(path: str | Path, span: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
+    """The samples (of ``span``, else all) as (frames, channels) float32, and the file's
+    sample rate."""
     _check_exists(path)
     try:
         info = sf.info(str(path))
@@ -119,8 +123,12 @@ def _read(path: str | Path) -> tuple[np.ndarray, int]:
         info = None  # (the read below says what is wrong with it)
     if info is not None:  # the header's claims, checked before decoding
         _check_header(path, int(info.samplerate), int(info.channels), int(info.frames))
+    window = {}
+    if span is not None and info is not None:
+        start = round(span[0] * info.samplerate)
+        window = {"start": start, "stop": start + round(span[1] * info.samplerate)}
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True, **window)
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"unreadable or corrupt audio ({_describe(err)})") from None
     return samples, int(rate)

@@ -111,6 +111,18 @@ PREPARERS = Table("corpus", {
     "an4": Choice("earshot.data.corpora:prepare_an4", "CMU AN4 folder (NIST SPHERE or WAV)"),
     "synthetic": Choice("earshot.data.corpora:prepare_synthetic",
                         "spoken English synthesised with espeak-ng (the demo's corpus)"),
+    "librispeech": Choice("earshot.data.recipes:prepare_librispeech",
+                          "LibriSpeech folder (lhotse recipe): each part, train, dev"),
+    "mini_librispeech": Choice("earshot.data.recipes:prepare_mini_librispeech",
+                               "Mini LibriSpeech: train-clean-5, dev-clean-2 (lhotse recipe)"),
+    "commonvoice": Choice("earshot.data.recipes:prepare_commonvoice",
+                          "Common Voice release or language folder (lhotse recipe)"),
+    "tedlium": Choice("earshot.data.recipes:prepare_tedlium",
+                      "TED-LIUM release 3 folder, one cut per segment (lhotse recipe)"),
+    "timit": Choice("earshot.data.recipes:prepare_timit",
+                    "TIMIT folder: sentences, lhotse's dev/test speakers (lhotse recipe)"),
+    "musan": Choice("earshot.data.recipes:prepare_musan",
+                    "MUSAN folder: noise, music, speech for augmentation (lhotse recipe)"),
 })
 
 OPTIMIZERS = Table("optimizer", {

@@ -145,10 +145,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # What ``prepare`` passes on, by the preparer's keyword name: (flag, value) of the options.
 PREPARE_OPTIONS = {"dev_fraction": "--dev-fraction", "audio_root": "--audio-root",
-                   "dev_speakers": "--dev-speakers", "utterances": "--utterances", "seed": "--seed"}
+                   "dev_speakers": "--dev-speakers", "utterances": "--utterances", "seed": "--seed",
+                   "language": "--language"}
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from earshot.data.corpora import SUMMARY_FILE, format_summary, shuffle_manifest
+
     prepare = PREPARERS.load(args.corpus)
     accepted = inspect.signature(prepare).parameters
     options = {}
@@ -157,14 +160,32 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if name in accepted:
             if value is not None:
                 options[name] = value
-        elif value is not None:
+        elif value is not None and not (name == "seed" and args.shuffle):
             raise ConfigError(f"option {flag}: prepare {args.corpus} does not take it")
     if args.source is None and args.corpus != "synthetic":
         raise ConfigError(f"prepare {args.corpus}: give the source (a file, or the corpus folder)")
     out = Path(args.out)
     splits = prepare(args.source, out, **options)
-    for name in splits:  # counts and hours are logged by the preparer
+    if args.shuffle:
+        for name in splits:
+            if name.startswith("train"):
+                shuffle_manifest(out / f"{name}.jsonl.gz", args.seed or 0)
+    print(format_summary(json.loads((out / SUMMARY_FILE).read_text())))
+    for name in splits:
         print(f"wrote {out / (name + '.jsonl.gz')}")
+    print(f"wrote {out / SUMMARY_FILE}")
+    return 0
+
+
+def cmd_corrupt(args: argparse.Namespace) -> int:
+    from earshot.data.corruption import corrupt_manifest
+
+    snr = tuple(args.snr_db) if len(args.snr_db) == 2 else (args.snr_db[0], args.snr_db[0])
+    if len(args.snr_db) > 2 or snr[0] > snr[1]:
+        raise ConfigError("option --snr-db: one value, or LOW HIGH with LOW <= HIGH")
+    written = corrupt_manifest(args.manifest, args.out, args.noise or "", snr, args.reverb or "",
+                               tuple(args.rt60), args.seed)
+    print(f"wrote {written}")
     return 0
 
 
@@ -328,8 +349,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic: training utterances spoken by espeak-ng (default: 2000, "
                         "about 1.2 h)")
     p.add_argument("--seed", type=int, default=None,
-                   help="csv/jsonl/an4: the dev split's draw; synthetic: texts and voices (default: 0)")
+                   help="csv/jsonl/an4: the dev split's draw; synthetic: texts and voices; "
+                        "--shuffle: the order (default: 0)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="write the training split(s) in a seeded random order (--seed): lazily "
+                        "read manifests are shuffled only within a buffer")
+    p.add_argument("--language", default=None,
+                   help="commonvoice: the language folder to prepare where a release holds "
+                        "several (default: the only one there)")
     p.set_defaults(func=cmd_prepare)
+
+    p = command("corrupt", "a noisy and/or reverberant copy of a manifest's audio (test sets)",
+                "earshot corrupt data/fsdd/test.jsonl.gz --noise data/musan/noise.jsonl.gz "
+                "--snr-db 5 --out data/fsdd/test-snr5",
+                "earshot corrupt data/an4/dev.jsonl.gz --reverb simulated --out data/an4/dev-reverb")
+    p.add_argument("manifest", type=Path, help="a CutSet manifest (.jsonl.gz)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: audio/*.flac, cuts.jsonl.gz, summary.json")
+    p.add_argument("--noise", default=None,
+                   help="noise audio: a folder of files or a manifest (earshot prepare musan; "
+                        "default: no noise)")
+    p.add_argument("--snr-db", type=float, nargs="+", default=[10.0],
+                   help="signal-to-noise ratio in dB, or LOW HIGH to draw it per utterance "
+                        "(default: 10)")
+    p.add_argument("--reverb", default=None,
+                   help="room impulse responses: a folder of files, a manifest, or 'simulated' "
+                        "(default: no reverberation)")
+    p.add_argument("--rt60", type=float, nargs=2, default=[0.2, 0.8],
+                   help="simulated responses' reverberation time range in seconds "
+                        "(default: 0.2 0.8)")
+    p.add_argument("--seed", type=int, default=0, help="seeds every draw (with each cut's id)")
+    p.set_defaults(func=cmd_corrupt)
 
     p = command("train", "train an ASR model from a YAML config",
                 "earshot train recipes/fsdd/crdnn.yaml train.epochs=30",

@@ -167,8 +167,10 @@ def test_batch_to_and_len(corpus):
 
 def test_drop_long_cuts(corpus):
     cuts = import_jsonl(corpus / "m.jsonl")
-    kept, dropped = drop_long_cuts(cuts, 0.48)
-    assert dropped == 8 and len(kept) == 8 and all(c.duration <= 0.48 for c in kept)
+    kept, longer = drop_long_cuts(cuts, 0.48)
+    assert len(longer) == 8 and all(c.duration > 0.48 for c in longer)
+    assert len(kept) == 8 and all(c.duration <= 0.48 for c in kept)
+    assert drop_long_cuts(kept, 0.48) == (kept, [])
 
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])

@@ -4,6 +4,7 @@ A table is the one place a name is declared; this test reads each table and make
 each of its names reaches working code, so an entry can neither dangle nor be missed.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -140,8 +141,14 @@ def _tone(path: Path, seconds: float = 0.1) -> None:
 
 def _corpus_source(name: str, root: Path) -> Path | None:
     """A miniature ``name`` corpus in its real layout."""
+    import corpus_layouts
+
     if name == "synthetic":
         return None
+    if hasattr(corpus_layouts, name):
+        return getattr(corpus_layouts, name)(root)
+    if name == "mini_librispeech":
+        return corpus_layouts.librispeech(root, parts=("train-clean-5", "dev-clean-2"))
     rows = []
     speakers = ("theo", "george", "jackson", "nicolas")
     for s, speaker in enumerate(speakers):
@@ -171,6 +178,9 @@ def test_each_corpus_preparer_writes_its_splits(name, tmp_path):
     options = {"an4": dict(dev_speakers=1), "synthetic": dict(utterances=3),
                "csv": dict(dev_fraction=0.25), "jsonl": dict(dev_fraction=0.25)}.get(name, {})
     splits = PREPARERS.load(name)(_corpus_source(name, tmp_path / "src"), tmp_path / "out", **options)
-    assert {"train", "dev"} <= set(splits) and len(splits["train"]) > 0
+    expected = {"noise", "music", "speech"} if name == "musan" else {"train", "dev"}
+    assert expected <= set(splits) and all(len(splits[s]) > 0 for s in expected)
     for split, cuts in splits.items():
-        assert sorted(load_cuts(tmp_path / "out" / f"{split}.jsonl.gz").ids) == sorted(cuts.ids)
+        written = load_cuts(tmp_path / "out" / f"{split}.jsonl.gz", need_text=name != "musan")
+        assert sorted(written.ids) == sorted(cuts.ids)
+    assert set(json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]) == set(splits)

@@ -113,6 +113,7 @@ def _check_epoch_totals(rows, corpus):
         assert row["train_seconds"] > 0 and row["dev_seconds"] >= 0 and row["peak_rss_mb"] > 0
         assert row["train_audio_seconds"] == pytest.approx(sum(c.duration for c in cuts), abs=1e-3)
         assert row["train_utterances"] == len(cuts) and row["skipped_rows"] == 0
+        assert 0.3 < row["padding_efficiency"] <= 1.0  # audio over padded batch samples
 
 
 def test_epoch_rows_say_what_was_trained_and_how_long_it_took(corpus, straight_run, tmp_path,
@@ -153,7 +154,8 @@ def test_metrics_lines_config_and_exported_model(corpus, straight_run):
     assert [r["epoch"] for r in rows] == [1, 2]
     keys = {"kind", "epoch", "step", "train_loss", "ctc", "nll", "dev_loss", "dev_wer", "dev_cer",
             "lr", "skipped_steps", "skipped_rows", "skipped", "dev_skipped", "seconds",
-            "train_seconds", "dev_seconds", "train_audio_seconds", "train_utterances", "peak_rss_mb"}
+            "train_seconds", "dev_seconds", "train_audio_seconds", "train_utterances",
+            "padding_efficiency", "peak_rss_mb"}
     assert all(set(r) == keys for r in rows)
     assert all(r["skipped_rows"] == 0 and r["dev_skipped"] == 0 for r in rows)
     steps = _rows(exp_dir, "step")
@@ -643,3 +645,46 @@ def test_subsampling_that_leaves_ctc_too_few_frames_is_named_before_training(cor
     longer = cuts.filter(lambda c: len(c.supervisions[0].text) > 1)  # none of one character
     with pytest.raises(ConfigError, match=r"6 of 6 training utterances .* CTC cannot align"):
         check_ctc_can_align(build_model(coarse, tokenizer), tokenizer, longer, coarse)
+
+
+def test_noise_and_reverberation_resume_exactly_mid_epoch(corpus, tmp_path, monkeypatch):
+    """A run with noise and reverberation killed mid-epoch and resumed ends with the same
+    parameters as the run that never stopped: every draw is seeded by (seed, epoch, cut)."""
+    from earshot.train import faults
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "noise").mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "noise" / f"n{i}.wav", (0.1 * rng.standard_normal(RATE)).astype(np.float32), RATE)
+    corrupt = [f"data.noise.sources={tmp_path / 'noise'}", "data.noise.prob=0.7",
+               "data.noise.snr_db=[0,15]", "data.reverb.rirs=simulated", "data.reverb.prob=0.5",
+               "data.reverb.rt60=[0.1,0.3]", "train.save_every_steps=1"]
+    train(_cfg(corpus, tmp_path / "straight", *corrupt))
+    rows = _rows(tmp_path / "straight")
+    kill_at = rows[0]["step"] + 2  # after epoch 2's first step and its checkpoint
+    assert rows[1]["step"] >= kill_at
+
+    class Killed(Exception):
+        pass
+
+    def hit(event, step, rank=0):
+        if event == "after-step" and step == kill_at:
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(faults, "hit", hit)
+        with pytest.raises(Killed):
+            train(_cfg(corpus, tmp_path / "resumed", *corrupt))
+    assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name.startswith("epoch-0002-batch-")
+    train(_cfg(corpus, tmp_path / "resumed", *corrupt), resume=True)
+    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "epoch-0002.pt")
+    b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "epoch-0002.pt")
+    for name in a.model:
+        assert torch.equal(a.model[name], b.model[name]), name
+    clean = ckpt.load_checkpoint(_clean_run(corpus, tmp_path / "clean") / "checkpoints" / "epoch-0002.pt")
+    assert any(not torch.equal(a.model[n], clean.model[n]) for n in a.model)  # it did something
+
+
+def _clean_run(corpus, exp_dir):
+    train(_cfg(corpus, exp_dir))
+    return exp_dir

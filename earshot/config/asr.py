@@ -51,6 +51,39 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class NoiseConfig:
+    """``data.noise``: additive noise on training utterances (earshot.data.corruption)."""
+
+    sources: str = ""  # a folder of audio files, or a manifest (earshot prepare musan: noise.jsonl.gz)
+    prob: float = 0.0  # share of training utterances that get noise; 0 disables
+    snr_db: tuple[float, float] = (5.0, 20.0)  # signal-to-noise ratio drawn uniformly in this range
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.prob <= 1.0, dotted(key, "prob"), "must be in [0, 1]")
+        require(len(self.snr_db) == 2 and self.snr_db[0] <= self.snr_db[1], dotted(key, "snr_db"),
+                "must be [low, high] in dB, low <= high")
+        require(self.prob == 0 or bool(self.sources), dotted(key, "sources"),
+                "needs a folder of noise audio or a manifest when data.noise.prob > 0")
+
+
+@dataclass(frozen=True)
+class ReverbConfig:
+    """``data.reverb``: convolution of training utterances with a room impulse response."""
+
+    rirs: str = ""  # a folder of impulse responses (or a manifest of them), or "simulated"
+    prob: float = 0.0  # share of training utterances reverberated; 0 disables
+    rt60: tuple[float, float] = (0.2, 0.8)  # seconds; simulated responses only
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.prob <= 1.0, dotted(key, "prob"), "must be in [0, 1]")
+        require(len(self.rt60) == 2 and 0 < self.rt60[0] <= self.rt60[1] <= 5.0, dotted(key, "rt60"),
+                "must be [low, high] seconds with 0 < low <= high <= 5")
+        require(self.prob == 0 or bool(self.rirs), dotted(key, "rirs"),
+                "needs a folder of impulse responses, a manifest or 'simulated' when "
+                "data.reverb.prob > 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     corpus: str = ""  # the training corpus's name for the model card; empty: train's folder name
     train: str = ""  # CutSet manifest (jsonl / jsonl.gz)
@@ -61,9 +94,14 @@ class DataConfig:
     num_workers: int = 0
     max_utterance_duration: float = 30.0  # longer cuts are skipped (and counted)
     speed_perturb: tuple[float, ...] = ()  # e.g. (0.9, 1.0, 1.1); empty disables
+    # feature statistics (global CMVN) from the first N training utterances; 0: all of them
+    cmvn_utterances: int = 20000
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    reverb: ReverbConfig = field(default_factory=ReverbConfig)
 
     def check(self, key: str) -> None:
         check_batching(self, key)
+        require(self.cmvn_utterances >= 0, dotted(key, "cmvn_utterances"), "must be >= 0 (0: all)")
         require(all(0.5 <= f <= 2.0 for f in self.speed_perturb), dotted(key, "speed_perturb"),
                 "factors must be in [0.5, 2] (e.g. [0.9, 1.0, 1.1])")
 

@@ -26,6 +26,7 @@ perturbs exactly as the uninterrupted one did, in any worker.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import warnings
@@ -38,7 +39,6 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
-from lhotse.utils import compute_num_samples
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -46,6 +46,7 @@ from earshot.audio import load_audio
 from earshot.errors import AudioError
 
 if TYPE_CHECKING:
+    from earshot.data.corruption import Corruption
     from earshot.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -105,14 +106,15 @@ def load_cut_audio(cut: Cut, sample_rate: int) -> torch.Tensor:
     Raises ``AudioError`` when the file cannot be used or the span is empty.
     """
     path = cut_audio_path(cut)
-    wav = load_audio(path, sample_rate)
     if spans_whole_file(cut):
-        return wav  # no rounding of the span
-    first = compute_num_samples(cut.start, sample_rate)
-    span = wav[first: first + compute_num_samples(cut.duration, sample_rate)]
-    if span.numel() == 0:
-        raise AudioError(path, f"segment {cut.start:.3f}s+{cut.duration:.3f}s is outside the audio")
-    return span
+        return load_audio(path, sample_rate)  # no rounding of the span
+    try:  # only the segment is decoded (a cut of a long recording)
+        return load_audio(path, sample_rate, span=(cut.start, cut.duration))
+    except AudioError as err:
+        if err.reason != "audio has zero samples":
+            raise
+        raise AudioError(path, f"segment {cut.start:.3f}s+{cut.duration:.3f}s is outside "
+                               f"the audio") from None
 
 
 def cut_audio_path(cut: Cut) -> str:
@@ -140,15 +142,18 @@ class CutDataset(Dataset):
     """Map-style dataset indexed by a CutSet (from the sampler); returns Batch or None.
 
     With ``speed_factors`` each loaded cut is played at a factor drawn from them by a
-    generator seeded with (seed, epoch, cut id): the same in every run, worker and resume.
+    generator seeded with (seed, epoch, cut id): the same in every run, worker and resume;
+    ``corruption`` (reverberation, noise) draws the same way.
     """
 
     def __init__(self, tokenizer: Tokenizer | None, sample_rate: int,
-                 speed_factors: tuple[float, ...] = (), seed: int = 0) -> None:
+                 speed_factors: tuple[float, ...] = (), seed: int = 0,
+                 corruption: Corruption | None = None) -> None:
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.speed_factors = tuple(speed_factors)
         self.seed = seed
+        self.corruption = corruption
         self.epoch = 0
 
     def __getitem__(self, cuts: CutSet) -> Batch:
@@ -176,6 +181,8 @@ class CutDataset(Dataset):
             wav = load_cut_audio(cut, self.sample_rate)
             if self.speed_factors:
                 wav = speed_perturb(wav, self.sample_rate, self.speed_factor(cut.id))
+            if self.corruption is not None:
+                wav = self.corruption(wav, self.seed, self.epoch, cut.id)
             return wav
         except AudioError as err:
             logger.warning("dropping cut '%s' from its batch: %s: %s", cut.id, err.path, err.reason)
@@ -260,7 +267,7 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
                 shuffle: bool, seed: int = 0, num_buckets: int = 10, num_workers: int = 0,
                 drop_last: bool = False, speed_factors: tuple[float, ...] = (),
                 world_size: int = 1, rank: int = 0, even: bool = True,
-                keep_empty: bool = False) -> DataLoader:
+                keep_empty: bool = False, corruption: Corruption | None = None) -> DataLoader:
     """A DataLoader of ``Batch`` with at most ``max_duration`` seconds of audio each.
 
     The sampler (``loader.sampler``) is an ``EpochBatches`` over a duration-bucketed lhotse
@@ -271,10 +278,11 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
     ids in ``dropped``) instead of left out.
     """
     with warnings.catch_warnings():
-        # Manifests here fit in memory; lhotse's advice to read them lazily is noise.
+        # An eager CutSet here is a small one (a CSV import, a test's); lhotse's advice to
+        # read it lazily is noise.
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         inner = _sampler(cuts, max_duration, shuffle, seed, num_buckets, drop_last)
-    dataset = CutDataset(tokenizer, sample_rate, speed_factors, seed)
+    dataset = CutDataset(tokenizer, sample_rate, speed_factors, seed, corruption)
     # Workers draw nothing at random (speed factors are seeded per cut); the generator
     # only pins the base seed torch hands them.
     loader = DataLoader if keep_empty else _SkipEmptyLoader
@@ -287,13 +295,32 @@ def _sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_bu
              drop_last: bool):
     """Duration-bucketed sampler over every cut (EpochBatches deals batches to ranks, so
     lhotse is told world size 1); lhotse needs 2 <= buckets <= cuts, so tiny sets get one
-    plain duration-budgeted sampler instead."""
-    if len(cuts) < 2 or num_buckets < 2:
+    plain duration-budgeted sampler instead. A lazy CutSet is shuffled through a buffer of
+    SHUFFLE_BUFFER cuts (a pre-shuffled manifest, ``earshot prepare --shuffle``, makes that
+    as good as a full shuffle); only the first BUCKET_ESTIMATE cuts are read to place the
+    bucket edges."""
+    small = _fewer_than(cuts, 2) or num_buckets < 2
+    if small:
         return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
                                 drop_last=drop_last, world_size=1, rank=0)
+    buckets = num_buckets if not _fewer_than(cuts, num_buckets) else _count(cuts)
     return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
-                                   num_buckets=min(num_buckets, len(cuts)), drop_last=drop_last,
-                                   world_size=1, rank=0)
+                                   num_buckets=buckets, drop_last=drop_last, world_size=1, rank=0,
+                                   buffer_size=SHUFFLE_BUFFER,
+                                   num_cuts_for_bins_estimate=BUCKET_ESTIMATE)
+
+
+SHUFFLE_BUFFER = 20_000  # cuts a lazy manifest is shuffled and bucketed through
+BUCKET_ESTIMATE = 10_000  # cuts read to place the duration buckets' edges
+
+
+def _fewer_than(cuts: CutSet, n: int) -> bool:
+    """Whether ``cuts`` holds fewer than ``n`` cuts, reading at most ``n`` of them."""
+    return sum(1 for _ in itertools.islice(cuts, n)) < n
+
+
+def _count(cuts: CutSet) -> int:
+    return sum(1 for _ in cuts)
 
 
 def set_epoch(loader: DataLoader, epoch: int, skip: int = 0) -> None:
@@ -309,7 +336,20 @@ def batches_in_epoch(loader: DataLoader, epoch: int) -> int:
     return loader.sampler.num_batches(epoch)
 
 
-def drop_long_cuts(cuts: CutSet, max_seconds: float) -> tuple[CutSet, int]:
-    """Cuts of at most ``max_seconds``, and how many longer ones were left out."""
-    kept = CutSet.from_cuts(c for c in cuts if c.duration <= max_seconds)
-    return kept, len(cuts) - len(kept)
+def drop_long_cuts(cuts: CutSet, max_seconds: float) -> tuple[CutSet, list[Cut]]:
+    """Cuts of at most ``max_seconds`` (lazily filtered when ``cuts`` is lazy), and the
+    longer ones, which one pass over the metadata finds."""
+    longer = [c for c in cuts if c.duration > max_seconds]
+    if not longer:
+        return cuts, []
+    return cuts.filter(_ShorterThan(max_seconds)), longer
+
+
+class _ShorterThan:
+    """A picklable ``cut.duration <= seconds`` (loader workers may receive the filter)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, cut: Cut) -> bool:
+        return cut.duration <= self.seconds

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class ImportResult:
     path: str
     rows: int
     problems: list[str] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)  # skipped rows per kind of problem
 
     @property
     def skipped(self) -> int:
@@ -65,7 +67,17 @@ class _Row:
 
 
 class _RowProblem(Exception):
-    """A row that is reported and skipped (not fatal, unlike ManifestError)."""
+    """A row that is reported and skipped (not fatal, unlike ManifestError). ``kind``: the
+    reason without the row's particulars, for counts ("malformed row", "audio unreadable")."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind or next((k for prefix, k in _KINDS if message.startswith(prefix)),
+                                 "malformed row")
+
+
+_KINDS = (("duplicate id", "duplicate id"), ("empty transcript", "empty transcript"),
+          ("transcript holds the control", "control character in transcript"))
 
 
 # ---------------------------------------------------------------------------
@@ -132,6 +144,7 @@ def _import_records(records: Iterator[tuple[int, dict | str]], path: Path, base:
             message = f"{path}:{line}: {problem}"
             logger.warning(message)
             result.problems.append(message)
+            result.reasons[problem.kind] += 1
     return cuts
 
 
@@ -263,12 +276,13 @@ def _row_to_cut(row: _Row) -> MonoCut:
     try:
         info = audio_info(row.audio)
     except AudioError as err:
-        raise _RowProblem(f"audio {err.path}: {err.reason}") from None
+        raise _RowProblem(f"audio {err.path}: {err.reason}", "audio unreadable") from None
     if info.frames == 0:
-        raise _RowProblem(f"audio {row.audio}: audio has zero samples")
+        raise _RowProblem(f"audio {row.audio}: audio has zero samples", "audio has zero samples")
     if info.duration < MIN_SECONDS:
         raise _RowProblem(f"audio {row.audio}: {info.frames} samples ({info.duration * 1000:.1f} ms) "
-                          f"is shorter than one {MIN_SECONDS * 1000:.0f} ms frame: nothing to recognise")
+                          f"is shorter than one {MIN_SECONDS * 1000:.0f} ms frame: nothing to recognise",
+                          "audio shorter than one frame")
     recording = Recording(
         id=row.id,
         sources=[AudioSource(type="file", channels=list(range(info.channels)),
@@ -293,8 +307,10 @@ def _log_summary(result: ImportResult) -> None:
 
 
 def load_cuts(path: str | Path, need_text: bool = True) -> CutSet:
-    """Read a CutSet manifest (``.jsonl``/``.jsonl.gz``, as written by ``prepare_*``).
+    """Open a CutSet manifest (``.jsonl``/``.jsonl.gz``, as written by ``prepare_*``).
 
+    The manifest is read lazily: each pass over the returned CutSet streams the file, so
+    a corpus of millions of cuts never sits in memory. One pass here checks every cut.
     A ``.csv`` file is imported with :func:`import_csv` instead. Raises ``ManifestError``
     when the file is missing, unreadable, empty, or (``need_text``) a cut has no transcript.
     """
@@ -304,22 +320,44 @@ def load_cuts(path: str | Path, need_text: bool = True) -> CutSet:
     if path.suffix.lower() == ".csv":
         return import_csv(path)
     try:
-        cuts = CutSet.from_file(path)
+        lazy = path.name.lower().endswith((".jsonl", ".jsonl.gz"))
+        cuts = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path)
+        _check_cuts(path, cuts, need_text)
+    except ManifestError:
+        raise
     except Exception as err:  # lhotse raises many types for a corrupt file
         raise ManifestError(f"{path}: not a readable CutSet manifest "
                             f"({type(err).__name__}: {err})") from None
-    _check_cuts(path, cuts, need_text)
     return cuts
 
 
 def _check_cuts(path: Path, cuts: CutSet, need_text: bool = True) -> None:
-    if cuts is None or len(cuts) == 0:  # lhotse reads a 0-byte file as None
-        raise ManifestError(f"{path}: manifest holds no cuts")
-    for cut in cuts:
+    empty = True
+    for cut in cuts if cuts is not None else ():  # lhotse reads a 0-byte file as None
+        empty = False
         if need_text and (not cut.supervisions or not (cut.supervisions[0].text or "").strip()):
             raise ManifestError(f"{path}: cut '{cut.id}' has no transcript")
         if cut.recording is None:
             raise ManifestError(f"{path}: cut '{cut.id}' has no recording")
+    if empty:
+        raise ManifestError(f"{path}: manifest holds no cuts")
+
+
+@dataclass(frozen=True)
+class ManifestStats:
+    """What one pass over a CutSet counts."""
+
+    cuts: int
+    hours: float
+    longest: float  # seconds
+
+
+def manifest_stats(cuts: CutSet) -> ManifestStats:
+    """Cuts, hours and the longest cut of ``cuts``, in one pass (lazy manifests included)."""
+    count, seconds, longest = 0, 0.0, 0.0
+    for cut in cuts:
+        count, seconds, longest = count + 1, seconds + cut.duration, max(longest, cut.duration)
+    return ManifestStats(count, seconds / 3600, longest)
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph")

@@ -235,7 +235,7 @@ def synthesize_corpus(out_dir: str | Path, num_train: int = 2000, num_dev: int =
     ``out_dir/synthesis.json`` (voices, counts, audio hours, seconds taken).
     The same arguments always give the same texts, voices and audio.
     """
-    from lhotse import CutSet
+    from earshot.data.corpora import write_splits
 
     out_dir = Path(out_dir).resolve()
     start = time.perf_counter()
@@ -243,11 +243,8 @@ def synthesize_corpus(out_dir: str | Path, num_train: int = 2000, num_dev: int =
     for split in SPLITS:
         (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
     lengths = _render_all(specs, sample_rate, workers)
-    cuts = {split: CutSet.from_cuts(_to_cut(s, n, sample_rate)
-                                     for s, n in zip(specs, lengths) if s.split == split)
-            for split in SPLITS}
-    for split, cutset in cuts.items():
-        cutset.to_file(out_dir / f"{split}.jsonl.gz")
+    cuts = write_splits({split: [_to_cut(s, n, sample_rate) for s, n in zip(specs, lengths)
+                                 if s.split == split] for split in SPLITS}, out_dir)
     seconds = time.perf_counter() - start
     info = _summary(specs, lengths, sample_rate, seconds, workers, seed)
     (out_dir / "synthesis.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -84,6 +84,11 @@ def atomic_torch_save(obj: object, path: str | Path,
     _atomic_write(_digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path`` atomically (see ``_atomic_write``)."""
+    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+
+
 # torch.save's own words for a write that failed (a full disk, a vanished filesystem).
 _WRITE_FAILED = re.compile(r"file write failed|enforce fail|No space left|unexpected pos", re.I)
 

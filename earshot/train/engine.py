@@ -104,6 +104,11 @@ class Task:
         """The batch's size in the task's AMOUNT (audio seconds, tokens)."""
         return float(len(batch))
 
+    def padded(self, batch: Batch) -> float | None:
+        """The batch's size in AMOUNT with its padding (rows x longest row); None when
+        the task does not pad."""
+        return None
+
     def dev_pass(self, run: Run) -> DevResult:
         """The dev result of ``run.model``, over all ranks."""
         raise NotImplementedError
@@ -237,8 +242,10 @@ def run_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
                                              state.global_step), lr=lr)
     seconds = time.time() - start
     shown = " ".join(f"{name} {value:.4g}" for name, value in dev.items()) or "not run"
-    log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs", epoch, stats.loss, shown,
-             lr_used, seconds)
+    padding = "" if stats.padding_efficiency is None else \
+        f" | padding efficiency {100 * stats.padding_efficiency:.1f}%"
+    log.info("epoch %d: train loss %.4f | dev %s | lr %.3g | %.0fs%s", epoch, stats.loss, shown,
+             lr_used, seconds, padding)
     dev_skipped = dev_result.skipped if dev_pass_due else 0
     log_skips(run.task, epoch, stats, dev_skipped)
     run.log_row(epoch_row(run.task, epoch, state, stats, dev, lr=lr_used, seconds=seconds,
@@ -293,7 +300,7 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
             if math.isfinite(losses[0]):
                 sums.add_losses(task.weight(part), losses)
             amount = task.amount(part)
-            sums.add_trained(amount, len(part))
+            sums.add_trained(amount, len(part), task.padded(part))
             meter.add(amount, len(part), losses)
             trained += len(part)
         sums.add_skipped("out_of_memory", len(batch) - trained)

@@ -12,6 +12,8 @@ it took:
 - ``train_{AMOUNT}`` (``train_audio_seconds``, ``train_tokens``) and ``train_{ROWS}``
   (``train_utterances``, ``train_sentences``): what was trained over the epoch, all ranks,
   in the task's units (see ``Task.AMOUNT`` and ``Task.ROWS``);
+- ``padding_efficiency``: the trained amount over the amount the padded batches hold
+  (1.0: no padding; ASR: audio samples over batch rows x longest row);
 - ``peak_rss_mb``: peak resident memory of the process so far.
 
 >>> from earshot.train.engine import Task
@@ -58,7 +60,8 @@ class EpochStats:
     """Training-set averages over one epoch (weighted by the task's items), the loss's
     named parts (ASR: ctc, nll), the batches seen and the rows skipped, by reason (the
     keys of SKIP_REASONS; over all ranks); what was trained (the task's amount and rows,
-    over all ranks) and the seconds that took."""
+    over all ranks), the seconds that took, and the share of the batches' padded size that
+    was data."""
 
     loss: float
     parts: dict
@@ -67,6 +70,7 @@ class EpochStats:
     amount: float = 0.0
     rows: int = 0
     seconds: float = 0.0
+    padding_efficiency: float | None = None  # amount / (amount with padding); None: unknown
 
 
 class EpochSums:
@@ -82,7 +86,8 @@ class EpochSums:
         self.skip = {reason: self.n + 1 + i for i, reason in enumerate(SKIP_REASONS)}
         self.amount_at = self.n + 1 + len(SKIP_REASONS)
         self.rows_at = self.amount_at + 1
-        self.values = np.zeros(self.rows_at + 1)
+        self.padded_at = self.rows_at + 1
+        self.values = np.zeros(self.padded_at + 1)
         self.seconds_before = 0.0  # training seconds of this epoch before a resume
         if saved and main:
             counted = saved[:len(self.values)]
@@ -94,9 +99,11 @@ class EpochSums:
     def add_losses(self, items: float, losses: list[float]) -> None:
         self.values[:self.n + 1] += [*(items * v for v in losses), items]
 
-    def add_trained(self, amount: float, rows: int) -> None:
+    def add_trained(self, amount: float, rows: int, padded: float | None = None) -> None:
+        """``amount`` of ``rows`` trained, in a batch of ``padded`` (amount with padding)."""
         self.values[self.amount_at] += amount
         self.values[self.rows_at] += rows
+        self.values[self.padded_at] += amount if padded is None else padded
 
     def add_skipped(self, reason: str, rows: int) -> None:
         self.values[self.skip[reason]] += rows
@@ -118,8 +125,11 @@ class EpochSums:
         n = self.n
         loss, *part_losses = (totals[:n] / max(totals[n], 1)).tolist()
         skipped = {reason: int(totals[i]) for reason, i in self.skip.items()}
-        return EpochStats(loss, dict(zip(parts, part_losses)), batches, skipped,
-                          float(totals[self.amount_at]), int(totals[self.rows_at]), self.seconds())
+        amount, padded = float(totals[self.amount_at]), float(totals[self.padded_at])
+        # a resumed checkpoint of an older version has no padded sum: efficiency unknown
+        efficiency = amount / padded if padded >= amount > 0 else None
+        return EpochStats(loss, dict(zip(parts, part_losses)), batches, skipped, amount,
+                          int(totals[self.rows_at]), self.seconds(), efficiency)
 
 
 class StepMeter:
@@ -173,7 +183,8 @@ def epoch_row(task: Task, epoch: int, state: TrainState, stats: EpochStats, dev:
             "skipped": stats.skipped, "dev_skipped": dev_skipped, "seconds": round(seconds, 3),
             "train_seconds": round(stats.seconds, 3), "dev_seconds": round(dev_seconds, 3),
             f"train_{task.AMOUNT}": round(stats.amount, 3), f"train_{task.ROWS}": stats.rows,
-            "peak_rss_mb": max_rss_mb()}
+            "padding_efficiency": None if stats.padding_efficiency is None
+            else round(stats.padding_efficiency, 4), "peak_rss_mb": max_rss_mb()}
 
 
 def log_skips(task: Task, epoch: int, stats: EpochStats, dev_skipped: int) -> None:

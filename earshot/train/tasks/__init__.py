@@ -36,12 +36,12 @@ def drop_unbatchable(cuts: CutSet, data: DataConfig | PretrainDataConfig, where:
 
     for key in ("max_utterance_duration", "max_duration"):
         limit = getattr(data, key)
-        kept, dropped = drop_long_cuts(cuts, limit)
-        if dropped:
-            longest = sorted((c for c in cuts if c.duration > limit), key=lambda c: -c.duration)
+        kept, longer = drop_long_cuts(cuts, limit)
+        if longer:
+            longest = sorted(longer, key=lambda c: -c.duration)
             shown = ", ".join(f"'{c.id}' ({c.duration:.1f}s)" for c in longest[:3])
-            log.warning("%s: left out %d cuts longer than data.%s=%gs: %s%s", where, dropped, key,
-                        limit, shown, " ..." if dropped > 3 else "")
+            log.warning("%s: left out %d cuts longer than data.%s=%gs: %s%s", where, len(longer),
+                        key, limit, shown, " ..." if len(longer) > 3 else "")
         cuts = kept
     return cuts
 

@@ -17,6 +17,7 @@ exactly those weights.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,9 @@ class ASRTask(Task):
     def amount(self, batch: Batch) -> float:
         return float(batch.wav_lens.sum()) / self.rate
 
+    def padded(self, batch: Batch) -> float:
+        return float(batch.wavs.numel()) / self.rate
+
     def dev_pass(self, run: Run) -> DevResult:
         return score_dev(run.model, run.tokenizer, run.dev_loader, run.cfg, run.device, run.dist)
 
@@ -167,6 +171,8 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
               tokenizer: Tokenizer, train_cuts: CutSet, dev_cuts: CutSet) -> Run:
     """The model (fresh weights from ``train.seed``), this rank's loaders and the Run."""
     from earshot.data.batching import make_loader
+    from earshot.data.corruption import Corruption
+    from earshot.data.manifests import manifest_stats
 
     model = build_model(cfg, tokenizer).to(device)
     rate, data = model.sample_rate, cfg.data
@@ -174,16 +180,18 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
     train_loader = make_loader(train_cuts, tokenizer, rate, data.max_duration, shuffle=True,
                                seed=cfg.train.seed, num_buckets=data.num_buckets,
                                num_workers=data.num_workers, speed_factors=data.speed_perturb,
-                               keep_empty=True, **shard)
+                               keep_empty=True, corruption=Corruption.from_config(data, rate),
+                               **shard)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers,
                              even=False, keep_empty=True, **shard)
-    hours = sum(cut.duration for cut in train_cuts) / 3600
-    longest = max((cut.duration for cut in train_cuts), default=0.0)
-    return Run.start(cfg, exp_dir, world, device, model=model, task=ASRTask(cfg, model, longest),
+    train_stats, dev_stats = manifest_stats(train_cuts), manifest_stats(dev_cuts)
+    hours = train_stats.hours
+    return Run.start(cfg, exp_dir, world, device, model=model,
+                     task=ASRTask(cfg, model, train_stats.longest),
                      train_loader=train_loader, dev_loader=dev_loader, tokenizer=tokenizer,
-                     train_hours=hours,
-                     data=f"train: {len(train_cuts)} cuts ({hours:.2f} h); dev: {len(dev_cuts)} cuts")
+                     train_hours=hours, data=f"train: {train_stats.cuts} cuts ({hours:.2f} h); "
+                                             f"dev: {dev_stats.cuts} cuts")
 
 
 def check_ctc_can_align(model: torch.nn.Module, tokenizer: Tokenizer, cuts: CutSet,
@@ -191,19 +199,27 @@ def check_ctc_can_align(model: torch.nn.Module, tokenizer: Tokenizer, cuts: CutS
     """CTC needs at least one encoder frame per token: warn about the training utterances
     the encoder's time subsampling leaves too few frames (their CTC loss is 0, they teach
     the CTC head nothing), and stop before training when that is every one of them."""
-    if cfg.loss.ctc_weight == 0 or not len(cuts):
+    if cfg.loss.ctc_weight == 0:
         return
-    samples = torch.tensor([round(cut.duration * model.sample_rate) for cut in cuts])
-    frames = model.encoded_lengths(samples.to(next(model.parameters()).device)).cpu().tolist()
-    short = [(cut.id, f, n) for cut, f in zip(cuts, frames)
-             if f < (n := len(tokenizer.encode(cut.supervisions[0].text)))]
-    if not short:
+    device = next(model.parameters()).device
+    short, count, total = [], 0, 0
+    for chunk in chunked(cuts, 4096):  # a lazy manifest is never held whole
+        samples = torch.tensor([round(cut.duration * model.sample_rate) for cut in chunk])
+        frames = model.encoded_lengths(samples.to(device)).cpu().tolist()
+        for cut, f in zip(chunk, frames):
+            n = len(tokenizer.encode(cut.supervisions[0].text))
+            if f < n:
+                count += 1
+                if len(short) < 3:
+                    short.append((cut.id, f, n))
+        total += len(chunk)
+    if not count:
         return
-    shown = ", ".join(f"'{uid}' ({f} frames, {n} tokens)" for uid, f, n in short[:3])
-    what = (f"{len(short)} of {len(cuts)} training utterances have fewer encoder frames than "
+    shown = ", ".join(f"'{uid}' ({f} frames, {n} tokens)" for uid, f, n in short)
+    what = (f"{count} of {total} training utterances have fewer encoder frames than "
             f"tokens, so CTC cannot align them ({shown}); the encoder subsamples time too much "
             f"for them (model.encoder's pooling or subsampling)")
-    if len(short) == len(cuts):
+    if count == total:
         raise ConfigError(what)
     log.warning(what)
 
@@ -211,7 +227,8 @@ def check_ctc_can_align(model: torch.nn.Module, tokenizer: Tokenizer, cuts: CutS
 @torch.no_grad()
 def compute_cmvn(run: Run, train_cuts: CutSet) -> None:
     """The front end's corpus statistics (global CMVN for fbank/MFCC; nothing for a front
-    end that keeps none) over the training set. Each rank reads its shard; sums and counts
+    end that keeps none) over the training set's first ``data.cmvn_utterances`` (a
+    pre-shuffled manifest makes them a random sample). Each rank reads its shard; sums and counts
     are added over ranks before the mean and std are taken."""
     from earshot.data.batching import make_loader
 
@@ -219,6 +236,8 @@ def compute_cmvn(run: Run, train_cuts: CutSet) -> None:
     acc = model.new_statistics()
     if acc is None:
         return
+    if data.cmvn_utterances:
+        train_cuts = train_cuts.subset(first=data.cmvn_utterances)  # fewer: all of them
     loader = make_loader(train_cuts, run.tokenizer, model.sample_rate, data.max_duration,
                          shuffle=False, num_buckets=data.num_buckets, num_workers=data.num_workers,
                          world_size=run.dist.world_size, rank=run.dist.rank, even=False)
@@ -226,6 +245,13 @@ def compute_cmvn(run: Run, train_cuts: CutSet) -> None:
         model.accumulate_statistics(acc, batch.wavs.to(run.device), batch.wav_lens.to(run.device))
     acc.all_reduce()
     model.set_statistics(acc)
+
+
+def chunked(items, size: int):
+    """Lists of up to ``size`` consecutive items of an iterable."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def drop_short_utterances(model: EncoderDecoderASR, batch: Batch) -> Batch | None:

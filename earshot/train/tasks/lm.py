@@ -179,6 +179,9 @@ class LMTask(Task):
     def amount(self, batch: SentenceBatch) -> float:
         return float(batch.lens.sum())
 
+    def padded(self, batch: SentenceBatch) -> float:
+        return float(batch.inputs.numel())
+
     @torch.no_grad()
     def dev_pass(self, run: Run) -> LMDevResult:
         """Loss per dev token and perplexity, over all ranks."""

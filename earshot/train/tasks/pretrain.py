@@ -105,6 +105,7 @@ def build_run(cfg: PretrainExperimentConfig, exp_dir: Path, world: Dist, device:
               model: Wav2Vec2Pretrainer, train_cuts: CutSet, dev_cuts: CutSet) -> Run:
     """This rank's loaders of the pool and the Run."""
     from earshot.data.batching import make_loader
+    from earshot.data.manifests import manifest_stats
 
     data, rate = cfg.data, cfg.model.sample_rate
     shard = {"world_size": world.world_size, "rank": world.rank}
@@ -114,10 +115,12 @@ def build_run(cfg: PretrainExperimentConfig, exp_dir: Path, world: Dist, device:
     dev_loader = make_loader(dev_cuts, None, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers, even=False,
                              keep_empty=True, **shard)
-    hours = sum(cut.duration for cut in train_cuts) / 3600
+    train_stats, dev_stats = manifest_stats(train_cuts), manifest_stats(dev_cuts)
+    hours = train_stats.hours
     return Run.start(cfg, exp_dir, world, device, model=model, task=PretrainTask(cfg, model),
                      train_loader=train_loader, dev_loader=dev_loader, train_hours=hours,
-                     data=f"train: {len(train_cuts)} cuts ({hours:.2f} h); dev: {len(dev_cuts)} cuts")
+                     data=f"train: {train_stats.cuts} cuts ({hours:.2f} h); "
+                          f"dev: {dev_stats.cuts} cuts")
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class PretrainTask(Task):
 
     def amount(self, batch: Batch) -> float:
         return float(batch.wav_lens.sum()) / self.model.sample_rate
+
+    def padded(self, batch: Batch) -> float:
+        return float(batch.wavs.numel()) / self.model.sample_rate
 
     @torch.no_grad()
     def dev_pass(self, run: Run) -> PretrainDevResult:
