@@ -189,3 +189,19 @@ def test_loader_applies_speed_factors(corpus):
                                            speed_factors=(0.8,))
             for i, n in zip(b.ids, b.wav_lens)}
     assert all(abs(slow[i] - plain[i] / 0.8) <= 2 for i in plain)
+
+
+def test_buckets_and_the_batch_budget_see_the_perturbed_lengths(corpus):
+    cuts = import_jsonl(corpus / "m.jsonl")
+    loader = make_loader(cuts, FakeTokenizer(), RATE, 1.5, shuffle=True, seed=2, num_buckets=2,
+                         speed_factors=(0.5, 1.0, 2.0))
+    for epoch in (1, 2):
+        set_epoch(loader, epoch)
+        for cuts_ in loader.sampler:  # what the sampler weighed is what gets loaded
+            loaded = loader.dataset[cuts_].wav_lens.tolist()
+            expected = sorted((round(c.duration * RATE) for c in cuts_), reverse=True)
+            assert all(abs(a - b) <= 2 for a, b in zip(loaded, expected)), (loaded, expected)
+    set_epoch(loader, 1)
+    first = [b.wav_lens.tolist() for b in loader]
+    set_epoch(loader, 2)
+    assert [b.wav_lens.tolist() for b in loader] != first  # each epoch draws its own factors

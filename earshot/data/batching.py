@@ -19,7 +19,8 @@ Resuming mid-epoch: ``set_epoch(loader, epoch, skip=n)`` on a fresh loader yield
 epoch from its ``n``-th batch on; the skipped batches are drawn from the sampler (cut
 metadata only), never loaded. The same holds with loader workers, because the position
 is counted where batches are consumed, not where workers prefetch them. Speed
-perturbation draws each cut's factor from (seed, epoch, cut id), so a resumed epoch
+perturbation draws each cut's factor from (seed, epoch, cut id) as the sampler lists it,
+so duration buckets and the batch budget see the perturbed lengths, and a resumed epoch
 perturbs exactly as the uninterrupted one did, in any worker.
 """
 
@@ -38,6 +39,8 @@ import soxr
 import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
+from lhotse.lazy import LazyMapper
+from lhotse.utils import fastcopy
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -138,20 +141,52 @@ def speed_perturb(wav: torch.Tensor, sample_rate: int, factor: float) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
+class SpeedPerturbation:
+    """Draws each cut's speed factor from ``factors`` with a generator seeded by (seed,
+    epoch, cut id), the same in every run, worker and resume, and gives the sampler the
+    cut as it will be: its duration divided by the factor (so duration buckets and the
+    batch budget see the perturbed lengths), the factor and the source duration kept in
+    ``cut.custom``."""
+
+    def __init__(self, factors: tuple[float, ...], seed: int = 0) -> None:
+        self.factors, self.seed, self.epoch = tuple(factors), seed, 0
+
+    def factor(self, cut_id: str) -> float:
+        # random.Random hashes a str seed with SHA-512: the same in every process.
+        return random.Random(f"{self.seed}/{self.epoch}/{cut_id}").choice(self.factors)
+
+    def __call__(self, cut: Cut) -> Cut:
+        factor = self.factor(cut.id)
+        if factor == 1.0:
+            return cut
+        custom = {**(cut.custom or {}), SPEED_KEY: factor, SOURCE_DURATION_KEY: cut.duration}
+        return fastcopy(cut, duration=cut.duration / factor, custom=custom)
+
+
+SPEED_KEY, SOURCE_DURATION_KEY = "earshot_speed", "earshot_source_duration"
+
+
+def unperturbed(cut: Cut) -> tuple[Cut, float]:
+    """The cut as its source holds it, and the speed factor to play it at."""
+    custom = cut.custom or {}
+    if SPEED_KEY not in custom:
+        return cut, 1.0
+    rest = {k: v for k, v in custom.items() if k not in (SPEED_KEY, SOURCE_DURATION_KEY)}
+    return fastcopy(cut, duration=custom[SOURCE_DURATION_KEY], custom=rest or None), custom[SPEED_KEY]
+
+
 class CutDataset(Dataset):
     """Map-style dataset indexed by a CutSet (from the sampler); returns Batch or None.
 
-    With ``speed_factors`` each loaded cut is played at a factor drawn from them by a
-    generator seeded with (seed, epoch, cut id): the same in every run, worker and resume;
-    ``corruption`` (reverberation, noise) draws the same way.
+    A cut the sampler marked for speed perturbation (``SpeedPerturbation``) is played at
+    its factor; ``corruption`` (reverberation, noise) draws from a generator seeded by
+    (seed, epoch, cut id) as well: the same in every run, worker and resume.
     """
 
-    def __init__(self, tokenizer: Tokenizer | None, sample_rate: int,
-                 speed_factors: tuple[float, ...] = (), seed: int = 0,
+    def __init__(self, tokenizer: Tokenizer | None, sample_rate: int, seed: int = 0,
                  corruption: Corruption | None = None) -> None:
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
-        self.speed_factors = tuple(speed_factors)
         self.seed = seed
         self.corruption = corruption
         self.epoch = 0
@@ -172,15 +207,10 @@ class CutDataset(Dataset):
                         self.tokenizer)
         return dataclasses.replace(batch, dropped=tuple(dropped))
 
-    def speed_factor(self, cut_id: str) -> float:
-        # random.Random hashes a str seed with SHA-512: the same in every process.
-        return random.Random(f"{self.seed}/{self.epoch}/{cut_id}").choice(self.speed_factors)
-
     def _load(self, cut: Cut) -> torch.Tensor | None:
+        source, factor = unperturbed(cut)
         try:
-            wav = load_cut_audio(cut, self.sample_rate)
-            if self.speed_factors:
-                wav = speed_perturb(wav, self.sample_rate, self.speed_factor(cut.id))
+            wav = speed_perturb(load_cut_audio(source, self.sample_rate), self.sample_rate, factor)
             if self.corruption is not None:
                 wav = self.corruption(wav, self.seed, self.epoch, cut.id)
             return wav
@@ -199,13 +229,17 @@ class EpochBatches(Sampler):
     makes the next iteration start at this rank's ``n``-th batch of epoch ``e``.
     """
 
-    def __init__(self, inner, world_size: int = 1, rank: int = 0, even: bool = True):
+    def __init__(self, inner, world_size: int = 1, rank: int = 0, even: bool = True,
+                 perturbation: SpeedPerturbation | None = None):
         self.inner = inner
         self.world_size, self.rank, self.even = world_size, rank, even
+        self.perturbation = perturbation  # the one ``inner``'s cuts pass through
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
+        if self.perturbation is not None:
+            self.perturbation.epoch = epoch
         self.inner.set_epoch(epoch)
 
     def _mine(self):
@@ -277,16 +311,20 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
     With ``keep_empty`` a batch whose every cut failed to load is yielded (no rows, the
     ids in ``dropped``) instead of left out.
     """
+    perturbation = SpeedPerturbation(speed_factors, seed) if speed_factors else None
+    if perturbation is not None:  # re-drawn on every pass: each epoch has its own factors
+        cuts = CutSet(LazyMapper(cuts, perturbation))
     with warnings.catch_warnings():
         # An eager CutSet here is a small one (a CSV import, a test's); lhotse's advice to
         # read it lazily is noise.
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         inner = _sampler(cuts, max_duration, shuffle, seed, num_buckets, drop_last)
-    dataset = CutDataset(tokenizer, sample_rate, speed_factors, seed, corruption)
+    dataset = CutDataset(tokenizer, sample_rate, seed, corruption)
     # Workers draw nothing at random (speed factors are seeded per cut); the generator
     # only pins the base seed torch hands them.
     loader = DataLoader if keep_empty else _SkipEmptyLoader
-    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even), batch_size=None,
+    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even, perturbation),
+                  batch_size=None,
                   collate_fn=_as_is, num_workers=num_workers,
                   generator=torch.Generator().manual_seed(seed))
 
