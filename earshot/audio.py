@@ -11,6 +11,7 @@ and skip it instead of crashing deep inside feature extraction.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,22 @@ def load_audio(path: str | Path, sample_rate: int | None = None,
     _check_samples(path, samples)
     if span is None:
         _warn_if_truncated(path, samples.shape[0])
+    return _mono_at(samples, file_rate, sample_rate)
+
+
+def decode_audio_bytes(data: bytes, name: str, sample_rate: int | None = None) -> torch.Tensor:
+    """``load_audio`` for an encoded file held in memory (a shard's FLAC); ``name`` is
+    what an AudioError names."""
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioError(name, f"unreadable or corrupt audio ({_describe(err)})") from None
+    _check_samples(name, samples)
+    return _mono_at(samples, int(rate), sample_rate)
+
+
+def _mono_at(samples: np.ndarray, file_rate: int, sample_rate: int | None) -> torch.Tensor:
+    """(frames, channels) -> mono (S,) float32 at ``sample_rate`` (None: as it is)."""
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
     if sample_rate is not None and sample_rate != file_rate:
         mono = soxr.resample(mono, file_rate, sample_rate, quality=RESAMPLE_QUALITY)

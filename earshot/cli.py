@@ -189,6 +189,14 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shard(args: argparse.Namespace) -> int:
+    from earshot.data.shards import write_shards
+
+    out = write_shards(args.manifest, args.out, args.shard_size)
+    print(f"wrote {out} (give it as data.train, data.dev or --manifest)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from earshot.config import load_config
     from earshot.train.tasks.asr import train
@@ -380,6 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0.2 0.8)")
     p.add_argument("--seed", type=int, default=0, help="seeds every draw (with each cut's id)")
     p.set_defaults(func=cmd_corrupt)
+
+    p = command("shard", "a manifest's cuts and audio (FLAC) in lhotse Shar shards, read "
+                         "sequentially in training",
+                "earshot shard data/an4/train.jsonl.gz --out data/an4/train_shards",
+                "earshot train recipes/an4/crdnn.yaml data.train=data/an4/train_shards")
+    p.add_argument("manifest", type=Path, help="a CutSet manifest (.jsonl.gz)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="an empty or new folder: cuts.NNNNNN.jsonl.gz, recording.NNNNNN.tar, "
+                        "checksums.sha256")
+    p.add_argument("--shard-size", type=int, default=1000, help="cuts per shard")
+    p.set_defaults(func=cmd_shard)
 
     p = command("train", "train an ASR model from a YAML config",
                 "earshot train recipes/fsdd/crdnn.yaml train.epochs=30",

@@ -688,3 +688,48 @@ def test_noise_and_reverberation_resume_exactly_mid_epoch(corpus, tmp_path, monk
 def _clean_run(corpus, exp_dir):
     train(_cfg(corpus, exp_dir))
     return exp_dir
+
+
+def _jsonl(csv_path, out):
+    from earshot.data.manifests import import_csv
+
+    import_csv(csv_path).to_file(out)
+    return out
+
+
+def test_shards_train_as_the_manifest_does_and_resume_exactly(corpus, tmp_path, monkeypatch):
+    """Training from a shard folder: with shard shuffling off, the same loss curve as its
+    manifest; with it on (3 shards), killed mid-epoch and resumed, the same parameters."""
+    from earshot.cli import main
+    from earshot.train import faults
+
+    manifest = _jsonl(corpus[0], tmp_path / "train.jsonl.gz")
+    assert main(["shard", str(manifest), "--out", str(tmp_path / "shards"), "--shard-size", "3"]) == 0
+    assert len(list((tmp_path / "shards").glob("recording.*.tar"))) == 3
+    train(_cfg(corpus, tmp_path / "from_manifest", f"data.train={manifest}"))
+    ordered = [f"data.train={tmp_path / 'shards'}", "data.shuffle_shards=false"]
+    train(_cfg(corpus, tmp_path / "from_shards", *ordered))
+    for kind in ("epoch", "step"):
+        assert _untimed(_rows(tmp_path / "from_shards", kind)) == \
+            _untimed(_rows(tmp_path / "from_manifest", kind))
+
+    shuffled = [f"data.train={tmp_path / 'shards'}", "train.save_every_steps=1"]
+    train(_cfg(corpus, tmp_path / "straight", *shuffled))
+    kill_at = _rows(tmp_path / "straight")[0]["step"] + 2
+
+    class Killed(Exception):
+        pass
+
+    def hit(event, step, rank=0):
+        if event == "after-step" and step == kill_at:
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(faults, "hit", hit)
+        with pytest.raises(Killed):
+            train(_cfg(corpus, tmp_path / "resumed", *shuffled))
+    train(_cfg(corpus, tmp_path / "resumed", *shuffled), resume=True)
+    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "epoch-0002.pt")
+    b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "epoch-0002.pt")
+    for name in a.model:
+        assert torch.equal(a.model[name], b.model[name]), name

@@ -92,16 +92,20 @@ class DataConfig:
     max_duration: float = 120.0  # seconds of audio per batch
     num_buckets: int = 10
     num_workers: int = 0
+    prefetch_factor: int = 2  # batches each loader worker keeps ready
     max_utterance_duration: float = 30.0  # longer cuts are skipped (and counted)
     speed_perturb: tuple[float, ...] = ()  # e.g. (0.9, 1.0, 1.1); empty disables
     # feature statistics (global CMVN) from the first N training utterances; 0: all of them
     cmvn_utterances: int = 20000
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     reverb: ReverbConfig = field(default_factory=ReverbConfig)
+    shuffle_shards: bool = True  # a shard folder's shard order drawn per epoch (training)
+    strict: bool = False  # a training file or shard that cannot be read stops the run
 
     def check(self, key: str) -> None:
         check_batching(self, key)
         require(self.cmvn_utterances >= 0, dotted(key, "cmvn_utterances"), "must be >= 0 (0: all)")
+        require(self.prefetch_factor >= 1, dotted(key, "prefetch_factor"), "must be >= 1")
         require(all(0.5 <= f <= 2.0 for f in self.speed_perturb), dotted(key, "speed_perturb"),
                 "factors must be in [0.5, 2] (e.g. [0.9, 1.0, 1.1])")
 

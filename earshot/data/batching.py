@@ -45,7 +45,7 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from earshot.audio import load_audio
+from earshot.audio import decode_audio_bytes, load_audio
 from earshot.errors import AudioError
 
 if TYPE_CHECKING:
@@ -108,6 +108,14 @@ def load_cut_audio(cut: Cut, sample_rate: int) -> torch.Tensor:
 
     Raises ``AudioError`` when the file cannot be used or the span is empty.
     """
+    recording = cut.recording
+    if recording is not None and recording.sources[0].type == "memory":  # read from a shard
+        wav = decode_audio_bytes(recording.sources[0].source, f"cut '{cut.id}' (in a shard)",
+                                 sample_rate)
+        if spans_whole_file(cut):
+            return wav
+        first = round(cut.start * sample_rate)
+        return wav[first: first + round(cut.duration * sample_rate)]
     path = cut_audio_path(cut)
     if spans_whole_file(cut):
         return load_audio(path, sample_rate)  # no rounding of the span
@@ -184,11 +192,12 @@ class CutDataset(Dataset):
     """
 
     def __init__(self, tokenizer: Tokenizer | None, sample_rate: int, seed: int = 0,
-                 corruption: Corruption | None = None) -> None:
+                 corruption: Corruption | None = None, strict: bool = False) -> None:
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.seed = seed
         self.corruption = corruption
+        self.strict = strict  # an unreadable cut raises instead of being dropped
         self.epoch = 0
 
     def __getitem__(self, cuts: CutSet) -> Batch:
@@ -215,6 +224,8 @@ class CutDataset(Dataset):
                 wav = self.corruption(wav, self.seed, self.epoch, cut.id)
             return wav
         except AudioError as err:
+            if self.strict:
+                raise AudioError(err.path, f"{err.reason} (cut '{cut.id}'; data.strict is on)") from None
             logger.warning("dropping cut '%s' from its batch: %s: %s", cut.id, err.path, err.reason)
             return None
 
@@ -230,16 +241,16 @@ class EpochBatches(Sampler):
     """
 
     def __init__(self, inner, world_size: int = 1, rank: int = 0, even: bool = True,
-                 perturbation: SpeedPerturbation | None = None):
+                 followers: tuple = ()):
         self.inner = inner
         self.world_size, self.rank, self.even = world_size, rank, even
-        self.perturbation = perturbation  # the one ``inner``'s cuts pass through
+        self.followers = tuple(followers)  # objects with an ``epoch`` that follows ours
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
-        if self.perturbation is not None:
-            self.perturbation.epoch = epoch
+        for follower in self.followers:  # speed factors, shard order: drawn per epoch
+            follower.epoch = epoch
         self.inner.set_epoch(epoch)
 
     def _mine(self):
@@ -301,7 +312,9 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
                 shuffle: bool, seed: int = 0, num_buckets: int = 10, num_workers: int = 0,
                 drop_last: bool = False, speed_factors: tuple[float, ...] = (),
                 world_size: int = 1, rank: int = 0, even: bool = True,
-                keep_empty: bool = False, corruption: Corruption | None = None) -> DataLoader:
+                keep_empty: bool = False, corruption: Corruption | None = None,
+                prefetch_factor: int = 2, pin_memory: bool = False,
+                strict: bool = False) -> DataLoader:
     """A DataLoader of ``Batch`` with at most ``max_duration`` seconds of audio each.
 
     The sampler (``loader.sampler``) is an ``EpochBatches`` over a duration-bucketed lhotse
@@ -309,24 +322,31 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
     ``set_epoch(loader, e)`` before each epoch for a new shuffle. A cut longer than
     ``max_duration`` comes alone in its batch (filter them first: ``drop_long_cuts``).
     With ``keep_empty`` a batch whose every cut failed to load is yielded (no rows, the
-    ids in ``dropped``) instead of left out.
+    ids in ``dropped``) instead of left out. With workers, each keeps ``prefetch_factor``
+    batches ready; ``pin_memory`` (for CUDA) puts batches in page-locked memory, so that
+    ``batch.to("cuda", non_blocking=True)`` overlaps the copy. With ``strict`` a cut
+    whose audio does not load raises instead of being dropped.
     """
-    perturbation = SpeedPerturbation(speed_factors, seed) if speed_factors else None
-    if perturbation is not None:  # re-drawn on every pass: each epoch has its own factors
+    from earshot.data.shards import sharded_sources
+
+    followers = sharded_sources(cuts)
+    if speed_factors:  # re-drawn on every pass: each epoch has its own factors
+        perturbation = SpeedPerturbation(speed_factors, seed)
         cuts = CutSet(LazyMapper(cuts, perturbation))
+        followers.append(perturbation)
     with warnings.catch_warnings():
         # An eager CutSet here is a small one (a CSV import, a test's); lhotse's advice to
         # read it lazily is noise.
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         inner = _sampler(cuts, max_duration, shuffle, seed, num_buckets, drop_last)
-    dataset = CutDataset(tokenizer, sample_rate, seed, corruption)
+    dataset = CutDataset(tokenizer, sample_rate, seed, corruption, strict)
     # Workers draw nothing at random (speed factors are seeded per cut); the generator
     # only pins the base seed torch hands them.
     loader = DataLoader if keep_empty else _SkipEmptyLoader
-    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even, perturbation),
-                  batch_size=None,
-                  collate_fn=_as_is, num_workers=num_workers,
-                  generator=torch.Generator().manual_seed(seed))
+    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even, followers),
+                  batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+                  prefetch_factor=prefetch_factor if num_workers else None,
+                  pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
 
 
 def _sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int,
@@ -377,7 +397,9 @@ def batches_in_epoch(loader: DataLoader, epoch: int) -> int:
 def drop_long_cuts(cuts: CutSet, max_seconds: float) -> tuple[CutSet, list[Cut]]:
     """Cuts of at most ``max_seconds`` (lazily filtered when ``cuts`` is lazy), and the
     longer ones, which one pass over the metadata finds."""
-    longer = [c for c in cuts if c.duration > max_seconds]
+    from earshot.data.shards import metadata_view
+
+    longer = [c for c in metadata_view(cuts) if c.duration > max_seconds]
     if not longer:
         return cuts, []
     return cuts.filter(_ShorterThan(max_seconds)), longer

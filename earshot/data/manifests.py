@@ -306,15 +306,27 @@ def _log_summary(result: ImportResult) -> None:
 # reading manifests
 
 
-def load_cuts(path: str | Path, need_text: bool = True) -> CutSet:
-    """Open a CutSet manifest (``.jsonl``/``.jsonl.gz``, as written by ``prepare_*``).
+def load_cuts(path: str | Path, need_text: bool = True, shuffle_shards: bool = False,
+              seed: int = 0, strict: bool = False) -> CutSet:
+    """Open a CutSet manifest (``.jsonl``/``.jsonl.gz``, as written by ``prepare_*``), or a
+    folder of shards (``earshot shard``; ``shuffle_shards``, ``seed``, ``strict``: see
+    ``earshot.data.shards``).
 
     The manifest is read lazily: each pass over the returned CutSet streams the file, so
     a corpus of millions of cuts never sits in memory. One pass here checks every cut.
     A ``.csv`` file is imported with :func:`import_csv` instead. Raises ``ManifestError``
     when the file is missing, unreadable, empty, or (``need_text``) a cut has no transcript.
     """
+    from earshot.data.shards import is_shard_dir, metadata_view, open_shards
+
     path = Path(path)
+    if path.is_dir():
+        if not is_shard_dir(path):
+            raise ManifestError(f"{path}: a folder without shards (cuts.NNNNNN.jsonl.gz); give "
+                                f"a manifest file or a folder written by earshot shard")
+        cuts = open_shards(path, shuffle_shards, seed, strict)
+        _check_cuts(path, metadata_view(cuts), need_text)
+        return cuts
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     if path.suffix.lower() == ".csv":
@@ -353,9 +365,12 @@ class ManifestStats:
 
 
 def manifest_stats(cuts: CutSet) -> ManifestStats:
-    """Cuts, hours and the longest cut of ``cuts``, in one pass (lazy manifests included)."""
+    """Cuts, hours and the longest cut of ``cuts``, in one pass (lazy manifests included;
+    shards without reading their audio)."""
+    from earshot.data.shards import metadata_view
+
     count, seconds, longest = 0, 0.0, 0.0
-    for cut in cuts:
+    for cut in metadata_view(cuts):
         count, seconds, longest = count + 1, seconds + cut.duration, max(longest, cut.duration)
     return ManifestStats(count, seconds / 3600, longest)
 

@@ -295,8 +295,8 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> tuple[EpochStats
         seed_step(cfg.train.seed, world.rank, epoch, index)
         last_micro = pending + 1 == cfg.optim.accum_steps
         pending, ids, trained = pending + 1, ids + batch.ids, 0
-        for part, losses in train_batch(run, batch.to(run.device), (epoch, state.global_step),
-                                        sync=last_micro):
+        on_device = batch.to(run.device, non_blocking=True)  # pinned on CUDA: overlaps
+        for part, losses in train_batch(run, on_device, (epoch, state.global_step), sync=last_micro):
             if math.isfinite(losses[0]):
                 sums.add_losses(task.weight(part), losses)
             amount = task.amount(part)

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from earshot.config import DataConfig, ExperimentConfig, ModelCard
+from earshot.data.shards import metadata_view
 from earshot.errors import ConfigError
 from earshot.losses import sampling_probability
 from earshot.models.artifacts import check_model_dir, save_model_dir
@@ -149,7 +150,10 @@ def load_data(cfg: ExperimentConfig) -> tuple[CutSet, CutSet]:
     for key in ("train", "dev"):
         if not getattr(cfg.data, key):
             raise ConfigError(f"config key 'data.{key}': no manifest given")
-    return drop_unbatchable(load_cuts(cfg.data.train), cfg.data, cfg.data.train), load_cuts(cfg.data.dev)
+    data = cfg.data
+    train_cuts = load_cuts(data.train, shuffle_shards=data.shuffle_shards, seed=cfg.train.seed,
+                           strict=data.strict)
+    return drop_unbatchable(train_cuts, data, data.train), load_cuts(data.dev, strict=data.strict)
 
 
 def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts: CutSet, resuming: bool,
@@ -159,7 +163,7 @@ def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts: CutS
 
     tok_dir = exp_dir / TOKENIZER_DIR
     if not resuming and world.is_main:
-        texts = [cut.supervisions[0].text for cut in train_cuts]
+        texts = [cut.supervisions[0].text for cut in metadata_view(train_cuts)]
         train_tokenizer(texts, cfg.tokenizer).save(tok_dir)
     barrier(world)
     tokenizer = load_tokenizer(tok_dir)
@@ -181,7 +185,8 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
                                seed=cfg.train.seed, num_buckets=data.num_buckets,
                                num_workers=data.num_workers, speed_factors=data.speed_perturb,
                                keep_empty=True, corruption=Corruption.from_config(data, rate),
-                               **shard)
+                               prefetch_factor=data.prefetch_factor,
+                               pin_memory=device.type == "cuda", strict=data.strict, **shard)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers,
                              even=False, keep_empty=True, **shard)
@@ -203,7 +208,7 @@ def check_ctc_can_align(model: torch.nn.Module, tokenizer: Tokenizer, cuts: CutS
         return
     device = next(model.parameters()).device
     short, count, total = [], 0, 0
-    for chunk in chunked(cuts, 4096):  # a lazy manifest is never held whole
+    for chunk in chunked(metadata_view(cuts), 4096):  # a lazy manifest is never held whole
         samples = torch.tensor([round(cut.duration * model.sample_rate) for cut in chunk])
         frames = model.encoded_lengths(samples.to(device)).cpu().tolist()
         for cut, f in zip(chunk, frames):

@@ -1,0 +1,94 @@
+"""Shard folders (``earshot shard``): what is written, the audio read back, checksums,
+truncated shards, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from earshot.cli import main
+from earshot.data.batching import load_cut_audio, make_loader, set_epoch
+from earshot.data.manifests import import_csv, load_cuts
+from earshot.data.shards import CHECKSUMS, metadata_view
+from earshot.errors import ManifestError
+
+RATE = 8000
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["id,path,text"]
+    for i in range(7):
+        wav = (0.2 * rng.standard_normal(int(RATE * (0.2 + 0.05 * i)))).astype(np.float32)
+        sf.write(tmp_path / f"u{i}.wav", wav, RATE, subtype="PCM_16")
+        rows.append(f"u{i},u{i}.wav,word {i}")
+    rows.append("u7,missing.wav,gone")
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "all.jsonl.gz"
+    cuts = import_csv(tmp_path / "all.csv")
+    cuts.to_file(out)
+    return out
+
+
+def test_shards_hold_every_cut_with_its_audio_unchanged(manifest, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert main(["shard", str(manifest), "--out", str(out), "--shard-size", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [CHECKSUMS] + [f"{k}.{i:06d}.{e}" for k, e in (("cuts", "jsonl.gz"),
+                                                                    ("recording", "tar"))
+                                   for i in range(3)]
+    plain = {c.id: c for c in load_cuts(manifest)}
+    sharded = load_cuts(out)
+    assert [c.id for c in sharded] == [c.id for c in plain.values()]
+    for cut in sharded:
+        assert cut.recording.sources[0].type == "memory"  # audio comes with the cut
+        assert torch.equal(load_cut_audio(cut, RATE), load_cut_audio(plain[cut.id], RATE))
+        assert torch.equal(load_cut_audio(cut, 16000), load_cut_audio(plain[cut.id], 16000))
+    assert [c.id for c in metadata_view(sharded)] == [c.id for c in sharded]
+
+
+def test_the_shard_order_is_drawn_per_epoch_and_the_loader_reads_it(manifest, tmp_path):
+    main(["shard", str(manifest), "--out", str(tmp_path / "s"), "--shard-size", "2"])
+    cuts = load_cuts(tmp_path / "s", shuffle_shards=True, seed=3)
+    loader = make_loader(cuts, None, RATE, 1.0, shuffle=False, num_buckets=1)
+    orders = []
+    for epoch in (1, 2, 1):
+        set_epoch(loader, epoch)
+        orders.append([i for b in loader for i in b.ids])
+    assert orders[0] == orders[2] and sorted(orders[0]) == sorted(orders[1])
+    assert orders[0] != orders[1]  # 4 shards: another order in epoch 2
+
+
+def test_a_truncated_or_altered_shard_is_named_and_left_out(manifest, tmp_path, caplog):
+    out = tmp_path / "s"
+    main(["shard", str(manifest), "--out", str(out), "--shard-size", "3"])
+    tar = out / "recording.000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    cuts = load_cuts(out)
+    assert [c.id for c in cuts] == ["u0", "u1", "u2", "u6"]
+    assert "shard 000001: recording.000001.tar does not match its checksum" in caplog.text
+    with pytest.raises(ManifestError, match=r"shard 000001: .*\(data.strict is on\)"):
+        load_cuts(out, strict=True)
+    (out / "cuts.000002.jsonl.gz").unlink()
+    (out / "recording.000000.tar").unlink()
+    with pytest.raises(ManifestError, match="no usable shard"):
+        load_cuts(out)
+
+
+def test_bad_input(manifest, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert main(["shard", str(manifest), "--out", str(tmp_path / "full")]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["shard", str(manifest), "--out", str(tmp_path / "o"), "--shard-size", "0"]) == 2
+    assert "--shard-size: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ManifestError, match="a folder without shards"):
+        load_cuts(tmp_path / "full")
+    main(["shard", str(manifest), "--out", str(tmp_path / "nosum")])
+    (tmp_path / "nosum" / CHECKSUMS).unlink()
+    with pytest.raises(ManifestError, match="no checksums.sha256"):
+        load_cuts(tmp_path / "nosum")
