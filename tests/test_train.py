@@ -650,37 +650,14 @@ def test_subsampling_that_leaves_ctc_too_few_frames_is_named_before_training(cor
 def test_noise_and_reverberation_resume_exactly_mid_epoch(corpus, tmp_path, monkeypatch):
     """A run with noise and reverberation killed mid-epoch and resumed ends with the same
     parameters as the run that never stopped: every draw is seeded by (seed, epoch, cut)."""
-    from earshot.train import faults
-
     rng = np.random.default_rng(5)
     (tmp_path / "noise").mkdir()
     for i in range(2):
         sf.write(tmp_path / "noise" / f"n{i}.wav", (0.1 * rng.standard_normal(RATE)).astype(np.float32), RATE)
     corrupt = [f"data.noise.sources={tmp_path / 'noise'}", "data.noise.prob=0.7",
                "data.noise.snr_db=[0,15]", "data.reverb.rirs=simulated", "data.reverb.prob=0.5",
-               "data.reverb.rt60=[0.1,0.3]", "train.save_every_steps=1"]
-    train(_cfg(corpus, tmp_path / "straight", *corrupt))
-    rows = _rows(tmp_path / "straight")
-    kill_at = rows[0]["step"] + 2  # after epoch 2's first step and its checkpoint
-    assert rows[1]["step"] >= kill_at
-
-    class Killed(Exception):
-        pass
-
-    def hit(event, step, rank=0):
-        if event == "after-step" and step == kill_at:
-            raise Killed
-
-    with monkeypatch.context() as patch:
-        patch.setattr(faults, "hit", hit)
-        with pytest.raises(Killed):
-            train(_cfg(corpus, tmp_path / "resumed", *corrupt))
-    assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name.startswith("epoch-0002-batch-")
-    train(_cfg(corpus, tmp_path / "resumed", *corrupt), resume=True)
-    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "epoch-0002.pt")
-    b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "epoch-0002.pt")
-    for name in a.model:
-        assert torch.equal(a.model[name], b.model[name]), name
+               "data.reverb.rt60=[0.1,0.3]"]
+    a = _straight_and_resumed(corpus, tmp_path, corrupt, monkeypatch)
     clean = ckpt.load_checkpoint(_clean_run(corpus, tmp_path / "clean") / "checkpoints" / "epoch-0002.pt")
     assert any(not torch.equal(a.model[n], clean.model[n]) for n in a.model)  # it did something
 
@@ -701,7 +678,6 @@ def test_shards_train_as_the_manifest_does_and_resume_exactly(corpus, tmp_path, 
     """Training from a shard folder: with shard shuffling off, the same loss curve as its
     manifest; with it on (3 shards), killed mid-epoch and resumed, the same parameters."""
     from earshot.cli import main
-    from earshot.train import faults
 
     manifest = _jsonl(corpus[0], tmp_path / "train.jsonl.gz")
     assert main(["shard", str(manifest), "--out", str(tmp_path / "shards"), "--shard-size", "3"]) == 0
@@ -713,9 +689,20 @@ def test_shards_train_as_the_manifest_does_and_resume_exactly(corpus, tmp_path, 
         assert _untimed(_rows(tmp_path / "from_shards", kind)) == \
             _untimed(_rows(tmp_path / "from_manifest", kind))
 
-    shuffled = [f"data.train={tmp_path / 'shards'}", "train.save_every_steps=1"]
-    train(_cfg(corpus, tmp_path / "straight", *shuffled))
-    kill_at = _rows(tmp_path / "straight")[0]["step"] + 2
+    _straight_and_resumed(corpus, tmp_path, [f"data.train={tmp_path / 'shards'}"], monkeypatch)
+
+
+def _straight_and_resumed(corpus, tmp_path, overrides, monkeypatch):
+    """Train ``overrides`` straight through, and again killed after epoch 2's first step
+    (its mid-epoch checkpoint written) then resumed; assert both end with the same
+    parameters. Returns the straight run's last checkpoint."""
+    from earshot.train import faults
+
+    overrides = [*overrides, "train.save_every_steps=1"]
+    train(_cfg(corpus, tmp_path / "straight", *overrides))
+    rows = _rows(tmp_path / "straight")
+    kill_at = rows[0]["step"] + 2
+    assert rows[1]["step"] >= kill_at
 
     class Killed(Exception):
         pass
@@ -727,9 +714,11 @@ def test_shards_train_as_the_manifest_does_and_resume_exactly(corpus, tmp_path, 
     with monkeypatch.context() as patch:
         patch.setattr(faults, "hit", hit)
         with pytest.raises(Killed):
-            train(_cfg(corpus, tmp_path / "resumed", *shuffled))
-    train(_cfg(corpus, tmp_path / "resumed", *shuffled), resume=True)
+            train(_cfg(corpus, tmp_path / "resumed", *overrides))
+    assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name.startswith("epoch-0002-batch-")
+    train(_cfg(corpus, tmp_path / "resumed", *overrides), resume=True)
     a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "epoch-0002.pt")
     b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "epoch-0002.pt")
     for name in a.model:
         assert torch.equal(a.model[name], b.model[name]), name
+    return a
