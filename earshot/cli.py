@@ -190,8 +190,17 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from earshot.data.shards import write_shards
+    from earshot.data.shards import verify_shards, write_shards
 
+    if args.verify is not None:
+        problems = verify_shards(args.verify)
+        if problems:
+            raise EarshotError(f"{len(problems)} shard file(s) fail their checksums: "
+                               + "; ".join(problems))
+        print(f"{args.verify}: every shard file matches its checksum")
+        return 0
+    if args.manifest is None or args.out is None:
+        raise ConfigError("earshot shard: give MANIFEST and --out (or --verify DIR)")
     out = write_shards(args.manifest, args.out, args.shard_size)
     print(f"wrote {out} (give it as data.train, data.dev or --manifest)")
     return 0
@@ -392,12 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("shard", "a manifest's cuts and audio (FLAC) in lhotse Shar shards, read "
                          "sequentially in training",
                 "earshot shard data/an4/train.jsonl.gz --out data/an4/train_shards",
-                "earshot train recipes/an4/crdnn.yaml data.train=data/an4/train_shards")
-    p.add_argument("manifest", type=Path, help="a CutSet manifest (.jsonl.gz)")
-    p.add_argument("--out", required=True, type=Path,
+                "earshot train recipes/an4/crdnn.yaml data.train=data/an4/train_shards",
+                "earshot shard --verify data/an4/train_shards")
+    p.add_argument("manifest", type=Path, nargs="?", default=None,
+                   help="a CutSet manifest (.jsonl.gz)")
+    p.add_argument("--out", type=Path, default=None,
                    help="an empty or new folder: cuts.NNNNNN.jsonl.gz, recording.NNNNNN.tar, "
-                        "checksums.sha256")
+                        "checksums.sha256, sizes.json (default: none; required with MANIFEST)")
     p.add_argument("--shard-size", type=int, default=1000, help="cuts per shard")
+    p.add_argument("--verify", type=Path, default=None,
+                   help="instead: check every file of this shard folder against its checksum "
+                        "(default: none)")
     p.set_defaults(func=cmd_shard)
 
     p = command("train", "train an ASR model from a YAML config",

@@ -11,7 +11,7 @@ import torch
 from earshot.cli import main
 from earshot.data.batching import load_cut_audio, make_loader, set_epoch
 from earshot.data.manifests import import_csv, load_cuts
-from earshot.data.shards import CHECKSUMS, metadata_view
+from earshot.data.shards import CHECKSUMS, SIZES, verify_shards
 from earshot.errors import ManifestError
 
 RATE = 8000
@@ -40,15 +40,15 @@ def test_shards_hold_every_cut_with_its_audio_unchanged(manifest, tmp_path, caps
     names = sorted(p.name for p in out.iterdir())
     assert names == [CHECKSUMS] + [f"{k}.{i:06d}.{e}" for k, e in (("cuts", "jsonl.gz"),
                                                                     ("recording", "tar"))
-                                   for i in range(3)]
+                                   for i in range(3)] + [SIZES]
     plain = {c.id: c for c in load_cuts(manifest)}
     sharded = load_cuts(out)
     assert [c.id for c in sharded] == [c.id for c in plain.values()]
     for cut in sharded:
-        assert cut.recording.sources[0].type == "memory"  # audio comes with the cut
+        assert cut.recording.sources[0].type == "shar"  # the audio stays in the shard
         assert torch.equal(load_cut_audio(cut, RATE), load_cut_audio(plain[cut.id], RATE))
         assert torch.equal(load_cut_audio(cut, 16000), load_cut_audio(plain[cut.id], 16000))
-    assert [c.id for c in metadata_view(sharded)] == [c.id for c in sharded]
+    assert verify_shards(out) == []
 
 
 def test_the_shard_order_is_drawn_per_epoch_and_the_loader_reads_it(manifest, tmp_path):
@@ -70,13 +70,26 @@ def test_a_truncated_or_altered_shard_is_named_and_left_out(manifest, tmp_path, 
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
     cuts = load_cuts(out)
     assert [c.id for c in cuts] == ["u0", "u1", "u2", "u6"]
-    assert "shard 000001: recording.000001.tar does not match its checksum" in caplog.text
+    assert "shard 000001: recording.000001.tar holds" in caplog.text
     with pytest.raises(ManifestError, match=r"shard 000001: .*\(data.strict is on\)"):
         load_cuts(out, strict=True)
     (out / "cuts.000002.jsonl.gz").unlink()
     (out / "recording.000000.tar").unlink()
     with pytest.raises(ManifestError, match="no usable shard"):
         load_cuts(out)
+
+
+def test_verify_finds_an_altered_shard(manifest, tmp_path, capsys):
+    out = tmp_path / "s"
+    main(["shard", str(manifest), "--out", str(out), "--shard-size", "4"])
+    tar = out / "recording.000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    tar.write_bytes(bytes(data))
+    assert main(["shard", "--verify", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "recording.000000.tar: does not match its checksum" in err
+    assert len(list(load_cuts(out))) == 7  # sizes are right: opening does not read the audio
 
 
 def test_bad_input(manifest, tmp_path, capsys):
@@ -90,7 +103,7 @@ def test_bad_input(manifest, tmp_path, capsys):
         load_cuts(tmp_path / "full")
     main(["shard", str(manifest), "--out", str(tmp_path / "nosum")])
     (tmp_path / "nosum" / CHECKSUMS).unlink()
-    with pytest.raises(ManifestError, match="no checksums.sha256"):
+    with pytest.raises(ManifestError, match="no sizes.json or checksums.sha256"):
         load_cuts(tmp_path / "nosum")
 
 

@@ -109,8 +109,10 @@ def load_cut_audio(cut: Cut, sample_rate: int) -> torch.Tensor:
     Raises ``AudioError`` when the file cannot be used or the span is empty.
     """
     recording = cut.recording
-    if recording is not None and recording.sources[0].type == "memory":  # read from a shard
-        wav = decode_audio_bytes(recording.sources[0].source, f"cut '{cut.id}' (in a shard)",
+    if recording is not None and recording.sources[0].type == "shar":  # read from a shard
+        from earshot.data.shards import load_shard_bytes
+
+        wav = decode_audio_bytes(load_shard_bytes(cut), f"cut '{cut.id}' (in a shard)",
                                  sample_rate)
         if spans_whole_file(cut):
             return wav
@@ -397,9 +399,7 @@ def batches_in_epoch(loader: DataLoader, epoch: int) -> int:
 def drop_long_cuts(cuts: CutSet, max_seconds: float) -> tuple[CutSet, list[Cut]]:
     """Cuts of at most ``max_seconds`` (lazily filtered when ``cuts`` is lazy), and the
     longer ones, which one pass over the metadata finds."""
-    from earshot.data.shards import metadata_view
-
-    longer = [c for c in metadata_view(cuts) if c.duration > max_seconds]
+    longer = [c for c in cuts if c.duration > max_seconds]
     if not longer:
         return cuts, []
     return cuts.filter(_ShorterThan(max_seconds)), longer

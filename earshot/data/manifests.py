@@ -317,7 +317,7 @@ def load_cuts(path: str | Path, need_text: bool = True, shuffle_shards: bool = F
     A ``.csv`` file is imported with :func:`import_csv` instead. Raises ``ManifestError``
     when the file is missing, unreadable, empty, or (``need_text``) a cut has no transcript.
     """
-    from earshot.data.shards import is_shard_dir, metadata_view, open_shards
+    from earshot.data.shards import is_shard_dir, open_shards
 
     path = Path(path)
     if path.is_dir():
@@ -325,7 +325,7 @@ def load_cuts(path: str | Path, need_text: bool = True, shuffle_shards: bool = F
             raise ManifestError(f"{path}: a folder without shards (cuts.NNNNNN.jsonl.gz); give "
                                 f"a manifest file or a folder written by earshot shard")
         cuts = open_shards(path, shuffle_shards, seed, strict)
-        _check_cuts(path, metadata_view(cuts), need_text)
+        _check_cuts(path, cuts, need_text)
         return cuts
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
@@ -365,12 +365,9 @@ class ManifestStats:
 
 
 def manifest_stats(cuts: CutSet) -> ManifestStats:
-    """Cuts, hours and the longest cut of ``cuts``, in one pass (lazy manifests included;
-    shards without reading their audio)."""
-    from earshot.data.shards import metadata_view
-
+    """Cuts, hours and the longest cut of ``cuts``, in one pass (lazy manifests included)."""
     count, seconds, longest = 0, 0.0, 0.0
-    for cut in metadata_view(cuts):
+    for cut in cuts:
         count, seconds, longest = count + 1, seconds + cut.duration, max(longest, cut.duration)
     return ManifestStats(count, seconds / 3600, longest)
 

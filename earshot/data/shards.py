@@ -2,21 +2,29 @@
 audio as FLAC inside), written with a checksum per file and read sequentially.
 
 ``earshot shard MANIFEST --out DIR`` writes a folder that ``data.train`` (or ``dev``,
-``--manifest``) may name instead of a manifest. Reading checks every shard file against
-``checksums.sha256`` first: a truncated or altered shard is named and left out (or, with
-``data.strict``, stops the run), never read half-way. The cuts come shard after shard;
-with ``shuffle_shards`` the shard order is a permutation drawn from (seed, epoch), so an
-epoch reads the same order in every run and after a resume, and the bucketing sampler's
+``--manifest``) may name instead of a manifest. Opening it checks that every shard file
+is there with the size it was written with: a truncated or missing shard is named and
+left out (or, with ``data.strict``, stops the run). ``earshot shard --verify DIR``
+checks every file against ``checksums.sha256``.
+
+The cuts come shard after shard, as metadata: the sampler (in every rank, and when a
+resumed epoch skips batches) reads only the shards' small manifests. The process that
+loads a batch reads each cut's audio from its shard's tar, found through an index of the
+tar's members built once per process; so each rank reads the audio of its own batches
+only, in shard order. With ``shuffle_shards`` the shard order is a permutation drawn
+from (seed, epoch): the same in every run and after a resume; the bucketing sampler's
 buffer shuffles within it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
 
 from lhotse import CutSet
+from lhotse.utils import fastcopy
 
 from earshot.errors import ConfigError, ManifestError
 from earshot.integrity import file_sha256
@@ -24,6 +32,8 @@ from earshot.integrity import file_sha256
 logger = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.sha256"
+SIZES = "sizes.json"  # bytes of each shard file as written
+SHARD_KEY = "earshot_shard"  # cut.custom: the tar that holds the cut's audio
 
 
 def is_shard_dir(path: str | Path) -> bool:
@@ -55,15 +65,17 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int = 10
     if missing:
         logger.warning("%d of %d cuts left out of the shards (audio did not load)", len(missing),
                        len(missing) + len(kept))
-    files = sorted(p for p in out_dir.iterdir() if p.name != CHECKSUMS)
+    files = sorted(p for p in out_dir.iterdir() if p.name not in (CHECKSUMS, SIZES))
     (out_dir / CHECKSUMS).write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
+    (out_dir / SIZES).write_text(json.dumps({p.name: p.stat().st_size for p in files}, indent=1))
     logger.info("%s: %d cuts in %d shards", out_dir, len(kept), len(written["cuts"]))
     return out_dir
 
 
 class ShardedCuts:
-    """The cuts of a shard folder, shard after shard (lazily; each shard's audio comes
-    with its cuts). ``epoch`` (set by the loader) picks the shard order when shuffling."""
+    """The cuts of a shard folder, shard after shard, read lazily from the shards'
+    manifests (no audio: ``load_shard_audio`` reads it). ``epoch`` (set by the loader)
+    picks the shard order when shuffling."""
 
     def __init__(self, directory: str | Path, shuffle_shards: bool = True, seed: int = 0,
                  strict: bool = False) -> None:
@@ -72,39 +84,31 @@ class ShardedCuts:
         self.shards = verified_shards(self.directory, strict)
 
     def __iter__(self):
-        from lhotse.shar.readers.lazy import LazySharIterator
-
         order = list(self.shards)
         if self.shuffle_shards:
             random.Random(f"{self.seed}/{self.epoch}/shards").shuffle(order)
         for cuts, recording in order:
-            yield from LazySharIterator(fields={"cuts": [cuts], "recording": [recording]})
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.cut_ids())
-
-    def cut_ids(self):
-        """Every cut id, from the shards' manifests alone (no audio read)."""
-        for cuts, _ in self.shards:
-            yield from (c.id for c in CutSet.from_jsonl_lazy(cuts))
+            for cut in CutSet.from_jsonl_lazy(cuts):
+                yield fastcopy(cut, custom={**(cut.custom or {}), SHARD_KEY: str(recording)})
 
 
 def verified_shards(directory: Path, strict: bool = False) -> list[tuple[Path, Path]]:
-    """(cuts, recording) file pairs of every shard whose files match ``checksums.sha256``;
-    a shard that does not is named and left out (ManifestError with ``strict``)."""
-    listed = directory / CHECKSUMS
-    if not listed.is_file():
-        raise ManifestError(f"{directory}: no {CHECKSUMS} (write shards with: earshot shard "
-                            f"MANIFEST --out {directory})")
-    expected = {}
-    for line in listed.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        expected[name] = digest
+    """(cuts, recording) file pairs of every shard whose files are there with the sizes
+    they were written with; a shard that is not is named and left out (ManifestError
+    with ``strict``)."""
+    listed = directory / SIZES
+    if not listed.is_file() or not (directory / CHECKSUMS).is_file():
+        raise ManifestError(f"{directory}: no {SIZES} or {CHECKSUMS} (write shards with: "
+                            f"earshot shard MANIFEST --out {directory})")
+    try:
+        sizes = json.loads(listed.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{listed}: not valid JSON ({err})") from None
     shards = []
     for cuts in sorted(directory.glob("cuts.*.jsonl.gz")):
         index = cuts.name.split(".")[1]
         recording = directory / f"recording.{index}.tar"
-        problem = _shard_problem((cuts, recording), expected)
+        problem = _shard_problem((cuts, recording), sizes)
         if problem is None:
             shards.append((cuts, recording))
             continue
@@ -117,46 +121,67 @@ def verified_shards(directory: Path, strict: bool = False) -> list[tuple[Path, P
     return shards
 
 
-def _shard_problem(files: tuple[Path, ...], expected: dict[str, str]) -> str | None:
+def _shard_problem(files: tuple[Path, ...], sizes: dict[str, int]) -> str | None:
     for path in files:
         if not path.is_file():
             return f"{path.name} is missing"
-        if path.name not in expected:
-            return f"{path.name} is not in {CHECKSUMS}"
-        if file_sha256(path) != expected[path.name]:
-            return f"{path.name} does not match its checksum (truncated or altered)"
+        if path.name not in sizes:
+            return f"{path.name} is not in {SIZES}"
+        size = path.stat().st_size
+        if size != sizes[path.name]:
+            return f"{path.name} holds {size} bytes, {sizes[path.name]} were written (truncated?)"
     return None
+
+
+def verify_shards(directory: str | Path) -> list[str]:
+    """Every shard file checked against ``checksums.sha256``: the problems, one line each."""
+    directory = Path(directory)
+    problems = []
+    for line in (directory / CHECKSUMS).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif file_sha256(path) != digest:
+            problems.append(f"{path}: does not match its checksum (truncated or altered)")
+    return problems
+
+
+_TAR_INDEXES: dict[str, dict[str, tuple[int, int]]] = {}  # per process: tar -> member -> (offset, size)
+
+
+def load_shard_bytes(cut) -> bytes:
+    """The encoded audio of a cut read from a shard (``cut.custom[SHARD_KEY]``)."""
+    import tarfile
+
+    from earshot.errors import AudioError
+
+    tar = (cut.custom or {}).get(SHARD_KEY)
+    if tar is None:
+        raise AudioError(cut.id, "cut comes from shards but does not say which")
+    if tar not in _TAR_INDEXES:
+        try:
+            with tarfile.open(tar) as handle:
+                _TAR_INDEXES[tar] = {m.name: (m.offset_data, m.size) for m in handle.getmembers()
+                                     if m.isfile()}
+        except (tarfile.TarError, OSError) as err:
+            _TAR_INDEXES[tar] = {}
+            logger.warning("%s: unreadable shard (%s); its cuts are dropped", tar, err)
+    index = _TAR_INDEXES[tar]
+    member = next((index[n] for n in (f"{cut.id}.flac", f"{cut.id}.wav", f"{cut.id}.opus")
+                   if n in index), None)
+    if member is None:
+        raise AudioError(tar, f"no audio for cut '{cut.id}' in this shard")
+    offset, size = member
+    with open(tar, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)
 
 
 def open_shards(directory: str | Path, shuffle_shards: bool = True, seed: int = 0,
                 strict: bool = False) -> CutSet:
     """A lazy CutSet over a shard folder (see ``ShardedCuts``)."""
     return CutSet(ShardedCuts(directory, shuffle_shards, seed, strict))
-
-
-class _ShardMetadata:
-    """The cuts of ``ShardedCuts`` from the shards' manifests alone: no audio is read."""
-
-    def __init__(self, sharded: ShardedCuts) -> None:
-        self.sharded = sharded
-
-    def __iter__(self):
-        for cuts, _ in self.sharded.shards:
-            yield from CutSet.from_jsonl_lazy(cuts)
-
-
-def metadata_view(cuts: CutSet) -> CutSet:
-    """``cuts`` for a pass over metadata (durations, texts): the same cuts without reading
-    a shard's audio when they come from shards (filters kept), else ``cuts`` itself."""
-    from lhotse.lazy import LazyFilter
-
-    inner = cuts.data
-    if isinstance(inner, ShardedCuts):
-        return CutSet(_ShardMetadata(inner))
-    if isinstance(inner, LazyFilter) and isinstance(inner.iterator, CutSet):
-        base = metadata_view(inner.iterator)
-        return cuts if base is inner.iterator else CutSet(LazyFilter(base, inner.predicate))
-    return cuts
 
 
 def sharded_sources(cuts) -> list[ShardedCuts]:

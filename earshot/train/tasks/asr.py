@@ -27,7 +27,6 @@ import torch
 from tqdm import tqdm
 
 from earshot.config import DataConfig, ExperimentConfig, ModelCard
-from earshot.data.shards import metadata_view
 from earshot.errors import ConfigError
 from earshot.losses import sampling_probability
 from earshot.models.artifacts import check_model_dir, save_model_dir
@@ -163,7 +162,7 @@ def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts: CutS
 
     tok_dir = exp_dir / TOKENIZER_DIR
     if not resuming and world.is_main:
-        texts = [cut.supervisions[0].text for cut in metadata_view(train_cuts)]
+        texts = [cut.supervisions[0].text for cut in train_cuts]
         train_tokenizer(texts, cfg.tokenizer).save(tok_dir)
     barrier(world)
     tokenizer = load_tokenizer(tok_dir)
@@ -208,7 +207,7 @@ def check_ctc_can_align(model: torch.nn.Module, tokenizer: Tokenizer, cuts: CutS
         return
     device = next(model.parameters()).device
     short, count, total = [], 0, 0
-    for chunk in chunked(metadata_view(cuts), 4096):  # a lazy manifest is never held whole
+    for chunk in chunked(cuts, 4096):  # a lazy manifest is never held whole
         samples = torch.tensor([round(cut.duration * model.sample_rate) for cut in chunk])
         frames = model.encoded_lengths(samples.to(device)).cpu().tolist()
         for cut, f in zip(chunk, frames):
