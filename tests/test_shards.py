@@ -48,7 +48,7 @@ def test_shards_hold_every_cut_with_its_audio_unchanged(manifest, tmp_path, caps
         assert cut.recording.sources[0].type == "shar"  # the audio stays in the shard
         assert torch.equal(load_cut_audio(cut, RATE), load_cut_audio(plain[cut.id], RATE))
         assert torch.equal(load_cut_audio(cut, 16000), load_cut_audio(plain[cut.id], 16000))
-    assert verify_shards(out) == []
+    assert verify_shards(out) == [] and len(sharded) == len(plain)
 
 
 def test_the_shard_order_is_drawn_per_epoch_and_the_loader_reads_it(manifest, tmp_path):
@@ -135,3 +135,16 @@ def test_ranks_and_resumed_epochs_see_every_utterance_once(manifest, tmp_path, s
             set_epoch(resumed, 3, skip=skip)
             assert [list(b.ids) for b in resumed] == batches[skip:]
     assert sorted(every) == sorted(c.id for c in load_cuts(manifest))
+
+
+def test_evaluate_reads_a_shard_folder_as_it_reads_the_manifest(model_dir, overfit_model, tmp_path):
+    import json
+
+    cuts = overfit_model / "data" / "cuts.jsonl.gz"
+    assert main(["shard", str(cuts), "--out", str(tmp_path / "s"), "--shard-size", "3"]) == 0
+    for name, manifest in (("plain", cuts), ("sharded", tmp_path / "s")):
+        assert main(["evaluate", "--model", str(model_dir), "--manifest", str(manifest),
+                     "--out", str(tmp_path / name), "--device", "cpu"]) == 0
+    plain, sharded = ((tmp_path / n / "hypotheses.jsonl").read_text() for n in ("plain", "sharded"))
+    assert sorted(plain.splitlines()) == sorted(sharded.splitlines())
+    assert json.loads((tmp_path / "sharded" / "summary.json").read_text())["utterances"] == 4

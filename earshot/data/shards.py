@@ -91,6 +91,10 @@ class ShardedCuts:
             for cut in CutSet.from_jsonl_lazy(cuts):
                 yield fastcopy(cut, custom={**(cut.custom or {}), SHARD_KEY: str(recording)})
 
+    def __len__(self) -> int:
+        """Cuts in the usable shards (one pass over their manifests)."""
+        return sum(1 for cuts, _ in self.shards for _ in CutSet.from_jsonl_lazy(cuts))
+
 
 def verified_shards(directory: Path, strict: bool = False) -> list[tuple[Path, Path]]:
     """(cuts, recording) file pairs of every shard whose files are there with the sizes
