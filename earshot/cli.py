@@ -173,6 +173,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(format_summary(json.loads((out / SUMMARY_FILE).read_text())))
     for name in splits:
         print(f"wrote {out / (name + '.jsonl.gz')}")
+        if args.shards:
+            from earshot.data.shards import write_shards
+
+            print(f"wrote {write_shards(out / f'{name}.jsonl.gz', out / f'{name}_shards', args.shards)}")
     print(f"wrote {out / SUMMARY_FILE}")
     return 0
 
@@ -371,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle", action="store_true",
                    help="write the training split(s) in a seeded random order (--seed): lazily "
                         "read manifests are shuffled only within a buffer")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="also write each split as Shar shards of N cuts, OUT/SPLIT_shards/ "
+                        "(as earshot shard does; default: none)")
     p.add_argument("--language", default=None,
                    help="commonvoice: the language folder to prepare where a release holds "
                         "several (default: the only one there)")

@@ -92,6 +92,17 @@ def test_verify_finds_an_altered_shard(manifest, tmp_path, capsys):
     assert len(list(load_cuts(out))) == 7  # sizes are right: opening does not read the audio
 
 
+def test_prepare_writes_shards_beside_each_split(tmp_path, capsys):
+    import corpus_layouts
+
+    src = corpus_layouts.librispeech(tmp_path / "src", parts=("train-clean-5", "dev-clean-2"))
+    assert main(["prepare", "mini_librispeech", str(src), "--out", str(tmp_path / "out"),
+                 "--shards", "3", "--shuffle"]) == 0
+    for split in ("train", "dev"):
+        assert sorted(c.id for c in load_cuts(tmp_path / "out" / f"{split}_shards")) == \
+            sorted(c.id for c in load_cuts(tmp_path / "out" / f"{split}.jsonl.gz"))
+
+
 def test_bad_input(manifest, tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
