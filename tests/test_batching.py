@@ -191,6 +191,43 @@ def test_loader_applies_speed_factors(corpus):
     assert all(abs(slow[i] - plain[i] / 0.8) <= 2 for i in plain)
 
 
+class _NoDraw:
+    """A sampler that may be told its epoch but not drawn from."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def set_epoch(self, epoch):
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        raise AssertionError("the epoch was drawn again instead of read from its plan")
+
+
+def test_an_epoch_plan_is_what_the_sampler_draws_and_resumes_by_seeking(corpus, tmp_path):
+    cuts = import_jsonl(corpus / "m.jsonl")
+
+    def loader(plan_dir=None, workers=0):
+        return make_loader(cuts, FakeTokenizer(), RATE, 1.0, shuffle=True, seed=4, num_buckets=2,
+                           num_workers=workers, speed_factors=(0.9, 1.1), plan_dir=plan_dir)
+
+    drawn = loader()
+    set_epoch(drawn, 2)
+    expected = [(list(b.ids), b.wav_lens.tolist()) for b in drawn]
+    planned = loader(tmp_path / "plans")
+    assert batches_in_epoch(planned, 2) == len(expected)  # counting writes the plan
+    set_epoch(planned, 2)
+    assert [(list(b.ids), b.wav_lens.tolist()) for b in planned] == expected
+    resumed = loader(tmp_path / "plans", workers=1)
+    resumed.sampler.inner = _NoDraw(resumed.sampler.inner)  # resuming reads the plan only
+    set_epoch(resumed, 2, skip=3)
+    assert [(list(b.ids), b.wav_lens.tolist()) for b in resumed] == expected[3:]
+    set_epoch(planned, 3)
+    list(planned)
+    assert sorted(p.name for p in (tmp_path / "plans").iterdir()) == \
+        ["epoch-0003-rank-0.batches.gz", "epoch-0003-rank-0.index.json"]  # one epoch kept
+
+
 def test_buckets_and_the_batch_budget_see_the_perturbed_lengths(corpus):
     cuts = import_jsonl(corpus / "m.jsonl")
     loader = make_loader(cuts, FakeTokenizer(), RATE, 1.5, shuffle=True, seed=2, num_buckets=2,

@@ -695,7 +695,8 @@ def test_shards_train_as_the_manifest_does_and_resume_exactly(corpus, tmp_path, 
 def _straight_and_resumed(corpus, tmp_path, overrides, monkeypatch):
     """Train ``overrides`` straight through, and again killed after epoch 2's first step
     (its mid-epoch checkpoint written) then resumed; assert both end with the same
-    parameters. Returns the straight run's last checkpoint."""
+    parameters, and that the resumed epoch's batches were read from its plan, not drawn
+    again. Returns the straight run's last checkpoint."""
     from earshot.train import faults
 
     overrides = [*overrides, "train.save_every_steps=1"]
@@ -716,7 +717,19 @@ def _straight_and_resumed(corpus, tmp_path, overrides, monkeypatch):
         with pytest.raises(Killed):
             train(_cfg(corpus, tmp_path / "resumed", *overrides))
     assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name.startswith("epoch-0002-batch-")
-    train(_cfg(corpus, tmp_path / "resumed", *overrides), resume=True)
+    from earshot.data.batching import EpochBatches
+
+    draw = EpochBatches._mine
+
+    def training_batches_not_drawn_again(self):
+        assert self.plan_dir is None, "the resumed epoch was drawn again instead of read from its plan"
+        return draw(self)
+
+    with monkeypatch.context() as patch:  # epoch 2 is read from its plan, from batch n on
+        patch.setattr(EpochBatches, "_mine", training_batches_not_drawn_again)
+        train(_cfg(corpus, tmp_path / "resumed", *overrides), resume=True)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "plans").iterdir()) == \
+        ["epoch-0002-rank-0.batches.gz", "epoch-0002-rank-0.index.json"]
     a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "epoch-0002.pt")
     b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "epoch-0002.pt")
     for name in a.model:

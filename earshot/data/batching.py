@@ -16,8 +16,9 @@ resumed epoch must count the same batches), which yields it with no rows.
 ...     batch = batch.to("cuda")
 
 Resuming mid-epoch: ``set_epoch(loader, epoch, skip=n)`` on a fresh loader yields that
-epoch from its ``n``-th batch on; the skipped batches are drawn from the sampler (cut
-metadata only), never loaded. The same holds with loader workers, because the position
+epoch from its ``n``-th batch on. A training loader (``plan_dir``) writes each epoch's
+batches down when first drawn and seeks to batch ``n`` in that plan; without one the
+skipped batches are drawn again from the sampler (cut metadata only), never loaded. The same holds with loader workers, because the position
 is counted where batches are consumed, not where workers prefetch them. Speed
 perturbation draws each cut's factor from (seed, epoch, cut id) as the sampler lists it,
 so duration buckets and the batch budget see the perturbed lengths, and a resumed epoch
@@ -27,11 +28,15 @@ perturbs exactly as the uninterrupted one did, in any worker.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import itertools
+import json
 import logging
+import os
 import random
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -232,6 +237,71 @@ class CutDataset(Dataset):
             return None
 
 
+class EpochPlan:
+    """One rank's batches of one epoch, written down once: every batch's cuts (metadata
+    as the sampler gave them, speed factors and shard included) as one gzip member of a
+    file, with the members' offsets beside it. Reading from batch ``n`` seeks straight to
+    it, so a resumed epoch starts where it stopped without drawing the batches before.
+    The offsets are written last (each file through a temporary name): a plan without
+    them is incomplete and written again."""
+
+    def __init__(self, directory: Path, epoch: int, rank: int) -> None:
+        stem = f"epoch-{epoch:04d}-rank-{rank}"
+        self.batches_path = Path(directory) / f"{stem}.batches.gz"
+        self.index_path = Path(directory) / f"{stem}.index.json"
+        self._offsets: list[int] | None = None
+
+    def exists(self) -> bool:
+        return self.index_path.is_file() and self.batches_path.is_file()
+
+    def write(self, batches) -> None:
+        self.batches_path.parent.mkdir(parents=True, exist_ok=True)
+        offsets, tmp = [0], self.batches_path.with_name(self.batches_path.name + f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            for cuts in batches:
+                handle.write(gzip.compress(json.dumps([c.to_dict() for c in cuts]).encode(), 1))
+                offsets.append(handle.tell())
+        os.replace(tmp, self.batches_path)
+        index_tmp = self.index_path.with_name(self.index_path.name + f".{os.getpid()}.tmp")
+        index_tmp.write_text(json.dumps({"offsets": offsets}))
+        os.replace(index_tmp, self.index_path)
+        self._offsets = offsets
+
+    @property
+    def offsets(self) -> list[int]:
+        if self._offsets is None:
+            self._offsets = json.loads(self.index_path.read_text())["offsets"]
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def read(self, start: int = 0):
+        """The batches (CutSets) from batch ``start`` on."""
+        offsets = self.offsets
+        with open(self.batches_path, "rb") as handle:
+            handle.seek(offsets[min(start, len(self))])
+            for i in range(start, len(self)):
+                member = handle.read(offsets[i + 1] - offsets[i])
+                yield CutSet.from_dicts(json.loads(gzip.decompress(member)))
+
+    def remove_others(self) -> None:
+        """Delete this rank's plans of other epochs (a run keeps the current one only)."""
+        rank = self.batches_path.name.split("-rank-")[1].split(".")[0]
+        for path in self.batches_path.parent.glob(f"epoch-*-rank-{rank}.*"):
+            if path not in (self.batches_path, self.index_path):
+                path.unlink(missing_ok=True)
+
+
+PLANS_DIR = "plans"  # inside a run's directory
+
+
+def clear_plans(directory: Path, rank: int) -> None:
+    """Remove ``rank``'s epoch plans from ``directory`` (a new run draws its own)."""
+    for path in Path(directory).glob(f"epoch-*-rank-{rank}.*"):
+        path.unlink(missing_ok=True)
+
+
 class EpochBatches(Sampler):
     """This rank's batches (CutSets) of one epoch, drawn from a corpus-wide ``inner`` sampler.
 
@@ -240,13 +310,18 @@ class EpochBatches(Sampler):
     same number and no rank waits at the epoch end for a gradient that never comes; the
     dropped cuts differ from epoch to epoch with the shuffle. ``set_epoch(e, skip=n)``
     makes the next iteration start at this rank's ``n``-th batch of epoch ``e``.
+
+    With ``plan_dir`` (training) the epoch's batches are drawn once, when it is counted
+    or first read, and written down (``EpochPlan``); the epoch is then read from the
+    plan, and a resumed one seeks to its batch ``n`` without drawing the ones before.
     """
 
     def __init__(self, inner, world_size: int = 1, rank: int = 0, even: bool = True,
-                 followers: tuple = ()):
+                 followers: tuple = (), plan_dir: Path | None = None):
         self.inner = inner
         self.world_size, self.rank, self.even = world_size, rank, even
         self.followers = tuple(followers)  # objects with an ``epoch`` that follows ours
+        self.plan_dir = plan_dir
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -265,15 +340,33 @@ class EpochBatches(Sampler):
         if round_ and not self.even and self.rank < len(round_):
             yield round_[self.rank]
 
+    def plan(self, epoch: int) -> EpochPlan:
+        """The plan of ``epoch`` for this rank, drawn and written if there is none yet."""
+        plan = EpochPlan(self.plan_dir, epoch, self.rank)
+        if not plan.exists():
+            skip = self.skip
+            self.set_epoch(epoch)
+            plan.write(self._mine())
+            plan.remove_others()
+            self.set_epoch(epoch, skip)
+        return plan
+
     def __iter__(self):
         skip, self.skip = self.skip, 0
+        if self.plan_dir is not None:
+            yield from self.plan(self.epoch).read(skip)
+            return
         for i, cuts in enumerate(self._mine()):
             if i >= skip:
                 yield cuts
 
     def num_batches(self, epoch: int) -> int:
-        """How many batches this rank gets in ``epoch`` (a pass over the cut metadata; no
-        audio is read). Leaves the sampler at the start of ``epoch``."""
+        """How many batches this rank gets in ``epoch`` (a pass over the cut metadata, or
+        the plan's length; no audio is read). Leaves the sampler at the start of ``epoch``."""
+        if self.plan_dir is not None:
+            count = len(self.plan(epoch))
+            self.set_epoch(epoch)
+            return count
         self.set_epoch(epoch)
         count = sum(1 for _ in self._mine())
         self.set_epoch(epoch)
@@ -316,7 +409,7 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
                 world_size: int = 1, rank: int = 0, even: bool = True,
                 keep_empty: bool = False, corruption: Corruption | None = None,
                 prefetch_factor: int = 2, pin_memory: bool = False,
-                strict: bool = False) -> DataLoader:
+                strict: bool = False, plan_dir: Path | None = None) -> DataLoader:
     """A DataLoader of ``Batch`` with at most ``max_duration`` seconds of audio each.
 
     The sampler (``loader.sampler``) is an ``EpochBatches`` over a duration-bucketed lhotse
@@ -327,7 +420,8 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
     ids in ``dropped``) instead of left out. With workers, each keeps ``prefetch_factor``
     batches ready; ``pin_memory`` (for CUDA) puts batches in page-locked memory, so that
     ``batch.to("cuda", non_blocking=True)`` overlaps the copy. With ``strict`` a cut
-    whose audio does not load raises instead of being dropped.
+    whose audio does not load raises instead of being dropped. With ``plan_dir`` each
+    epoch's batches are written down there when first drawn (``EpochPlan``).
     """
     from earshot.data.shards import sharded_sources
 
@@ -345,7 +439,7 @@ def make_loader(cuts: CutSet, tokenizer: Tokenizer | None, sample_rate: int, max
     # Workers draw nothing at random (speed factors are seeded per cut); the generator
     # only pins the base seed torch hands them.
     loader = DataLoader if keep_empty else _SkipEmptyLoader
-    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even, followers),
+    return loader(dataset, sampler=EpochBatches(inner, world_size, rank, even, followers, plan_dir),
                   batch_size=None, collate_fn=_as_is, num_workers=num_workers,
                   prefetch_factor=prefetch_factor if num_workers else None,
                   pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))

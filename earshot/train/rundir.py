@@ -33,7 +33,7 @@ from earshot.errors import ConfigError
 
 LOCK_FILE = ".earshot-run.lock"
 # What a run writes into its directory (engine, tasks, monitor, average).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "tokenizer", "model", "tensorboard",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "tokenizer", "model", "tensorboard", "plans",
              "plots", LOCK_FILE, "model-best*", "model-last*", ".model.tmp-*", ".model.old-*",
              ".model-*.tmp-*", ".model-*.old-*")
 

@@ -59,7 +59,8 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     from earshot.tokenizer import warn_unknown_chars
 
     warn_unknown_chars(tokenizer, [cut.supervisions[0].text for cut in dev_cuts], cfg.data.dev)
-    run = build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts)
+    run = build_run(cfg, exp_dir, world, device, tokenizer, train_cuts, dev_cuts,
+                    fresh=saved is None)
     check_ctc_can_align(run.model, tokenizer, train_cuts, cfg)
     if saved is not None:
         state = restore(run, *saved)
@@ -171,12 +172,17 @@ def fit_or_load_tokenizer(cfg: ExperimentConfig, exp_dir: Path, train_cuts: CutS
 
 
 def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.device,
-              tokenizer: Tokenizer, train_cuts: CutSet, dev_cuts: CutSet) -> Run:
-    """The model (fresh weights from ``train.seed``), this rank's loaders and the Run."""
-    from earshot.data.batching import make_loader
+              tokenizer: Tokenizer, train_cuts: CutSet, dev_cuts: CutSet,
+              fresh: bool = True) -> Run:
+    """The model (fresh weights from ``train.seed``), this rank's loaders and the Run. The
+    training loader writes each epoch's batches to ``exp_dir/plans`` (a resumed epoch
+    seeks into them); a ``fresh`` run first removes what an earlier run left there."""
+    from earshot.data.batching import PLANS_DIR, clear_plans, make_loader
     from earshot.data.corruption import Corruption
     from earshot.data.manifests import manifest_stats
 
+    if fresh:
+        clear_plans(exp_dir / PLANS_DIR, world.rank)
     model = build_model(cfg, tokenizer).to(device)
     rate, data = model.sample_rate, cfg.data
     shard = {"world_size": world.world_size, "rank": world.rank}
@@ -185,7 +191,8 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
                                num_workers=data.num_workers, speed_factors=data.speed_perturb,
                                keep_empty=True, corruption=Corruption.from_config(data, rate),
                                prefetch_factor=data.prefetch_factor,
-                               pin_memory=device.type == "cuda", strict=data.strict, **shard)
+                               pin_memory=device.type == "cuda", strict=data.strict,
+                               plan_dir=exp_dir / PLANS_DIR, **shard)
     dev_loader = make_loader(dev_cuts, tokenizer, rate, data.max_duration, shuffle=False,
                              num_buckets=data.num_buckets, num_workers=data.num_workers,
                              even=False, keep_empty=True, **shard)
