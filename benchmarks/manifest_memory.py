@@ -7,10 +7,11 @@ For each size N a manifest of N cuts is written (ids of their own, each pointing
 of the real audio files under --audio, in turn), then a fresh process runs what
 ``earshot train`` does with a training manifest before and while it trains: open and
 check it (``load_data``: lazy, one pass), train the character tokenizer on its texts,
-count the epoch's batches (the progress bar's total: one pass through the bucketing
-sampler), and load the first --batches batches of audio through the training loader,
-shuffled. Printed per size: seconds of each stage and the process's peak resident set
-size (VmHWM). The model and its optimizer take the same memory whatever the corpus
+draw the epoch's batches through the bucketing sampler and write them down (the epoch
+plan, which also gives the progress bar's total), load the first --batches batches of
+audio through the training loader, shuffled, and then resume: a fresh loader that starts
+the epoch 10 batches before its end and loads one batch. Printed per size: seconds of
+each stage and the process's peak resident set size (VmHWM). The model and its optimizer take the same memory whatever the corpus
 size, so they are left out.
 """
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    manifest_mb=round(manifest.stat().st_size / 2**20, 1))
         rows.append(row)
     print(f"{len(files)} audio files under {args.audio}; {args.batches} batches loaded")
-    keys = ("cuts", "manifest_mb", "write_s", "open_s", "tokenizer_s", "count_s", "batches_s",
-            "epoch_batches", "peak_rss_mb")
+    keys = ("cuts", "manifest_mb", "write_s", "open_s", "tokenizer_s", "plan_s", "batches_s",
+            "resume_s", "epoch_batches", "peak_rss_mb")
     print("  ".join(f"{k:>13}" for k in keys))
     for row in rows:
         print("  ".join(f"{row[k]:>13,}" if isinstance(row[k], int) else f"{row[k]:>13}"
@@ -111,15 +112,24 @@ def child(manifest: str, batches: int) -> None:
     lap("open_s")
     tokenizer = train_tokenizer((c.supervisions[0].text for c in train_cuts), TokenizerConfig())
     lap("tokenizer_s")
-    loader = make_loader(train_cuts, tokenizer, 8000, cfg.data.max_duration, shuffle=True,
-                         seed=1, keep_empty=True)
-    row["epoch_batches"] = batches_in_epoch(loader, 1)
-    lap("count_s")
-    set_epoch(loader, 1)
-    for i, _ in enumerate(loader):
+    plans = Path(manifest).with_suffix(".plans")
+
+    def loader():
+        return make_loader(train_cuts, tokenizer, 8000, cfg.data.max_duration, shuffle=True,
+                           seed=1, keep_empty=True, plan_dir=plans)
+
+    first = loader()
+    row["epoch_batches"] = batches_in_epoch(first, 1)
+    lap("plan_s")
+    set_epoch(first, 1)
+    for i, _ in enumerate(first):
         if i + 1 == batches:
             break
     lap("batches_s")
+    resumed = loader()
+    set_epoch(resumed, 1, skip=row["epoch_batches"] - 10)
+    next(iter(resumed))
+    lap("resume_s")
     row["peak_rss_mb"] = max_rss_mb()
     print(json.dumps(row))
 
