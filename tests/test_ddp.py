@@ -130,3 +130,36 @@ def test_a_batch_whose_audio_is_gone_on_one_rank_keeps_the_ranks_in_step(corpus,
     (epoch,) = [r for r in rows if r["kind"] == "epoch"]
     assert epoch["skipped"] == {"unreadable": 1, "unusable": 0, "out_of_memory": 0, "other_rank": 1}
     assert epoch["step"] == 3  # 4 rounds of 2 batches, one skipped
+
+
+def test_two_ranks_killed_mid_epoch_resume_from_their_plans(corpus, tmp_path):
+    """Two gloo ranks SIGKILLed in the middle of epoch 2 and resumed (each rank seeking into
+    its own epoch plan) end with the parameters of the run that never stopped; each rank's
+    plan of epoch 2 holds its own half of the utterances, every one once."""
+    import gzip
+    import json
+
+    config, overrides = corpus
+    every_step = ("optim.accum_steps=1", "train.save_every_steps=1")
+    straight = _train(config, overrides, tmp_path / "straight", 2, *every_step)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # 2 steps an epoch: step 4 is epoch 2's last; killed there, its batch-1 checkpoint is the newest
+    killed = _train(config, overrides, tmp_path / "resumed", 2, *every_step,
+                    env={"EARSHOT_FAULT": "after-step:4"})
+    assert killed.returncode != 0
+    newest = ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints")
+    assert newest.name.startswith("epoch-0002-batch-"), newest
+    resumed = _train(config, overrides, tmp_path / "resumed", 2, *every_step, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "straight" / "checkpoints", 2))
+    b = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "resumed" / "checkpoints", 2))
+    for name, value in a.model.items():
+        assert torch.allclose(value, b.model[name], atol=1e-6, rtol=0), name
+    ids = []
+    for rank in (0, 1):
+        data = (tmp_path / "resumed" / "plans" / f"epoch-0002-rank-{rank}.batches.gz").read_bytes()
+        index = json.loads((tmp_path / "resumed" / "plans" / f"epoch-0002-rank-{rank}.index.json")
+                           .read_text())["offsets"]
+        for start, end in zip(index, index[1:]):
+            ids += [cut["id"] for cut in json.loads(gzip.decompress(data[start:end]))]
+    assert sorted(ids) == sorted(f"train{i}" for i in range(len(TEXTS)))
