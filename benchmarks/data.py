@@ -7,7 +7,8 @@ For each worker count the training loader of the config (its batch budget, bucke
 speed perturbation, noise and reverberation; shuffled) yields --batches batches after a
 first one: batches per second and audio-seconds per second, alone on the machine. Then
 the config's model trains --steps steps (forward, backward, Adam) on batches loaded
-beforehand: the audio-seconds per second training consumes. The ratio says how many
+beforehand: the audio-seconds per second training consumes. Also printed: the padding
+efficiency of a whole epoch of the config's batches (audio over padded batch size). The ratio says how many
 times over a loader keeps training fed; the loader shares the cores with training in a
 real run, so the margin is what is needed.
 """
@@ -62,11 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         rows[workers] = seconds / elapsed
         print(f"{f'{workers} workers':<22}{n / elapsed:>11.1f}{seconds / elapsed:>11.1f}")
+    efficiency = padding_efficiency(loader(0))
+    print(f"padding efficiency of epoch 1 (audio over padded batch size): {100 * efficiency:.1f}%")
     consumed = training_rate(cfg, tokenizer, loader(0), args.steps, rate)
     print(f"{'training consumes':<22}{'':>11}{consumed:>11.1f}")
     best = max(rows, key=rows.get)
     print(f"best: {best} workers, {rows[best] / consumed:.1f}x what training consumes")
     return 0
+
+
+def padding_efficiency(loader) -> float:
+    """Audio over padded batch size, over a whole epoch's batches as the sampler draws
+    them (perturbed durations; no audio read)."""
+    audio = padded = 0.0
+    for cuts in loader.sampler:
+        durations = [c.duration for c in cuts]
+        audio += sum(durations)
+        padded += len(durations) * max(durations)
+    return audio / padded
 
 
 def training_rate(cfg, tokenizer, loader, steps: int, rate: int) -> float:
