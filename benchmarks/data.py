@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from earshot.config import load_config, replace
+    from earshot.config import load_config
     from earshot.data.batching import make_loader, set_epoch
     from earshot.data.corruption import Corruption
     from earshot.data.manifests import load_cuts

@@ -717,7 +717,7 @@ def _straight_and_resumed(corpus, tmp_path, overrides, monkeypatch):
         with pytest.raises(Killed):
             train(_cfg(corpus, tmp_path / "resumed", *overrides))
     assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name.startswith("epoch-0002-batch-")
-    from earshot.data.batching import EpochBatches
+    from earshot.data.epochs import EpochBatches
 
     draw = EpochBatches._mine
 

@@ -211,7 +211,7 @@ def corrupt_manifest(manifest: str | Path, out_dir: str | Path, noise: str = "",
     ``out_dir/audio/ID.flac`` (16-bit, the cut's own rate), and ``out_dir/cuts.jsonl.gz``
     with the same ids and transcripts. A cut whose audio does not load is named and
     skipped. Returns the manifest written."""
-    from lhotse import CutSet, MonoCut, Recording
+    from lhotse import MonoCut, Recording
     from lhotse.utils import fastcopy
 
     import soundfile as sf

@@ -177,7 +177,8 @@ def build_run(cfg: ExperimentConfig, exp_dir: Path, world: Dist, device: torch.d
     """The model (fresh weights from ``train.seed``), this rank's loaders and the Run. The
     training loader writes each epoch's batches to ``exp_dir/plans`` (a resumed epoch
     seeks into them); a ``fresh`` run first removes what an earlier run left there."""
-    from earshot.data.batching import PLANS_DIR, clear_plans, make_loader
+    from earshot.data.batching import make_loader
+    from earshot.data.epochs import PLANS_DIR, clear_plans
     from earshot.data.corruption import Corruption
     from earshot.data.manifests import manifest_stats
 

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from earshot.config import LMExperimentConfig, check
-from earshot.data.batching import EpochBatches
+from earshot.data.epochs import EpochBatches
 from earshot.errors import ConfigError
 from earshot.models.artifacts import save_lm_dir
 from earshot.models.lm import RNNLM
