@@ -178,7 +178,8 @@ def test_each_corpus_preparer_writes_its_splits(name, tmp_path):
     options = {"an4": dict(dev_speakers=1), "synthetic": dict(utterances=3),
                "csv": dict(dev_fraction=0.25), "jsonl": dict(dev_fraction=0.25)}.get(name, {})
     splits = PREPARERS.load(name)(_corpus_source(name, tmp_path / "src"), tmp_path / "out", **options)
-    expected = {"noise", "music", "speech"} if name == "musan" else {"train", "dev"}
+    expected = {"musan": {"noise", "music", "speech"},
+                "librispeech": {"train", "dev-clean"}}.get(name, {"train", "dev"})
     assert expected <= set(splits) and all(len(splits[s]) > 0 for s in expected)
     for split, cuts in splits.items():
         written = load_cuts(tmp_path / "out" / f"{split}.jsonl.gz", need_text=name != "musan")

@@ -33,13 +33,12 @@ def texts(path) -> dict[str, str]:
 def test_librispeech_parts_train_and_dev(tmp_path, capsys):
     src = layouts.librispeech(tmp_path / "src", parts=("train-clean-100", "train-other-500", "dev-clean"))
     summary, printed = prepare(capsys, "librispeech", src, tmp_path / "out")
-    assert set(summary["splits"]) == {"train-clean-100", "train-other-500", "dev-clean", "train", "dev"}
-    assert summary["splits"]["train"]["utterances"] == 8 and summary["splits"]["dev"]["utterances"] == 4
-    assert summary["splits"]["dev"]["speakers"] == 2
+    assert utterances(summary) == {"train": 8, "dev-clean": 4}  # both train parts together
+    assert summary["splits"]["dev-clean"]["speakers"] == 2
     assert summary["skipped"] == {"audio file missing": 3}  # one line per part has no .flac
-    assert texts(tmp_path / "out" / "dev.jsonl.gz")["120-2120-0001"] == "HELLO WORLD NUMBER 1"
+    assert texts(tmp_path / "out" / "dev-clean.jsonl.gz")["120-2120-0001"] == "HELLO WORLD NUMBER 1"
     # the summary is on screen: the splits, a duration histogram, characters, skipped rows
-    assert "train-other-500" in printed and "0-1 s" in printed and "HELLO" not in printed
+    assert "dev-clean" in printed and "0-1 s" in printed and "HELLO" not in printed
     assert "skipped 3 rows: audio file missing 3" in printed
     assert "characters (" in printed and "wrote" in printed
 

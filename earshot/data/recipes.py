@@ -35,19 +35,18 @@ MAX_LISTED = 20  # missing files named one by one; the rest are counted
 
 def prepare_librispeech(root: str | Path, out_dir: str | Path) -> dict[str, CutSet]:
     """LibriSpeech (``root`` holds LibriSpeech/ or its part folders: train-clean-100/,
-    dev-clean/, ...) -> one manifest per part found, plus ``train`` (every train-* part
-    together) and ``dev`` (dev-clean) when those parts are there."""
+    dev-clean/, ...) -> ``train`` (every train-* part found, together) and one manifest
+    per other part under its own name (``dev-clean``, ``test-other``, ...)."""
     from lhotse.recipes import prepare_librispeech as recipe
 
     root = _descend(Path(root), "LibriSpeech")
     parts = _librispeech_parts(root, LIBRISPEECH_PARTS + MINI_LIBRISPEECH_PARTS, "LibriSpeech")
     manifests, skipped = _run_librispeech(recipe, root, parts)
-    splits = {part: _cuts(manifests[part], skipped) for part in parts if part in manifests}
-    train = [p for p in splits if p.startswith("train-")]
-    if train and "train" not in splits:
-        splits["train"] = [c for p in train for c in splits[p]]
-    if "dev-clean" in splits:
-        splits["dev"] = splits["dev-clean"]
+    splits: dict[str, list] = {}
+    for part in parts:
+        if part in manifests:
+            name = "train" if part.startswith("train-") else part
+            splits.setdefault(name, []).extend(_cuts(manifests[part], skipped))
     return write_splits(splits, out_dir, skipped)
 
 
