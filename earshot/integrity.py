@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from earshot.errors import ConfigError
@@ -67,3 +69,48 @@ def verify_checksums(directory: str | Path) -> bool:
                               f"or copy the model again, or delete {CHECKSUM_FILE} to accept "
                               f"the change")
     return True
+
+
+# ---------------------------------------------------------------------------
+# writing a file whole or not at all
+
+TMP_MARK = ".tmp-"  # in the name of a temporary file that is renamed into place
+
+
+def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
+    """``write(handle)`` into a temp file next to ``path``, fsync, rename over ``path``,
+    fsync the directory: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))

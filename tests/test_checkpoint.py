@@ -55,7 +55,9 @@ def test_crash_mid_save_keeps_the_old_checkpoint_and_leaves_no_partial_file(tmp_
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed between writing the temp file and the rename")
 
-    monkeypatch.setattr(ckpt.os, "replace", crash)
+    from earshot import integrity
+
+    monkeypatch.setattr(integrity.os, "replace", crash)  # where checkpoints are renamed into place
     with torch.no_grad():
         model[0].weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):

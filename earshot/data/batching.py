@@ -18,8 +18,9 @@ resumed epoch must count the same batches), which yields it with no rows.
 Resuming mid-epoch: ``set_epoch(loader, epoch, skip=n)`` on a fresh loader yields that
 epoch from its ``n``-th batch on. A training loader (``plan_dir``) writes each epoch's
 batches down when first drawn and seeks to batch ``n`` in that plan; without one the
-skipped batches are drawn again from the sampler (cut metadata only), never loaded. The same holds with loader workers, because the position
-is counted where batches are consumed, not where workers prefetch them. Speed
+skipped batches are drawn again from the sampler (cut metadata only), never loaded.
+The same holds with loader workers, because the position is counted where batches are
+consumed, not where workers prefetch them. Speed
 perturbation draws each cut's factor from (seed, epoch, cut id) as the sampler lists it,
 so duration buckets and the batch budget see the perturbed lengths, and a resumed epoch
 perturbs exactly as the uninterrupted one did, in any worker.

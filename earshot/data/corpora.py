@@ -26,7 +26,7 @@ from lhotse.utils import fastcopy
 
 from earshot.data.manifests import read_manifest
 from earshot.errors import ConfigError, ManifestError
-from earshot.train.checkpoint import atomic_write_text
+from earshot.integrity import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 from lhotse import CutSet
 from torch.utils.data import Sampler
+
+from earshot.integrity import atomic_write, atomic_write_text
 
 class EpochPlan:
     """One rank's batches of one epoch, written down once: every batch's cuts (metadata
     as the sampler gave them, speed factors and shard included) as one gzip member of a
     file, with the members' offsets beside it. Reading from batch ``n`` seeks straight to
     it, so a resumed epoch starts where it stopped without drawing the batches before.
-    The offsets are written last (each file through a temporary name): a plan without
-    them is incomplete and written again."""
+    The offsets are written last (each file whole or not at all): a plan without them is
+    incomplete and written again."""
 
     def __init__(self, directory: Path, epoch: int, rank: int) -> None:
         stem = f"epoch-{epoch:04d}-rank-{rank}"
@@ -34,16 +35,15 @@ class EpochPlan:
         return self.index_path.is_file() and self.batches_path.is_file()
 
     def write(self, batches) -> None:
-        self.batches_path.parent.mkdir(parents=True, exist_ok=True)
-        offsets, tmp = [0], self.batches_path.with_name(self.batches_path.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
+        offsets = [0]
+
+        def members(handle) -> None:
             for cuts in batches:
                 handle.write(gzip.compress(json.dumps([c.to_dict() for c in cuts]).encode(), 1))
                 offsets.append(handle.tell())
-        os.replace(tmp, self.batches_path)
-        index_tmp = self.index_path.with_name(self.index_path.name + f".{os.getpid()}.tmp")
-        index_tmp.write_text(json.dumps({"offsets": offsets}))
-        os.replace(index_tmp, self.index_path)
+
+        atomic_write(self.batches_path, members)
+        atomic_write_text(self.index_path, json.dumps({"offsets": offsets}))
         self._offsets = offsets
 
     @property

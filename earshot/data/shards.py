@@ -27,7 +27,7 @@ from lhotse import CutSet
 from lhotse.utils import fastcopy
 
 from earshot.errors import ConfigError, ManifestError
-from earshot.integrity import file_sha256
+from earshot.integrity import atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int = 10
         logger.warning("%d of %d cuts left out of the shards (audio did not load)", len(missing),
                        len(missing) + len(kept))
     files = sorted(p for p in out_dir.iterdir() if p.name not in (CHECKSUMS, SIZES))
-    (out_dir / CHECKSUMS).write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
-    (out_dir / SIZES).write_text(json.dumps({p.name: p.stat().st_size for p in files}, indent=1))
+    atomic_write_text(out_dir / SIZES, json.dumps({p.name: p.stat().st_size for p in files}, indent=1))
+    # written last: a folder with its checksums is a complete one
+    atomic_write_text(out_dir / CHECKSUMS, "".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
     logger.info("%s: %d cuts in %d shards", out_dir, len(kept), len(written["cuts"]))
     return out_dir
 

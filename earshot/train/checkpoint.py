@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from earshot.errors import ConfigError, EarshotError
-from earshot.integrity import file_sha256
+from earshot.integrity import TMP_MARK, atomic_write, file_sha256
 from earshot.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -44,7 +43,6 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1 (earshot 0.2) also held RNG and lhotse sampler states
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 _MID_EPOCH_FILE = re.compile(r"^epoch-(\d+)-batch-(\d+)\.pt$")
-_TMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -64,7 +62,7 @@ class Checkpoint:
 
 def atomic_torch_save(obj: object, path: str | Path,
                       before_rename: Callable[[], None] | None = None) -> None:
-    """``torch.save`` to ``path`` atomically (see ``_atomic_write``), then its SHA-256 to
+    """``torch.save`` to ``path`` atomically (see ``atomic_write``), then its SHA-256 to
     ``path.sha256``. ``before_rename`` runs once the temp file is written (the
     fault-injection tests kill the process there)."""
     path = Path(path)
@@ -72,7 +70,7 @@ def atomic_torch_save(obj: object, path: str | Path,
     old_digest = digest_path.read_bytes() if digest_path.is_file() else None
     digest_path.unlink(missing_ok=True)  # a stale digest must never vouch for a new file
     try:
-        _atomic_write(path, lambda handle: torch.save(obj, handle), before_rename)
+        atomic_write(path, lambda handle: torch.save(obj, handle), before_rename)
     except (OSError, RuntimeError) as err:
         if old_digest is not None:  # the old file stays, and so does what vouches for it
             with contextlib.suppress(OSError):
@@ -81,12 +79,7 @@ def atomic_torch_save(obj: object, path: str | Path,
             raise
         raise EarshotError(_write_failure(path, obj, err)) from None
     digest = file_sha256(path)  # read back from the page cache: no second copy in memory
-    _atomic_write(_digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """``text`` (UTF-8) to ``path`` atomically (see ``_atomic_write``)."""
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(_digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
 
 
 # torch.save's own words for a write that failed (a full disk, a vanished filesystem).
@@ -115,25 +108,6 @@ def _tensor_bytes(obj: object) -> int:
     return 0
 
 
-def _atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
-    """``write(handle)`` into a temp file next to ``path``, fsync, rename over ``path``,
-    fsync the directory: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -147,20 +121,6 @@ def _check_digest(path: Path) -> None:
     if file_sha256(path) != digest.read_text().strip():
         raise EarshotError(f"{path}: its SHA-256 does not match {digest.name} (the file was "
                            f"altered or damaged after it was written)")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -298,7 +258,7 @@ def remove_partial(ckpt_dir: str | Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    stale = [p for p in ckpt_dir.iterdir() if p.name.startswith(".") and _TMP_MARK in p.name]
+    stale = [p for p in ckpt_dir.iterdir() if p.name.startswith(".") and TMP_MARK in p.name]
     for path in stale:
         log.warning("%s: removing an incomplete checkpoint left by an interrupted save", path)
         path.unlink(missing_ok=True)
