@@ -34,16 +34,18 @@ def drop_unbatchable(cuts: CutSet, data: DataConfig | PretrainDataConfig, where:
     budget was sized for): each kind is counted in a warning naming a few of them."""
     from earshot.data.batching import drop_long_cuts
 
+    # one pass over the metadata (a lazy manifest may hold millions of cuts) for both limits
+    kept, longer = drop_long_cuts(cuts, min(data.max_utterance_duration, data.max_duration))
     for key in ("max_utterance_duration", "max_duration"):
         limit = getattr(data, key)
-        kept, longer = drop_long_cuts(cuts, limit)
-        if longer:
-            longest = sorted(longer, key=lambda c: -c.duration)
+        over = [c for c in longer if c.duration > limit]
+        longer = [c for c in longer if c.duration <= limit]
+        if over:
+            longest = sorted(over, key=lambda c: -c.duration)
             shown = ", ".join(f"'{c.id}' ({c.duration:.1f}s)" for c in longest[:3])
-            log.warning("%s: left out %d cuts longer than data.%s=%gs: %s%s", where, len(longer),
-                        key, limit, shown, " ..." if len(longer) > 3 else "")
-        cuts = kept
-    return cuts
+            log.warning("%s: left out %d cuts longer than data.%s=%gs: %s%s", where, len(over),
+                        key, limit, shown, " ..." if len(over) > 3 else "")
+    return kept
 
 
 def drop_short_rows(batch: Batch, frames: torch.Tensor, minimum: int, why: str) -> Batch | None:
