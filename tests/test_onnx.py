@@ -169,3 +169,91 @@ def test_language_model_export_gives_the_same_fused_search(overfit_model, corpus
     with pytest.raises(ConfigError, match="lm_step.onnx"):
         (tmp_path / "lm.onnx" / "lm_step.onnx").unlink()
         earshot.load_model(out).transcribe(files[0], lm=tmp_path / "lm.onnx", **options)
+
+
+# -- beam search as one graph ------------------------------------------------------------
+
+def _searches(onnx_model, wavs, lens, cfg, tokenizer, graphs):
+    """n-best lists of one batch, the search run as one graph (``graphs``) or eagerly."""
+    from earshot.decoding import api
+    from earshot.decoding.beam_search import beam_search, length_limits
+
+    enc = onnx_model.encode(wavs, lens)
+    search = api.Search(onnx_model, enc, tokenizer.blank_id, tokenizer.bos_id, tokenizer.eos_id,
+                        tokenizer.pad_id)
+    min_lens, max_lens = length_limits(enc.lens, cfg)
+    return beam_search(api.joint_scorers(search, cfg), onnx_model.vocab_size, min_lens, max_lens,
+                       search.bos, search.eos, cfg, graphs=graphs)
+
+
+def _assert_same(ref, got):
+    for a, b in zip(ref, got, strict=True):
+        if a[0].score == float("-inf"):  # every path pruned: which one is returned is arbitrary
+            assert [(len(h.tokens), h.score) for h in b] == [(len(h.tokens), h.score) for h in a]
+            continue
+        assert [h.tokens for h in b] == [h.tokens for h in a]
+        assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4)
+        for ha, hb in zip(a, b):
+            assert hb.scores.keys() == ha.scores.keys()
+            assert list(hb.scores.values()) == pytest.approx(list(ha.scores.values()), abs=1e-4)
+
+
+GRAPH_OPTIONS = {
+    "ctc-normalized": dict(beam_size=4, ctc_weight=0.4, length_normalize=True, nbest=3),
+    "ctc-early-stop": dict(beam_size=3, ctc_weight=0.3, nbest=2, eos_threshold=0.0),
+    "pre-beam-bonus": dict(beam_size=5, ctc_weight=0.5, pre_beam=3, length_bonus=0.5, nbest=5),
+    "attention-only": dict(beam_size=4, nbest=4, temperature=1.5, min_len_ratio=0.2),
+    "pruned-to-nothing": dict(beam_size=2, ctc_weight=0.9, max_len_ratio=3.0, min_len_ratio=2.5),
+}
+
+
+@pytest.mark.parametrize("variant", ["crdnn-location-gru", "crdnn-content-lstm-mfcc",
+                                     "conformer-multihead"])
+def test_search_graph_decides_as_the_eager_search_does(tmp_path, variant, monkeypatch):
+    """Every supported option, batches whose utterances end at different steps (done ones
+    are dropped by the eager loop, masked in the graph), and both scans of the CTC state."""
+    from dataclasses import replace
+
+    from earshot.config import DecodeConfig
+    from earshot.export import search_graph
+    from earshot.export.search_graph import SearchGraphs
+
+    out = export_model(_random_model_dir(tmp_path, VARIANTS[variant]), tmp_path / "m.onnx")
+    _, tokenizer, onnx_model = OnnxASR.load(out)
+    g = torch.Generator().manual_seed(4)
+    lens = torch.tensor([8000, 2900, 5100, 1300])
+    wavs = torch.randn(4, 8000, generator=g) * 0.1 * (torch.arange(8000) < lens[:, None])
+    for name, options in GRAPH_OPTIONS.items():
+        cfg = replace(DecodeConfig(), **options)
+        for square_limit in (64, 0):  # one (N, T, T) reduction; log2(T) rounds
+            monkeypatch.setattr(search_graph, "SQUARE_SCAN_FRAMES", square_limit)
+            graphs = SearchGraphs(onnx_model)
+            for rows in (slice(0, 4), slice(1, 2)):
+                ref = _searches(onnx_model, wavs[rows], lens[rows], cfg, tokenizer, None)
+                got = _searches(onnx_model, wavs[rows], lens[rows], cfg, tokenizer, graphs)
+                assert len(graphs.searches) == 1, name  # one graph per configuration
+                _assert_same(ref, got)
+
+
+def test_searches_a_graph_cannot_run_stay_eager(overfit_model, exported):
+    """A language model, a CTC window, coverage: the step-by-step search, same results."""
+    from earshot.config import DecodeConfig
+    from earshot.export.search_graph import SearchGraphs
+    from earshot.models.lm import RNNLM
+    from earshot.config import LMConfig
+
+    _, tokenizer, onnx_model = OnnxASR.load(exported)
+    torch.manual_seed(3)
+    lm = RNNLM(LMConfig(embedding_dim=8, units=16, layers=1), tokenizer.vocab_size).eval()
+    wavs, lens = torch.randn(2, 9000) * 0.1, torch.tensor([9000, 7000])
+    from earshot.decoding.api import decode_batch
+
+    for cfg, with_lm in ((DecodeConfig(beam_size=3, ctc_weight=0.3, lm_weight=0.4), True),
+                         (DecodeConfig(beam_size=3, ctc_weight=0.3, ctc_window=5), False),
+                         (DecodeConfig(beam_size=3, coverage_weight=0.2), False)):
+        onnx_model.search_graphs = SearchGraphs(onnx_model)
+        got = decode_batch(onnx_model, wavs, lens, cfg, tokenizer, lm=lm if with_lm else None)
+        assert onnx_model.search_graphs.searches == {}
+        onnx_model.search_graphs = None
+        ref = decode_batch(onnx_model, wavs, lens, cfg, tokenizer, lm=lm if with_lm else None)
+        _assert_same(ref, got)

@@ -101,7 +101,8 @@ def joint_scorers(search: Search, cfg: DecodeConfig, lm: RNNLM | None = None) ->
 def beam(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:
     min_lens, max_lens = length_limits(search.enc.lens, cfg)
     return beam_search(joint_scorers(search, cfg, lm), search.model.vocab_size, min_lens,
-                       max_lens, search.bos, search.eos, cfg)
+                       max_lens, search.bos, search.eos, cfg,
+                       graphs=getattr(search.model, "search_graphs", None))
 
 
 def greedy(search: Search, cfg: DecodeConfig, lm: RNNLM | None) -> list[list[Hypothesis]]:

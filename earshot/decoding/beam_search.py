@@ -57,16 +57,64 @@ class _StepScores:
     total: torch.Tensor  # (N, C) weighted sum of every scorer
     token_part: torch.Tensor  # (N, C) weighted sum of token-dependent scorers only
     raw: list[torch.Tensor]  # per scorer (N, V | C | 1), unweighted
-    cands: torch.Tensor  # (N, C) token id of each column
+    cands: torch.Tensor | None  # (N, C) token id of each column; None: column = token id
     states: list
+
+
+@dataclass
+class Decision:
+    """What one step decided, as tensors: the ranked extensions of every live utterance
+    (B, M = min(2K, K*C)), those that finish, the next beam (N = B*K rows) and the
+    utterances that are done. ``states``: each scorer's candidate state, to be narrowed
+    to the next beam by its ``select_state``."""
+
+    top: torch.Tensor  # (B, M) cumulative scores, best first
+    rows: torch.Tensor  # (B, M) parent row of each
+    tokens: torch.Tensor  # (B, M) token of each
+    final: torch.Tensor  # (B, M) ends in eos within the first K ranks
+    ext_raw: torch.Tensor  # (B, M, S) per-scorer totals of each
+    new_rows: torch.Tensor  # (N,) the next beam's parents
+    new_tokens: torch.Tensor  # (N,)
+    new_score: torch.Tensor  # (N,)
+    new_raw: torch.Tensor  # (N, S)
+    n_finished: torch.Tensor  # (B,)
+    best_final: torch.Tensor  # (B, nbest)
+    done: torch.Tensor  # (B,) nothing more to search for
+    states: list
+
+
+@dataclass
+class FullScores:
+    """The full scorers' part of a step (``score_full``): per-scorer raw scores and
+    candidate states (None for partial scorers, scored later), their weighted sums."""
+
+    raw: list
+    states: list
+    token_part: torch.Tensor | None  # (N, V) weighted sum of token-dependent scores
+    row_part: torch.Tensor | None  # (N, 1) weighted sum of token-independent scores
+    ctx: StepContext
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """The fixed quantities of one search: what a step is a function of besides tensors."""
+
+    vocab_size: int
+    eos: int
+    k: int
+    cfg: DecodeConfig
+    step_bound: float | None
 
 
 @torch.no_grad()
 def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.Tensor,
-                max_lens: torch.Tensor, bos: int, eos: int,
-                cfg: DecodeConfig) -> list[list[Hypothesis]]:
+                max_lens: torch.Tensor, bos: int, eos: int, cfg: DecodeConfig,
+                graphs=None) -> list[list[Hypothesis]]:
     """Decode B utterances; min_lens, max_lens (B,) in tokens. Returns per utterance up
-    to ``cfg.nbest`` hypotheses, best first. Scorers of weight 0 are not run."""
+    to ``cfg.nbest`` hypotheses, best first. Scorers of weight 0 are not run.
+    ``graphs``: an object whose ``search(scorers, spec, beam, states, live)`` runs the
+    whole search elsewhere (earshot.export.search_graph: one onnxruntime graph) and
+    returns what the loop below would have collected, or None when it cannot."""
     scorers = [s for s in scorers if s.weight != 0.0]
     b, k = max_lens.shape[0], cfg.beam_size
     device = max_lens.device
@@ -75,37 +123,62 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
     live = _Live.of(torch.arange(b, device=device), min_lens, max_lens,
                     torch.zeros(b, dtype=torch.long, device=device),
                     torch.full((b, cfg.nbest), NEG_INF, device=device), k)
+    bound = None if cfg.length_normalize else _step_bound(scorers)
+    spec = SearchSpec(vocab_size, eos, k, cfg, bound)
+    names = [s.name for s in scorers]
+    found = graphs.search(scorers, spec, beam, states, live) if graphs is not None else None
+    if found is not None:
+        return _collect(*found, names, b, cfg)
     vocab_ids = torch.arange(vocab_size, device=device).unsqueeze(0)
     finished: list[tuple] = []
     fallback: dict[int, tuple] = {}
-    step_bound = None if cfg.length_normalize else _step_bound(scorers)
     for step in range(int(max_lens.max()) + 1):
-        n = live.ids.shape[0]
-        scored = _score(scorers, beam.tokens, states, vocab_ids, cfg.pre_beam, eos, step)
-        total = _constrain(scored, beam.score, step, live, eos, cfg.eos_threshold)
-        top, rows, cols = _top(total, live.offsets, k)
-        tokens = scored.cands[rows, cols]
-        final = (tokens == eos) & torch.isfinite(top)
-        final[:, k:] = False  # the first K ranks only
-        if bool(final.any()):
-            utt, toks, score, raw = _finish(beam, scored, final, rows, cols, tokens, top)
-            finished.append((live.ids[utt], toks, score, raw))
-            live.n_finished += final.sum(1)
-            if step_bound is not None:
-                best_final = torch.cat([live.best_final, top.masked_fill(~final, NEG_INF)], 1)
-                live.best_final = best_final.topk(cfg.nbest, dim=1).values
-        beam, states = _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k)
-        best = beam.score.view(n, k).max(dim=1).values
-        done = (live.n_finished >= k) | (live.max_lens <= step) | ~torch.isfinite(best)
-        if step_bound is not None:
-            done |= live.best_final[:, -1] >= best + step_bound * (live.max_lens - step)
-        if bool(done.any()):  # always by step max(max_lens), where every utterance is done
-            fallback.update(_fallbacks(beam, live, done & (live.n_finished == 0), k))
-            if bool(done.all()):
+        full = score_full(scorers, beam.tokens, states, step)
+        d = decide(scorers, spec, full, beam, states, live, step, vocab_ids)
+        if bool(d.final.any()):
+            utt, pos = d.final.nonzero(as_tuple=True)
+            finished.append((live.ids[utt], beam.tokens[d.rows[utt, pos], 1:],
+                             d.top[utt, pos], d.ext_raw[utt, pos]))
+        beam = _Beam(torch.cat([beam.tokens[d.new_rows], d.new_tokens.unsqueeze(1)], dim=1),
+                     d.new_score, d.new_raw)
+        states = [ws.scorer.select_state(st, d.new_rows, d.new_tokens)
+                  for ws, st in zip(scorers, d.states)]
+        live.n_finished, live.best_final = d.n_finished, d.best_final
+        if bool(d.done.any()):  # always by step max(max_lens), where every utterance is done
+            fallback.update(_fallbacks(beam, live, d.done & (live.n_finished == 0), k))
+            if bool(d.done.all()):
                 break
-            beam, states, live = _drop(beam, states, scorers, live, ~done, k)
-    names = [s.name for s in scorers]
+            beam, states, live = _drop(beam, states, scorers, live, ~d.done, k)
     return _collect(finished, fallback, names, b, cfg)
+
+
+def decide(scorers: list[WeightedScorer], spec: SearchSpec, full: FullScores, beam: _Beam,
+           states: list, live: _Live, step: int, vocab_ids: torch.Tensor) -> Decision:
+    """One step after the full scorers: partial scorers on the candidates, length and eos
+    rules, the best extensions, those that finish, the next beam and the utterances that
+    are done. vocab_ids (1, V): every token id. Pure tensor code with no data-dependent
+    control flow, so that it also runs as a graph."""
+    k, eos = spec.k, spec.eos
+    scored = _score_partial(scorers, full, beam.tokens, states, vocab_ids, spec.cfg.pre_beam, eos)
+    total = _constrain(scored, beam.score, step, live, eos, spec.cfg.eos_threshold)
+    top, rows, cols = _top(total, live.offsets, k)
+    tokens = cols if scored.cands is None else _at(scored.cands, rows, cols)
+    first_k = torch.arange(int(top.shape[1]), device=top.device) < k
+    final = (tokens == eos) & torch.isfinite(top) & first_k  # the first K ranks only
+    ext_raw = beam.raw[rows] + _pick_raw(scored, rows, cols, tokens)
+    n_finished = live.n_finished + final.sum(1)
+    best_final = live.best_final
+    if spec.step_bound is not None:
+        best_final = torch.cat([best_final, top.masked_fill(~final, NEG_INF)], 1)
+        best_final = best_final.topk(spec.cfg.nbest, dim=1).values
+    new_rows, new_tokens, new_score, new_raw = _advance(rows, tokens, top, ext_raw, live.offsets,
+                                                        eos, k)
+    best = new_score.view(-1, k).max(dim=1).values
+    done = (n_finished >= k) | (live.max_lens <= step) | ~torch.isfinite(best)
+    if spec.step_bound is not None:
+        done = done | (best_final[:, -1] >= best + spec.step_bound * (live.max_lens - step))
+    return Decision(top, rows, tokens, final, ext_raw, new_rows, new_tokens, new_score,
+                    new_raw, n_finished, best_final, done, scored.states)
 
 
 @dataclass
@@ -177,10 +250,9 @@ def _start(b: int, k: int, bos: int, s: int, device) -> _Beam:
     return _Beam(tokens, score.view(-1), torch.zeros(b * k, s, device=device))
 
 
-def _score(scorers, tokens, states, vocab_ids, pre_beam, eos, step) -> _StepScores:
-    """Run every scorer once: full ones first, then partial ones on the candidates.
-    vocab_ids (1, V): every token id."""
-    n, vocab_size = tokens.shape[0], vocab_ids.shape[1]
+def score_full(scorers: list[WeightedScorer], tokens: torch.Tensor, states: list,
+               step: int) -> FullScores:
+    """Run every full scorer (those that score the whole vocabulary or the row) once."""
     ctx = StepContext(step)
     token_part = row_part = None  # weighted sums (N, V) and (N, 1); None: nothing yet
     raw, new_states = [None] * len(scorers), [None] * len(scorers)
@@ -192,6 +264,16 @@ def _score(scorers, tokens, states, vocab_ids, pre_beam, eos, step) -> _StepScor
                 row_part = _accumulate(row_part, ws.weight, raw[i])
             else:
                 token_part = _accumulate(token_part, ws.weight, raw[i])
+    return FullScores(raw, new_states, token_part, row_part, ctx)
+
+
+def _score_partial(scorers, full: FullScores, tokens, states, vocab_ids, pre_beam,
+                   eos) -> _StepScores:
+    """The partial scorers on the candidates (the best ``pre_beam`` by the full scorers,
+    or the whole vocabulary), added to the full scorers' sums. vocab_ids (1, V)."""
+    n, vocab_size = tokens.shape[0], vocab_ids.shape[1]
+    raw, new_states = list(full.raw), list(full.states)
+    token_part, row_part = full.token_part, full.row_part
     ranked = token_part is not None  # some full scorer ranks tokens (a pre-beam means something)
     if token_part is None:
         token_part = torch.zeros(n, vocab_size, device=tokens.device)
@@ -201,11 +283,10 @@ def _score(scorers, tokens, states, vocab_ids, pre_beam, eos, step) -> _StepScor
     if cands is not None:
         token_part = token_part.gather(1, cands)
     for i in partial:
-        raw[i], new_states[i] = scorers[i].scorer.score(tokens, states[i], cands, ctx)
+        raw[i], new_states[i] = scorers[i].scorer.score(tokens, states[i], cands, full.ctx)
         token_part = token_part + scorers[i].weight * raw[i]
-    ids = cands if cands is not None else vocab_ids.expand(n, -1)
     total = token_part if row_part is None else token_part + row_part
-    return _StepScores(total, token_part, raw, ids, new_states)
+    return _StepScores(total, token_part, raw, cands, new_states)
 
 
 def _first(a, b):
@@ -227,65 +308,70 @@ def _pre_beam(token_part: torch.Tensor, size: int, eos: int) -> torch.Tensor:
 
 def _constrain(scored: _StepScores, score, step, live: _Live, eos, eos_threshold):
     """Cumulative scores (N, C) of every extension with length and eos rules applied."""
-    is_eos = scored.cands == eos
-    allow_eos = (live.row_min <= step).unsqueeze(1).expand_as(is_eos)
+    is_eos = _column_ids(scored) == eos
+    allow_eos = (live.row_min <= step).unsqueeze(1)
     if eos_threshold > 0:
         # SpeechBrain's rule on the token-dependent log-scores: eos only if close to the best
         best = scored.token_part.max(dim=1, keepdim=True).values
         allow_eos = allow_eos & (scored.token_part >= eos_threshold * best)
     forced = (live.row_max <= step).unsqueeze(1)
-    ban = torch.where(forced, ~is_eos, is_eos & ~allow_eos)
+    ban = (forced & ~is_eos) | (~forced & is_eos & ~allow_eos)
     total = (score.unsqueeze(1) + scored.total).masked_fill(ban, NEG_INF)
-    return total.nan_to_num(nan=NEG_INF, neginf=NEG_INF)
+    return total.masked_fill(total.isnan(), NEG_INF)
+
+
+def _column_ids(scored: _StepScores) -> torch.Tensor:
+    """Token id of each column: (N, C), or (1, V) when the columns are the vocabulary."""
+    if scored.cands is not None:
+        return scored.cands
+    return torch.arange(int(scored.total.shape[1]), device=scored.total.device).unsqueeze(0)
+
+
+def _at(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """x[rows, cols] for a 2-D x of fixed width, as one gather from the flattened x (which
+    a graph runs as a single node)."""
+    return x.reshape(-1)[rows * int(x.shape[1]) + cols]
 
 
 def _top(total: torch.Tensor, offsets: torch.Tensor, k: int):
     """Best min(2K, K*C) extensions per utterance: scores (B, M), parent rows, columns;
     ``offsets`` (B, 1) the first row of each utterance."""
-    c = total.shape[1]
-    flat = total.view(offsets.shape[0], k * c)
+    c = int(total.shape[1])
+    flat = total.reshape(-1, k * c)
     top, idx = flat.topk(min(2 * k, k * c), dim=1)
     return top, idx // c + offsets, idx % c
 
 
-def _finish(beam, scored, final, rows, cols, tokens, top):
-    """Finished hypotheses of this step as tensors: (utt, tokens, score, raw)."""
-    utt, pos = final.nonzero(as_tuple=True)
-    r, c, t = rows[utt, pos], cols[utt, pos], tokens[utt, pos]
-    raw = beam.raw[r] + _pick_raw(scored, r, c, t)
-    return utt, beam.tokens[r, 1:], top[utt, pos], raw
-
-
 def _pick_raw(scored: _StepScores, rows, cols, tokens) -> torch.Tensor:
-    """Unweighted score of each chosen extension, per scorer: (M, S)."""
+    """Unweighted score of each chosen extension, per scorer: (..., S) for rows, cols and
+    tokens of any one shape."""
     out = []
     for r in scored.raw:
         if r.shape[1] == 1:
             out.append(r[rows, 0])
-        elif r.shape[1] == scored.cands.shape[1]:
-            out.append(r[rows, cols])  # candidate columns (or the whole vocabulary)
+        elif r.shape[1] == scored.total.shape[1]:
+            out.append(_at(r, rows, cols))  # candidate columns (or the whole vocabulary)
         else:
-            out.append(r[rows, tokens])  # whole-vocabulary scores under a pre-beam
+            out.append(_at(r, rows, tokens))  # whole-vocabulary scores under a pre-beam
     if not out:
         return torch.zeros(rows.shape[0], 0, device=rows.device)
     return torch.stack(out, dim=-1).float()
 
 
-def _advance(beam, scorers, scored, top, rows, cols, tokens, eos, k):
-    """Next beam: per utterance the best K extensions that do not end in eos."""
-    m = top.shape[1]
+def _advance(rows, tokens, top, ext_raw, offsets, eos, k):
+    """The next beam: per utterance the best K extensions that do not end in eos, as
+    (parent rows, tokens, scores, per-scorer totals), N rows each; offsets (B, 1) the
+    first row of each utterance."""
+    m = int(top.shape[1])
     rank = torch.arange(m, device=top.device).unsqueeze(0)
-    order = (rank + (tokens == eos) * m).argsort(dim=1)[:, :k]
+    # ranks, with those ending in eos after all the others (the keys are distinct)
+    order = (rank + (tokens == eos) * m).topk(min(k, m), dim=1, largest=False).indices
     if order.shape[1] < k:  # fewer than K extensions exist at all
         order = torch.cat([order, order[:, :1].expand(-1, k - order.shape[1])], dim=1)
-    pick = lambda x: x.gather(1, order).reshape(-1)  # noqa: E731
-    new_rows, new_cols, new_tokens, new_top = pick(rows), pick(cols), pick(tokens), pick(top)
+    flat = (order + offsets // k * m).reshape(-1)  # into the B * M extensions
+    new_rows, new_tokens, new_top = (x.reshape(-1)[flat] for x in (rows, tokens, top))
     new_top = new_top.masked_fill(new_tokens == eos, NEG_INF)
-    raw = beam.raw[new_rows] + _pick_raw(scored, new_rows, new_cols, new_tokens)
-    seq = torch.cat([beam.tokens[new_rows], new_tokens.unsqueeze(1)], dim=1)
-    states = [ws.scorer.select_state(st, new_rows, new_tokens)
-              for ws, st in zip(scorers, scored.states)]
-    return _Beam(seq, new_top, raw), states
+    return new_rows, new_tokens, new_top, ext_raw.reshape(-1, ext_raw.shape[2])[flat]
 
 
 def _collect(finished, fallback, names, b, cfg) -> list[list[Hypothesis]]:

@@ -57,14 +57,23 @@ class Rows:
     lens: torch.Tensor  # (N,) its frames
     padding: torch.Tensor  # (N, T) True after its frames
     last_frame: torch.Tensor  # (N, 1) index of its last frame (0 when it has none)
+    by_label: torch.Tensor  # (B * V, T) the log-probs of each utterance and label over time
+    label_base: torch.Tensor  # (N,) the row of by_label of label 0 of each row's utterance
+
+    def frames(self, labels: torch.Tensor | int) -> torch.Tensor:
+        """log y_t(label) of each row's utterance, labels (N,) or one id: (N, T)."""
+        return self.by_label[self.label_base + labels]
 
 
 def rows_for(log_probs: torch.Tensor, lens: torch.Tensor, k: int) -> Rows:
     """``Rows`` for K rows per utterance of log_probs (B, T, V), lens (B,)."""
-    utt = torch.arange(log_probs.shape[0], device=lens.device).repeat_interleave(k)
+    b, t, v = log_probs.shape
+    utt = torch.arange(b, device=lens.device).repeat_interleave(k)
     row_lens = lens[utt]
-    padding = ~lengths_to_mask(row_lens, log_probs.shape[1])
-    return Rows(utt, row_lens, padding, (row_lens - 1).clamp_min(0).unsqueeze(1))
+    padding = ~lengths_to_mask(row_lens, t)
+    by_label = log_probs.transpose(1, 2).reshape(b * v, t)
+    return Rows(utt, row_lens, padding, (row_lens - 1).clamp_min(0).unsqueeze(1), by_label,
+                utt * v)
 
 
 @dataclass
@@ -132,7 +141,7 @@ def candidate_scores(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixS
     psi = _sum_over_frames(flow.other, probs, candidates, rows.utt)
     tokens = _candidate_ids(log_probs, candidates)
     # the last label again: only the paths that end in blank can continue
-    last = log_probs[rows.utt, :, state.last.clamp_min(0)]
+    last = rows.frames(state.last.clamp_min(0))
     psi_repeat = torch.logsumexp(flow.repeat + last, dim=1, keepdim=True)
     psi = torch.where(tokens == state.last.unsqueeze(1), psi_repeat, psi)
     psi = psi.masked_fill(tokens == blank, NEG_INF)
@@ -159,15 +168,32 @@ def extend(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
     (N,): the row of ``state`` each prefix g is (default: the same row); ``flow``: the
     ``inflow`` of ``state`` (with ``window``), made here when not given.
     """
+    terms = extension_terms(log_probs, lens, state, tokens, blank, window, rows, flow, parents)
+    return solve_extension(psi, tokens, *terms)
+
+
+def extension_terms(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
+                    tokens: torch.Tensor, blank: int, window: torch.Tensor | None = None,
+                    rows: Rows | None = None, flow: Inflow | None = None,
+                    parents: torch.Tensor | None = None):
+    """What ``solve_extension`` needs of ``extend``'s arguments, each (N, T): the inflow
+    phi of the new label, and log y_t of the label and of the blank per row."""
     rows = rows if rows is not None else _rows(log_probs, lens, state)
     flow = flow if flow is not None else inflow(state, rows, window)
     last = state.last
     if parents is not None:
         flow, last = flow.select(parents), last[parents]
     phi = torch.where((tokens == last).unsqueeze(1), flow.repeat, flow.other)
-    a = _linear_recurrence(phi, log_probs[rows.utt, :, tokens])
-    a_shift = torch.cat([torch.full_like(a[:, :1], NEG_INF), a[:, :-1]], dim=1)
-    b = _linear_recurrence(a_shift, log_probs[rows.utt, :, blank])
+    return phi, rows.frames(tokens), rows.frames(blank)
+
+
+def solve_extension(psi: torch.Tensor, tokens: torch.Tensor, phi: torch.Tensor,
+                    x_token: torch.Tensor, x_blank: torch.Tensor) -> PrefixState:
+    """The extended prefixes' state from ``extension_terms``: A from phi and the label's
+    posteriors, then B from A and the blank's."""
+    a = _linear_recurrence(phi, x_token)
+    a_shift = torch.nn.functional.pad(a[:, :-1], (1, 0), value=NEG_INF)
+    b = _linear_recurrence(a_shift, x_blank)
     return PrefixState(a, b, psi, tokens.clone())
 
 
@@ -198,7 +224,8 @@ def _sum_over_frames(phi: torch.Tensor, probs: torch.Tensor, candidates: torch.T
                      utt: torch.Tensor) -> torch.Tensor:
     """log sum_t exp(phi_t) y_t(c): (N, V), or (N, C) for candidates (N, C); probs
     (B, T, V) are the posteriors y, utt (N,) each row's utterance."""
-    peak = phi.amax(dim=1, keepdim=True).nan_to_num(neginf=0.0)  # 0 where all are -inf
+    peak = phi.amax(dim=1, keepdim=True)
+    peak = peak.masked_fill(peak == NEG_INF, 0.0)  # 0 where all are -inf
     weights = (phi - peak).exp()  # (N, T)
     b, t, v = probs.shape
     if candidates is None:
@@ -213,4 +240,4 @@ def _candidate_ids(log_probs: torch.Tensor, candidates: torch.Tensor | None) -> 
     """The candidates (N, C), or the whole vocabulary as (1, V), broadcast over rows."""
     if candidates is not None:
         return candidates
-    return torch.arange(log_probs.shape[2], device=log_probs.device).unsqueeze(0)
+    return torch.arange(int(log_probs.shape[2]), device=log_probs.device).unsqueeze(0)

@@ -193,6 +193,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
                      "keys": {0: "rows", 1: "frames"}, "log_probs": rows,
                      "new_hidden": {1: "rows"}, "new_cell": {1: "rows"}, "new_context": rows,
                      "new_attn": {0: "rows", state.attn.dim() - 1: "frames"}})
+        _fold_vector_products(staging / DECODER_FILE)
         if quantize == "int8":
             _quantize(staging / DECODER_FILE)
             _quantize(staging / ENCODER_FILE)
@@ -211,6 +212,41 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
     log.info("wrote %s (%s encoder, opset %d%s)", out, kind, OPSET,
              ", int8 weights" if quantize else "")
     return Path(out)
+
+
+def _fold_vector_products(path: Path) -> None:
+    """Rewrite x @ w for a weight vector w (K,) as (x @ w[:, None]).squeeze(-1): onnxruntime
+    runs the first as one small product per leading index (the attention energy, (N, T', A)
+    @ (A,), as N products), the second as one matrix product over all rows; on the peer
+    CRDNN's decoder step this takes 130 us to 85 us at 10 rows."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {w.name: w for w in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if w is None or len(w.dims) != 1:
+            nodes.append(node)
+            continue
+        column, product, axis = (f"{node.name}/column", f"{node.name}/column_product",
+                                 f"{node.name}/last_axis")
+        graph.initializer.append(numpy_helper.from_array(
+            numpy_helper.to_array(w).reshape(-1, 1), column))
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axis))
+        nodes.append(helper.make_node("MatMul", [node.input[0], column], [product],
+                                      name=f"{node.name}/column"))
+        nodes.append(helper.make_node("Squeeze", [product, axis], [node.output[0]],
+                                      name=f"{node.name}/squeeze"))
+    used = {i for n in nodes for i in n.input}
+    kept = [w for w in graph.initializer if w.name in used]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept)
+    onnx.save(model, str(path))
 
 
 def _quantize(path: Path) -> None:

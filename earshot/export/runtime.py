@@ -19,6 +19,11 @@ from earshot.masks import lengths_to_mask
 from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
 from earshot.models.lm import RNNLM
 
+# A batch of fewer samples than this runs the encoder on one thread: waking onnxruntime's
+# sleeping workers costs more than they save (the peer CRDNN on a 0.3 s digit: 1.4 ms
+# encoder graph, about 0.4 ms less on one thread; a 1-2 s AN4 utterance gains from two).
+SMALL_BATCH_SAMPLES = 16_000
+
 REQUIRED = ("manifest.json", "encoder.onnx", "decoder_step.onnx", "config.yaml", "tokenizer")
 
 
@@ -37,7 +42,8 @@ def check_export_dir(path: str | Path) -> None:
                           f"(make one with: earshot export --model MODEL_DIR --out {path})")
 
 
-def _session(path: Path, threads: int | None):
+def _session(model: Path | bytes, threads: int | None):
+    """An onnxruntime CPU session for a graph file or its bytes."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -47,7 +53,8 @@ def _session(path: Path, threads: int | None):
     # The search runs torch operators between two graph calls: onnxruntime's worker
     # threads must sleep then, not spin on the cores torch is using.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def _check_cpu(device) -> None:
@@ -71,12 +78,18 @@ class OnnxASR:
         self.vocab_size = skeleton.vocab_size
         self.cfg = skeleton.cfg
         self.lstm = bool(manifest.get("lstm_decoder"))
-        self.enc_session = _session(directory / "encoder.onnx", threads)
+        self.threads = threads or torch.get_num_threads()
+        self.enc_session = _session(directory / "encoder.onnx", self.threads)
+        self.enc_session_single = None  # made for the first small batch
         # one decoder step is a few hundred microseconds of small operators: handing them to
         # worker threads costs more than it saves
         self.dec_session = _session(directory / "decoder_step.onnx", 1)
         # an input the graph does not read (a GRU decoder's cell) is pruned by the exporter
         self.dec_inputs = {i.name for i in self.dec_session.get_inputs()}
+        # beam search runs its step as a graph too, made per search configuration
+        from earshot.export.search_graph import SearchGraphs
+
+        self.search_graphs = SearchGraphs(self)
 
     @classmethod
     def from_files(cls, directory: str | Path, description, tokenizer, threads: int | None = None):
@@ -149,7 +162,12 @@ class OnnxASR:
         return Encoded(Memory(enc, lens, lengths_to_mask(lens, enc.shape[1]), keys), lp, lens)
 
     def _run_encoder(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
-        outs = self.enc_session.run(None, {"wavs": _np(wavs.float()), "wav_lens": _np(wav_lens.long())})
+        session = self.enc_session
+        if wavs.numel() < SMALL_BATCH_SAMPLES and self.threads != 1:
+            if self.enc_session_single is None:
+                self.enc_session_single = _session(self.directory / "encoder.onnx", 1)
+            session = self.enc_session_single
+        outs = session.run(None, {"wavs": _np(wavs.float()), "wav_lens": _np(wav_lens.long())})
         return tuple(torch.from_numpy(o) for o in outs)
 
     # -- the decoder's step interface -------------------------------------------------

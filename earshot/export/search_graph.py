@@ -1,0 +1,526 @@
+"""Joint CTC/attention beam search as one onnxruntime graph.
+
+At batch 1 a step of beam search is a decoder step and about 150 small tensor operators
+(CTC prefix scores of every candidate, length and eos rules, top-k, the next beam), and
+in eager torch each operator costs microseconds of dispatch: more than its arithmetic.
+Here the whole search is one ONNX ``Loop`` that onnxruntime runs in a single call:
+
+    body = the export's decoder-step graph  ->  the library's own step, traced:
+           ``score_full`` + ``decide`` (beam_search.py) + every scorer's ``select_state``
+
+The step is traced from the same Python functions the eager search runs, at run time,
+for the beam size, weights and rules of the search at hand (it holds no weights), then
+joined to ``decoder_step.onnx`` and kept for the next search with the same settings.
+Each iteration records what the step decided (ranked extensions, those that finished,
+the next beam's parents and tokens); the hypotheses are read back from those records
+as the eager loop would have collected them. Utterances that are done stay in the
+batch (masked) instead of being dropped.
+
+It runs when the scorers are the attention decoder of an export, CTC prefix scoring
+without a window and the length bonus; any other search (a language model, coverage,
+attention-shift limits, a CTC window) runs step by step in Python over the same graphs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from earshot.decoding import ctc_prefix
+from earshot.decoding.beam_search import SearchSpec, _Beam, _Live, decide, score_full
+from earshot.decoding.scorers import CTCPrefixScorer, DecoderScorer, LengthBonus, _DecoderRows
+from earshot.models.decoder import AttentionalDecoder, DecoderState
+
+log = logging.getLogger(__name__)
+
+_CUSTOM = "earshot"  # domain of the placeholder node for torch.logcumsumexp
+
+# what the step graph carries from one iteration to the next, after the decoder's state
+_CARRIED = ("score", "raw", "n_finished", "best_final", "done")
+_CTC_CARRIED = ("ctc_a", "ctc_b", "ctc_psi", "ctc_last")
+_CONSTANTS = ("row_min", "row_max", "max_lens", "offsets")
+_CTC_CONSTANTS = ("ctc_log_probs", "ctc_probs", "ctc_utt", "ctc_row_lens", "ctc_padding",
+                  "ctc_last_frame", "ctc_by_label", "ctc_label_base")
+# what each iteration records (stacked over iterations by the loop)
+_RECORDS = ("top", "rows", "final", "ext_raw", "new_rows", "new_tokens", "new_score",
+            "new_raw", "n_finished", "done_now")
+
+
+def _logaddexp(g, a, b):
+    """ONNX for torch.logaddexp (the exporter has none): max + log(1 + exp(min - max)),
+    and max itself where that is undefined (both -inf: -inf - -inf)."""
+    one = g.op("CastLike", g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float64)), a)
+    big, small = g.op("Max", a, b), g.op("Min", a, b)
+    out = g.op("Add", big, g.op("Log", g.op("Add", one, g.op("Exp", g.op("Sub", small, big)))))
+    return g.op("Where", g.op("IsNaN", out), big, out)
+
+
+def _logcumsumexp(g, x, dim, *args):
+    """A placeholder node, replaced by ``_scan_nodes`` once the graph is exported."""
+    from torch.onnx import symbolic_helper
+
+    out = g.op(f"{_CUSTOM}::LogCumSumExp", x, axis_i=symbolic_helper._get_const(dim, "i", "dim"))
+    out.setType(x.type())
+    return out
+
+
+class _Precomputed:
+    """The decoder as ``DecoderScorer`` sees it, when the step it asks for has already run
+    (in the decoder-step graph, whose outputs are this graph's inputs)."""
+
+    def __init__(self, log_probs, state: DecoderState, attention) -> None:
+        self.log_probs, self.state, self.attention = log_probs, state, attention
+
+    def step(self, tokens, state, memory):
+        return self.log_probs, self.state
+
+    select_state = staticmethod(AttentionalDecoder.select_state)
+
+    def alignment(self, state: DecoderState):
+        return self.attention.alignment(state.attn)
+
+
+class _Step(nn.Module):
+    """One iteration after the decoder, over flat tensors: ``score_full``, ``decide`` and
+    the scorers' ``select_state``, as the eager loop runs them."""
+
+    def __init__(self, scorers, spec: SearchSpec, attention, lstm: bool) -> None:
+        super().__init__()
+        self.scorers, self.spec, self.attention, self.lstm = scorers, spec, attention, lstm
+        self.ctc = next((i for i, ws in enumerate(scorers) if ws.scorer.partial), None)
+        if self.ctc is not None:
+            self.register_buffer("excluded", scorers[self.ctc].scorer.excluded.clone())
+        self.register_buffer("vocab_ids", torch.arange(spec.vocab_size).unsqueeze(0))
+
+    def input_names(self) -> list[str]:
+        names = ["step", *_CARRIED] + list(_CTC_CARRIED) * (self.ctc is not None)
+        names += list(_CONSTANTS) + list(_CTC_CONSTANTS) * (self.ctc is not None)
+        return names + ["log_probs", "new_hidden"] + ["new_cell"] * self.lstm + [
+            "new_context", "new_attn"]
+
+    def output_names(self) -> list[str]:
+        carried = ["tokens", "hidden"] + ["cell"] * self.lstm + ["context", "attn"]
+        carried += list(_CARRIED) + list(_CTC_CARRIED) * (self.ctc is not None) + ["step"]
+        return ["keep_going"] + [f"next_{n}" for n in carried] + [f"rec_{n}" for n in _RECORDS]
+
+    def forward(self, *inputs):
+        named = dict(zip(self.input_names(), inputs))
+        step = named["step"]
+        state = DecoderState(named["new_hidden"], named.get("new_cell"), named["new_context"],
+                             named["new_attn"])
+        scorers, states = [], []
+        for i, ws in enumerate(self.scorers):
+            scorer, st = ws.scorer, None
+            if isinstance(scorer, DecoderScorer):
+                decoder = _Precomputed(named["log_probs"], state, self.attention)
+                scorer = DecoderScorer(decoder, None, scorer.temperature)
+                st = _DecoderRows(state, None)
+            elif i == self.ctc:
+                scorer = self._ctc(scorer, named)
+                st = ctc_prefix.PrefixState(*(named[n] for n in _CTC_CARRIED))
+            scorers.append(type(ws)(ws.name, scorer, ws.weight))
+            states.append(st)
+        live = _Live(None, None, named["max_lens"], named["n_finished"], named["best_final"],
+                     named["row_min"], named["row_max"], named["offsets"])
+        score = named["score"]
+        beam = _Beam(score.unsqueeze(1), score, named["raw"])  # scorers read only its row count
+        full = score_full(scorers, beam.tokens, states, step)
+        d = decide(scorers, self.spec, full, beam, states, live, step, self.vocab_ids)
+        new_states = [ws.scorer.select_state(st, d.new_rows, d.new_tokens)
+                      for ws, st in zip(scorers, d.states)]
+        was_done = named["done"]
+        final = d.final & ~was_done.unsqueeze(1)  # an utterance that is done is not searched
+        done = was_done | d.done
+        dec = next(s.dec for s in new_states if isinstance(s, _DecoderRows))
+        out = [~done.all(), d.new_tokens, dec.hidden] + [dec.cell] * self.lstm + [
+            dec.context, dec.attn, d.new_score, d.new_raw, d.n_finished, d.best_final, done]
+        if self.ctc is not None:
+            ctc = new_states[self.ctc]
+            out += [ctc.a, ctc.b, ctc.psi, ctc.last]
+        out.append(step + 1)
+        out += [d.top, d.rows, final, d.ext_raw, d.new_rows, d.new_tokens, d.new_score,
+                d.new_raw, d.n_finished, done & ~was_done]
+        return tuple(out)
+
+    def _ctc(self, scorer: CTCPrefixScorer, named: dict) -> CTCPrefixScorer:
+        """The CTC scorer with its per-search tensors taken from the graph's inputs."""
+        out = object.__new__(CTCPrefixScorer)
+        out.log_probs, out.probs = named["ctc_log_probs"], named["ctc_probs"]
+        out.lens = None  # read only through rows
+        out.rows = ctc_prefix.Rows(*(named[n] for n in _CTC_CONSTANTS[2:]))
+        out.blank, out.eos, out.window, out.excluded = scorer.blank, scorer.eos, 0, self.excluded
+        out.max_step_score = scorer.max_step_score
+        return out
+
+
+# -- joining the graphs ----------------------------------------------------------------
+
+def _elem(info) -> int:
+    return info.type.tensor_type.elem_type
+
+
+def _rank(info) -> int:
+    return len(info.type.tensor_type.shape.dim)
+
+
+def _rename(graph, prefix: str, keep: set[str]) -> None:
+    """Prefix every value and node name of ``graph`` (and of its subgraphs) except
+    ``keep`` (its interface), so that two exported graphs can share one scope."""
+    def name(n: str) -> str:
+        return n if not n or n in keep else prefix + n
+
+    for node in graph.node:
+        node.name = prefix + node.name
+        node.input[:] = [name(n) for n in node.input]
+        node.output[:] = [name(n) for n in node.output]
+        for attr in node.attribute:
+            for sub in [attr.g] * (attr.type == attr.GRAPH) + list(attr.graphs):
+                _rename(sub, prefix, keep)
+    for init in graph.initializer:
+        init.name = name(init.name)
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        info.name = name(info.name)
+
+
+# Up to this many frames the scan is one (N, T, T) reduction; beyond, log2(T) rounds.
+SQUARE_SCAN_FRAMES = 64
+
+
+def _const(name: str, value) -> object:
+    from onnx import helper, numpy_helper
+
+    return helper.make_node("Constant", [], [name],
+                            value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def _scan_nodes(node, prefix: str) -> list:
+    """Nodes computing torch.logcumsumexp along axis 1 of a float64 (N, T) input, in place
+    of the placeholder ``node``: ``_square_scan`` for short inputs, ``_doubling_scan`` for
+    long ones, chosen by an If on T."""
+    from onnx import TensorProto, helper
+
+    axis = next(a.i for a in node.attribute if a.name == "axis")
+    if axis != 1:
+        raise ValueError(f"LogCumSumExp over axis {axis}: only axis 1 is supported")
+    x, y, p = node.input[0], node.output[0], prefix
+
+    def branch(name: str, nodes: list, out: str):
+        return helper.make_graph(nodes, f"{p}{name}", [],
+                                 [helper.make_tensor_value_info(out, TensorProto.DOUBLE, None)])
+
+    return [
+        helper.make_node("Shape", [x], [f"{p}shape"]),
+        _const(f"{p}frames_axis", np.array([1], np.int64)),
+        _const(f"{p}square_limit", np.array([SQUARE_SCAN_FRAMES + 1], np.int64)),
+        helper.make_node("Gather", [f"{p}shape", f"{p}frames_axis"], [f"{p}frames"], axis=0),
+        helper.make_node("Less", [f"{p}frames", f"{p}square_limit"], [f"{p}short_1"]),
+        helper.make_node("Squeeze", [f"{p}short_1"], [f"{p}short"]),
+        helper.make_node("If", [f"{p}short"], [y], name=f"{p}scan",
+                         then_branch=branch("square", _square_scan(x, f"{p}sq_y", f"{p}sq/"),
+                                            f"{p}sq_y"),
+                         else_branch=branch("doubling", _doubling_scan(x, f"{p}hs_y", f"{p}hs/"),
+                                            f"{p}hs_y")),
+    ]
+
+
+def _square_scan(x: str, y: str, p: str) -> list:
+    """y_t = m_t + log sum_{s<=t} exp(x_s - m_t), m_t = max_{s<=t} x_s (0 where all are -inf),
+    through an (N, T, T) array: a few nodes, O(N T^2) work."""
+    from onnx import helper
+
+    return [
+        _const(f"{p}one", np.array([1], np.int64)), _const(f"{p}two", np.array([2], np.int64)),
+        _const(f"{p}zero_i", np.array(0, np.int64)), _const(f"{p}step_i", np.array(1, np.int64)),
+        _const(f"{p}ninf", np.array(-np.inf)), _const(f"{p}zero_f", np.array(0.0)),
+        helper.make_node("Shape", [x], [f"{p}shape"]),
+        helper.make_node("Gather", [f"{p}shape", f"{p}one"], [f"{p}t_1"], axis=0),
+        helper.make_node("Squeeze", [f"{p}t_1"], [f"{p}t"]),
+        helper.make_node("Range", [f"{p}zero_i", f"{p}t", f"{p}step_i"], [f"{p}idx"]),
+        helper.make_node("Unsqueeze", [f"{p}idx", f"{p}one"], [f"{p}col"]),
+        helper.make_node("LessOrEqual", [f"{p}idx", f"{p}col"], [f"{p}tri"]),  # [t, s]: s <= t
+        helper.make_node("Unsqueeze", [x, f"{p}one"], [f"{p}rows"]),  # (N, 1, T)
+        helper.make_node("Where", [f"{p}tri", f"{p}rows", f"{p}ninf"], [f"{p}z"]),
+        helper.make_node("ReduceMax", [f"{p}z", f"{p}two"], [f"{p}m"], keepdims=1),
+        helper.make_node("IsInf", [f"{p}m"], [f"{p}m_inf"]),
+        helper.make_node("Where", [f"{p}m_inf", f"{p}zero_f", f"{p}m"], [f"{p}m_safe"]),
+        helper.make_node("Sub", [f"{p}z", f"{p}m_safe"], [f"{p}zc"]),
+        helper.make_node("Exp", [f"{p}zc"], [f"{p}e"]),
+        helper.make_node("ReduceSum", [f"{p}e", f"{p}two"], [f"{p}s"], keepdims=0),
+        helper.make_node("Log", [f"{p}s"], [f"{p}ls"]),
+        helper.make_node("Squeeze", [f"{p}m_safe", f"{p}two"], [f"{p}m_flat"]),
+        helper.make_node("Add", [f"{p}ls", f"{p}m_flat"], [y]),
+    ]
+
+
+def _doubling_scan(x: str, y: str, p: str) -> list:
+    """A log-space Hillis-Steele scan: ceil(log2 T) rounds of x_t <- logaddexp(x_t, x_{t-d}),
+    d = 1, 2, 4, ..., in a Loop; max itself where both are -inf (no -inf - -inf)."""
+    from onnx import TensorProto, helper
+
+    body_nodes = [
+        helper.make_node("Shape", [f"{p}x_in"], [f"{p}shape"]),
+        _const(f"{p}zero", np.array([0], np.int64)), _const(f"{p}one", np.array([1], np.int64)),
+        _const(f"{p}two", np.array([2], np.int64)), _const(f"{p}ninf", np.array(-np.inf)),
+        _const(f"{p}unit", np.array(1.0)),
+        helper.make_node("Gather", [f"{p}shape", f"{p}one"], [f"{p}frames"], axis=0),
+        helper.make_node("Concat", [f"{p}zero", f"{p}d_in", f"{p}zero", f"{p}zero"],
+                         [f"{p}pads"], axis=0),
+        helper.make_node("Pad", [f"{p}x_in", f"{p}pads", f"{p}ninf"], [f"{p}padded"]),
+        helper.make_node("Slice", [f"{p}padded", f"{p}zero", f"{p}frames", f"{p}one"],
+                         [f"{p}shifted"]),
+        helper.make_node("Max", [f"{p}x_in", f"{p}shifted"], [f"{p}big"]),
+        helper.make_node("Min", [f"{p}x_in", f"{p}shifted"], [f"{p}small"]),
+        helper.make_node("Sub", [f"{p}small", f"{p}big"], [f"{p}gap"]),
+        helper.make_node("Exp", [f"{p}gap"], [f"{p}ratio"]),
+        helper.make_node("Add", [f"{p}ratio", f"{p}unit"], [f"{p}sum"]),
+        helper.make_node("Log", [f"{p}sum"], [f"{p}log_sum"]),
+        helper.make_node("Add", [f"{p}big", f"{p}log_sum"], [f"{p}both"]),
+        helper.make_node("IsNaN", [f"{p}both"], [f"{p}empty"]),
+        helper.make_node("Where", [f"{p}empty", f"{p}big", f"{p}both"], [f"{p}x_out"]),
+        helper.make_node("Mul", [f"{p}d_in", f"{p}two"], [f"{p}d_out"]),
+        helper.make_node("Identity", [f"{p}cond_in"], [f"{p}cond_out"]),
+    ]
+    double = TensorProto.DOUBLE
+    body = helper.make_graph(
+        body_nodes, f"{p}body",
+        [helper.make_tensor_value_info(f"{p}i", TensorProto.INT64, []),
+         helper.make_tensor_value_info(f"{p}cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(f"{p}x_in", double, None),
+         helper.make_tensor_value_info(f"{p}d_in", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info(f"{p}cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(f"{p}x_out", double, None),
+         helper.make_tensor_value_info(f"{p}d_out", TensorProto.INT64, [1])])
+    return [
+        helper.make_node("Shape", [x], [f"{p}outer_shape"]),
+        _const(f"{p}outer_one", np.array([1], np.int64)),
+        _const(f"{p}ln2", np.array([np.log(2.0)])), _const(f"{p}go", np.array(True)),
+        # rounding guards log(2^k) / log(2) landing just above k
+        _const(f"{p}eps", np.array([1e-9])),
+        helper.make_node("Gather", [f"{p}outer_shape", f"{p}outer_one"], [f"{p}t"], axis=0),
+        helper.make_node("Cast", [f"{p}t"], [f"{p}t_real"], to=double),
+        helper.make_node("Log", [f"{p}t_real"], [f"{p}log_t"]),
+        helper.make_node("Div", [f"{p}log_t", f"{p}ln2"], [f"{p}log2_t"]),
+        helper.make_node("Sub", [f"{p}log2_t", f"{p}eps"], [f"{p}log2_low"]),
+        helper.make_node("Ceil", [f"{p}log2_low"], [f"{p}rounds_real"]),
+        helper.make_node("Cast", [f"{p}rounds_real"], [f"{p}rounds_1"], to=TensorProto.INT64),
+        helper.make_node("Squeeze", [f"{p}rounds_1"], [f"{p}rounds"]),
+        helper.make_node("Loop", [f"{p}rounds", f"{p}go", x, f"{p}outer_one"],
+                         [y, f"{p}d_last"], body=body, name=f"{p}loop"),
+    ]
+
+
+def _assemble(decoder, step, carried: list[tuple[str, int, int]],
+              constants: list[tuple[str, int, int]],
+              dec_interface: set[str], step_interface: set[str]):
+    """The search model: inputs trips, init_<carried>, constants; one Loop whose body is
+    the decoder-step graph then the step graph; outputs all_<record> (per iteration)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    _rename(decoder.graph, "dec/", dec_interface)
+    _rename(step.graph, "step/", step_interface)
+    nodes = list(decoder.graph.node)
+    for i, node in enumerate(step.graph.node):
+        if node.domain == _CUSTOM and node.op_type == "LogCumSumExp":
+            nodes += _scan_nodes(node, f"scan{i}/")
+        else:
+            nodes.append(node)
+    step_outputs = {o.name: o for o in step.graph.output}
+    for out in step.graph.output:  # sizes as traced: unknown, the ranks kept
+        for dim in out.type.tensor_type.shape.dim:
+            dim.Clear()
+    body_outputs = ["keep_going"] + [f"next_{n}" for n, _, _ in carried] + [
+        f"rec_{n}" for n in _RECORDS]
+    body = helper.make_graph(
+        nodes, "search_step",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])] + [
+            helper.make_tensor_value_info(n, t, [None] * r) for n, t, r in carried],
+        [step_outputs[n] for n in body_outputs])
+    loop = helper.make_node(
+        "Loop", ["trips", "go"] + [f"init_{n}" for n, _, _ in carried],
+        [f"last_{n}" for n, _, _ in carried] + [f"all_{n}" for n in _RECORDS], body=body,
+        name="search")
+    go = helper.make_node("Constant", [], ["go"],
+                          value=helper.make_tensor("go", TensorProto.BOOL, [], [True]))
+    graph = helper.make_graph(
+        [go, loop], "beam_search",
+        [helper.make_tensor_value_info("trips", TensorProto.INT64, [])]
+        + [helper.make_tensor_value_info(f"init_{n}", t, [None] * r) for n, t, r in carried]
+        + [helper.make_tensor_value_info(n, t, [None] * r) for n, t, r in constants],
+        [helper.make_tensor_value_info(f"all_{n}", _elem(step_outputs[f"rec_{n}"]),
+                                       [None] * (_rank(step_outputs[f"rec_{n}"]) + 1))
+         for n in _RECORDS],
+        initializer=list(decoder.graph.initializer) + list(step.graph.initializer))
+    opsets = {o.domain: o.version for o in list(decoder.opset_import) + list(step.opset_import)
+              if o.domain not in (_CUSTOM,)}
+    model = helper.make_model(graph, ir_version=max(decoder.ir_version, step.ir_version),
+                              opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    onnx.checker.check_model(model)
+    return model
+
+
+# -- running it ------------------------------------------------------------------------
+
+@dataclass
+class _Search:
+    session: object
+    carried: list[str]
+    constants: list[str]
+
+
+class SearchGraphs:
+    """Whole-search graphs for one ``OnnxASR``, made on demand and kept per search
+    configuration (``beam_search``'s ``graphs`` argument)."""
+
+    def __init__(self, model, threads: int = 1) -> None:
+        self.model, self.threads = model, threads
+        self.searches: dict = {}
+
+    def search(self, scorers, spec: SearchSpec, beam: _Beam, states: list, live: _Live):
+        """(finished, fallback) as ``beam_search`` collects them, or None when these
+        scorers do not run as one graph."""
+        kinds = [type(ws.scorer) for ws in scorers]
+        if kinds.count(DecoderScorer) != 1 or any(
+                k not in (DecoderScorer, CTCPrefixScorer, LengthBonus) for k in kinds):
+            return None
+        dec_i = kinds.index(DecoderScorer)
+        if scorers[dec_i].scorer.decoder is not self.model:
+            return None
+        ctc_i = kinds.index(CTCPrefixScorer) if CTCPrefixScorer in kinds else None
+        if ctc_i is not None and scorers[ctc_i].scorer.window > 0:
+            return None
+        feeds = self._feeds(scorers, beam, states, live, dec_i, ctc_i)
+        key = (spec, tuple((ws.name, ws.weight, type(ws.scorer).__name__) for ws in scorers),
+               scorers[dec_i].scorer.temperature,
+               None if ctc_i is None else (scorers[ctc_i].scorer.blank, scorers[ctc_i].scorer.eos,
+                                            tuple(scorers[ctc_i].scorer.excluded.tolist())))
+        if key not in self.searches:
+            self.searches[key] = self._build(scorers, spec, states, feeds, dec_i)
+        found = self.searches[key]
+        inputs = {"trips": np.array(int(live.max_lens.max()) + 1, dtype=np.int64)}
+        inputs.update({f"init_{n}": feeds[n] for n in found.carried})
+        inputs.update({n: feeds[n] for n in found.constants})
+        records = dict(zip(_RECORDS, found.session.run(None, inputs)))
+        return _read_records(records, live.ids.numpy(), spec.k)
+
+    def _feeds(self, scorers, beam, states, live, dec_i, ctc_i) -> dict:
+        def np_(t):
+            return t.detach().contiguous().numpy()
+
+        rows = states[dec_i]
+        dec, memory = rows.dec, rows.memory
+        feeds = {"tokens": np_(beam.tokens[:, -1]), "hidden": np_(dec.hidden),
+                 "context": np_(dec.context), "attn": np_(dec.attn), "score": np_(beam.score),
+                 "raw": np_(beam.raw), "n_finished": np_(live.n_finished),
+                 "best_final": np_(live.best_final),
+                 "done": np.zeros(live.ids.shape[0], dtype=bool), "step": np.array(0, np.int64),
+                 "enc": np_(memory.enc), "mask": np_(memory.mask), "keys": np_(memory.keys),
+                 "row_min": np_(live.row_min), "row_max": np_(live.row_max),
+                 "max_lens": np_(live.max_lens), "offsets": np_(live.offsets)}
+        if dec.cell is not None:
+            feeds["cell"] = np_(dec.cell)
+        if ctc_i is not None:
+            ctc, st = scorers[ctc_i].scorer, states[ctc_i]
+            feeds.update({"ctc_a": np_(st.a), "ctc_b": np_(st.b), "ctc_psi": np_(st.psi),
+                          "ctc_last": np_(st.last), "ctc_log_probs": np_(ctc.log_probs),
+                          "ctc_probs": np_(ctc.probs), "ctc_utt": np_(ctc.rows.utt),
+                          "ctc_row_lens": np_(ctc.rows.lens), "ctc_padding": np_(ctc.rows.padding),
+                          "ctc_last_frame": np_(ctc.rows.last_frame),
+                          "ctc_by_label": np_(ctc.rows.by_label),
+                          "ctc_label_base": np_(ctc.rows.label_base)})
+        return feeds
+
+    def _build(self, scorers, spec: SearchSpec, states: list, feeds: dict, dec_i: int) -> _Search:
+        import onnx
+
+        from earshot.export.onnx import OPSET
+        from earshot.export.runtime import _session
+
+        model = self.model
+        lstm = feeds.get("cell") is not None
+        module = _Step(scorers, spec, model.skeleton.decoder.attention, lstm).eval()
+        rows = states[dec_i]
+        tokens = torch.from_numpy(feeds["tokens"])
+        log_probs, new = model.step(tokens, rows.dec, rows.memory)
+        example = {**{n: torch.from_numpy(v) for n, v in feeds.items()}, "log_probs": log_probs,
+                   "new_hidden": new.hidden, "new_cell": new.cell, "new_context": new.context,
+                   "new_attn": new.attn}
+        names = module.input_names()
+        buffer = io.BytesIO()
+        torch.onnx.register_custom_op_symbolic("aten::logaddexp", _logaddexp, OPSET)
+        torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _logcumsumexp, OPSET)
+        axes = {n: {0: "rows"} for n in ("score", "raw", "row_min", "row_max", "ctc_a", "ctc_b",
+                                          "ctc_psi", "ctc_last", "ctc_utt", "ctc_row_lens",
+                                          "ctc_padding", "ctc_last_frame", "ctc_label_base",
+                                          "log_probs", "new_context", "new_attn")}
+        axes.update({n: {0: "utts"} for n in ("n_finished", "best_final", "done", "max_lens",
+                                               "offsets", "ctc_log_probs", "ctc_probs")})
+        axes.update({n: {1: "rows"} for n in ("new_hidden", "new_cell")})
+        axes["ctc_by_label"] = {0: "utt_labels", 1: "frames"}
+        for n in ("ctc_a", "ctc_b", "ctc_padding", "ctc_log_probs", "ctc_probs"):
+            axes[n][1] = "frames"
+        axes["new_attn"][example["new_attn"].dim() - 1] = "frames"
+        axes = {n: a for n, a in axes.items() if n in names}
+        outputs = module.output_names()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(example[n] for n in names), buffer,
+                              input_names=names, output_names=outputs, opset_version=OPSET,
+                              dynamo=False, dynamic_axes=axes,
+                              custom_opsets={_CUSTOM: 1} if module.ctc is not None else None)
+        step = onnx.load_from_string(buffer.getvalue())
+        decoder = onnx.load(str(model.directory / "decoder_step.onnx"))
+        dec_in = [i.name for i in decoder.graph.input]
+        carried_names = ["tokens", "hidden"] + ["cell"] * lstm + ["context", "attn"]
+        carried_names += [n for n in module.input_names()[1:] if n in
+                          _CARRIED + _CTC_CARRIED] + ["step"]
+        constants = [n for n in ("enc", "mask", "keys") if n in dec_in]
+        constants += [n for n in names if n in _CONSTANTS + _CTC_CONSTANTS]
+
+        def typed(ns):  # (name, ONNX element type, rank)
+            return [(n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), feeds[n].ndim)
+                    for n in ns]
+
+        joined = _assemble(decoder, step, typed(carried_names), typed(constants),
+                           {*dec_in, *(o.name for o in decoder.graph.output)},
+                           {*names, *outputs})
+        session = _session(joined.SerializeToString(), self.threads)
+        log.debug("beam search graph for beam %d built", spec.k)
+        return _Search(session, carried_names, constants)
+
+
+def _read_records(rec: dict, ids: np.ndarray, k: int):
+    """``beam_search``'s (finished, fallback) from the loop's records: each iteration's
+    finished extensions with their token histories (followed back through the parents
+    of the beams before them) and, for utterances that ended with none, the top row."""
+    new_rows, new_tokens = rec["new_rows"], rec["new_tokens"]
+
+    def history(step: int, rows: np.ndarray) -> np.ndarray:
+        """Tokens (len(rows), step) of beam rows ``rows`` after ``step`` iterations."""
+        out = np.empty((len(rows), step), dtype=np.int64)
+        for j in range(step - 1, -1, -1):
+            out[:, j] = new_tokens[j][rows]
+            rows = new_rows[j][rows]
+        return out
+
+    finished, fallback = [], {}
+    for s in range(rec["top"].shape[0]):
+        utt, pos = np.nonzero(rec["final"][s])
+        if len(utt):
+            parents = rec["rows"][s][utt, pos]
+            finished.append((ids[utt], history(s, parents), rec["top"][s][utt, pos],
+                             rec["ext_raw"][s][utt, pos]))
+        ended = np.nonzero(rec["done_now"][s] & (rec["n_finished"][s] == 0))[0]
+        for u in ended.tolist():
+            row = u * k
+            fallback[int(ids[u])] = (history(s + 1, np.array([row]))[0].tolist(),
+                                     float(rec["new_score"][s][row]),
+                                     rec["new_raw"][s][row].tolist())
+    return finished, fallback
