@@ -209,13 +209,12 @@ GRAPH_OPTIONS = {
 
 @pytest.mark.parametrize("variant", ["crdnn-location-gru", "crdnn-content-lstm-mfcc",
                                      "conformer-multihead"])
-def test_search_graph_decides_as_the_eager_search_does(tmp_path, variant, monkeypatch):
-    """Every supported option, batches whose utterances end at different steps (done ones
-    are dropped by the eager loop, masked in the graph), and both scans of the CTC state."""
+def test_search_graph_decides_as_the_eager_search_does(tmp_path, variant):
+    """Every supported option, and batches whose utterances end at different steps (done
+    ones are dropped by the eager loop, masked in the graph)."""
     from dataclasses import replace
 
     from earshot.config import DecodeConfig
-    from earshot.export import search_graph
     from earshot.export.search_graph import SearchGraphs
 
     out = export_model(_random_model_dir(tmp_path, VARIANTS[variant]), tmp_path / "m.onnx")
@@ -225,14 +224,12 @@ def test_search_graph_decides_as_the_eager_search_does(tmp_path, variant, monkey
     wavs = torch.randn(4, 8000, generator=g) * 0.1 * (torch.arange(8000) < lens[:, None])
     for name, options in GRAPH_OPTIONS.items():
         cfg = replace(DecodeConfig(), **options)
-        for square_limit in (64, 0):  # one (N, T, T) reduction; log2(T) rounds
-            monkeypatch.setattr(search_graph, "SQUARE_SCAN_FRAMES", square_limit)
-            graphs = SearchGraphs(onnx_model)
-            for rows in (slice(0, 4), slice(1, 2)):
-                ref = _searches(onnx_model, wavs[rows], lens[rows], cfg, tokenizer, None)
-                got = _searches(onnx_model, wavs[rows], lens[rows], cfg, tokenizer, graphs)
-                assert len(graphs.searches) == 1, name  # one graph per configuration
-                _assert_same(ref, got)
+        graphs = SearchGraphs(onnx_model)
+        for rows in (slice(0, 4), slice(1, 2)):
+            ref = _searches(onnx_model, wavs[rows], lens[rows], cfg, tokenizer, None)
+            got = _searches(onnx_model, wavs[rows], lens[rows], cfg, tokenizer, graphs)
+            assert len(graphs.searches) == 1, name  # one graph per configuration
+            _assert_same(ref, got)
 
 
 def test_searches_a_graph_cannot_run_stay_eager(overfit_model, exported):

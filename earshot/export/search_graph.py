@@ -188,10 +188,6 @@ def _rename(graph, prefix: str, keep: set[str]) -> None:
         info.name = name(info.name)
 
 
-# Up to this many frames the scan is one (N, T, T) reduction; beyond, log2(T) rounds.
-SQUARE_SCAN_FRAMES = 64
-
-
 def _const(name: str, value) -> object:
     from onnx import helper, numpy_helper
 
@@ -201,61 +197,11 @@ def _const(name: str, value) -> object:
 
 def _scan_nodes(node, prefix: str) -> list:
     """Nodes computing torch.logcumsumexp along axis 1 of a float64 (N, T) input, in place
-    of the placeholder ``node``: ``_square_scan`` for short inputs, ``_doubling_scan`` for
-    long ones, chosen by an If on T."""
-    from onnx import TensorProto, helper
-
+    of the placeholder ``node`` (``_doubling_scan``)."""
     axis = next(a.i for a in node.attribute if a.name == "axis")
     if axis != 1:
         raise ValueError(f"LogCumSumExp over axis {axis}: only axis 1 is supported")
-    x, y, p = node.input[0], node.output[0], prefix
-
-    def branch(name: str, nodes: list, out: str):
-        return helper.make_graph(nodes, f"{p}{name}", [],
-                                 [helper.make_tensor_value_info(out, TensorProto.DOUBLE, None)])
-
-    return [
-        helper.make_node("Shape", [x], [f"{p}shape"]),
-        _const(f"{p}frames_axis", np.array([1], np.int64)),
-        _const(f"{p}square_limit", np.array([SQUARE_SCAN_FRAMES + 1], np.int64)),
-        helper.make_node("Gather", [f"{p}shape", f"{p}frames_axis"], [f"{p}frames"], axis=0),
-        helper.make_node("Less", [f"{p}frames", f"{p}square_limit"], [f"{p}short_1"]),
-        helper.make_node("Squeeze", [f"{p}short_1"], [f"{p}short"]),
-        helper.make_node("If", [f"{p}short"], [y], name=f"{p}scan",
-                         then_branch=branch("square", _square_scan(x, f"{p}sq_y", f"{p}sq/"),
-                                            f"{p}sq_y"),
-                         else_branch=branch("doubling", _doubling_scan(x, f"{p}hs_y", f"{p}hs/"),
-                                            f"{p}hs_y")),
-    ]
-
-
-def _square_scan(x: str, y: str, p: str) -> list:
-    """y_t = m_t + log sum_{s<=t} exp(x_s - m_t), m_t = max_{s<=t} x_s (0 where all are -inf),
-    through an (N, T, T) array: a few nodes, O(N T^2) work."""
-    from onnx import helper
-
-    return [
-        _const(f"{p}one", np.array([1], np.int64)), _const(f"{p}two", np.array([2], np.int64)),
-        _const(f"{p}zero_i", np.array(0, np.int64)), _const(f"{p}step_i", np.array(1, np.int64)),
-        _const(f"{p}ninf", np.array(-np.inf)), _const(f"{p}zero_f", np.array(0.0)),
-        helper.make_node("Shape", [x], [f"{p}shape"]),
-        helper.make_node("Gather", [f"{p}shape", f"{p}one"], [f"{p}t_1"], axis=0),
-        helper.make_node("Squeeze", [f"{p}t_1"], [f"{p}t"]),
-        helper.make_node("Range", [f"{p}zero_i", f"{p}t", f"{p}step_i"], [f"{p}idx"]),
-        helper.make_node("Unsqueeze", [f"{p}idx", f"{p}one"], [f"{p}col"]),
-        helper.make_node("LessOrEqual", [f"{p}idx", f"{p}col"], [f"{p}tri"]),  # [t, s]: s <= t
-        helper.make_node("Unsqueeze", [x, f"{p}one"], [f"{p}rows"]),  # (N, 1, T)
-        helper.make_node("Where", [f"{p}tri", f"{p}rows", f"{p}ninf"], [f"{p}z"]),
-        helper.make_node("ReduceMax", [f"{p}z", f"{p}two"], [f"{p}m"], keepdims=1),
-        helper.make_node("IsInf", [f"{p}m"], [f"{p}m_inf"]),
-        helper.make_node("Where", [f"{p}m_inf", f"{p}zero_f", f"{p}m"], [f"{p}m_safe"]),
-        helper.make_node("Sub", [f"{p}z", f"{p}m_safe"], [f"{p}zc"]),
-        helper.make_node("Exp", [f"{p}zc"], [f"{p}e"]),
-        helper.make_node("ReduceSum", [f"{p}e", f"{p}two"], [f"{p}s"], keepdims=0),
-        helper.make_node("Log", [f"{p}s"], [f"{p}ls"]),
-        helper.make_node("Squeeze", [f"{p}m_safe", f"{p}two"], [f"{p}m_flat"]),
-        helper.make_node("Add", [f"{p}ls", f"{p}m_flat"], [y]),
-    ]
+    return _doubling_scan(node.input[0], node.output[0], prefix)
 
 
 def _doubling_scan(x: str, y: str, p: str) -> list:
