@@ -164,7 +164,8 @@ def decide(scorers: list[WeightedScorer], spec: SearchSpec, full: FullScores, be
     top, rows, cols = _top(total, live.offsets, k)
     tokens = cols if scored.cands is None else _at(scored.cands, rows, cols)
     first_k = torch.arange(int(top.shape[1]), device=top.device) < k
-    final = (tokens == eos) & torch.isfinite(top) & first_k  # the first K ranks only
+    # scores are log-probabilities, -inf for what the rules ban (never NaN or +inf)
+    final = (tokens == eos) & (top > NEG_INF) & first_k  # the first K ranks only
     ext_raw = beam.raw[rows] + _pick_raw(scored, rows, cols, tokens)
     n_finished = live.n_finished + final.sum(1)
     best_final = live.best_final
@@ -174,7 +175,7 @@ def decide(scorers: list[WeightedScorer], spec: SearchSpec, full: FullScores, be
     new_rows, new_tokens, new_score, new_raw = _advance(rows, tokens, top, ext_raw, live.offsets,
                                                         eos, k)
     best = new_score.view(-1, k).max(dim=1).values
-    done = (n_finished >= k) | (live.max_lens <= step) | ~torch.isfinite(best)
+    done = (n_finished >= k) | (live.max_lens <= step) | (best == NEG_INF)
     if spec.step_bound is not None:
         done = done | (best_final[:, -1] >= best + spec.step_bound * (live.max_lens - step))
     return Decision(top, rows, tokens, final, ext_raw, new_rows, new_tokens, new_score,

@@ -443,30 +443,22 @@ class SearchGraphs:
 
 
 def _read_records(rec: dict, ids: np.ndarray, k: int):
-    """``beam_search``'s (finished, fallback) from the loop's records: each iteration's
-    finished extensions with their token histories (followed back through the parents
-    of the beams before them) and, for utterances that ended with none, the top row."""
-    new_rows, new_tokens = rec["new_rows"], rec["new_tokens"]
-
-    def history(step: int, rows: np.ndarray) -> np.ndarray:
-        """Tokens (len(rows), step) of beam rows ``rows`` after ``step`` iterations."""
-        out = np.empty((len(rows), step), dtype=np.int64)
-        for j in range(step - 1, -1, -1):
-            out[:, j] = new_tokens[j][rows]
-            rows = new_rows[j][rows]
-        return out
-
+    """``beam_search``'s (finished, fallback) from the loop's records, collected as the
+    eager loop collects them: the token history of every beam row is rebuilt step by step
+    from the rows' parents; finished extensions take their parent's history, and an
+    utterance that ended with none finished takes its top row."""
+    history = np.zeros((rec["new_rows"].shape[1], 0), dtype=np.int64)
+    finishing = rec["final"].any(axis=(1, 2))
+    ended = rec["done_now"] & (rec["n_finished"] == 0)
     finished, fallback = [], {}
     for s in range(rec["top"].shape[0]):
-        utt, pos = np.nonzero(rec["final"][s])
-        if len(utt):
-            parents = rec["rows"][s][utt, pos]
-            finished.append((ids[utt], history(s, parents), rec["top"][s][utt, pos],
-                             rec["ext_raw"][s][utt, pos]))
-        ended = np.nonzero(rec["done_now"][s] & (rec["n_finished"][s] == 0))[0]
-        for u in ended.tolist():
+        if finishing[s]:
+            utt, pos = np.nonzero(rec["final"][s])
+            finished.append((ids[utt], history[rec["rows"][s][utt, pos]],
+                             rec["top"][s][utt, pos], rec["ext_raw"][s][utt, pos]))
+        history = np.concatenate([history[rec["new_rows"][s]], rec["new_tokens"][s][:, None]], 1)
+        for u in np.nonzero(ended[s])[0].tolist():
             row = u * k
-            fallback[int(ids[u])] = (history(s + 1, np.array([row]))[0].tolist(),
-                                     float(rec["new_score"][s][row]),
+            fallback[int(ids[u])] = (history[row].tolist(), float(rec["new_score"][s][row]),
                                      rec["new_raw"][s][row].tolist())
     return finished, fallback
