@@ -112,24 +112,19 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
                 graphs=None) -> list[list[Hypothesis]]:
     """Decode B utterances; min_lens, max_lens (B,) in tokens. Returns per utterance up
     to ``cfg.nbest`` hypotheses, best first. Scorers of weight 0 are not run.
-    ``graphs``: an object whose ``search(scorers, spec, beam, states, live)`` runs the
-    whole search elsewhere (earshot.export.search_graph: one onnxruntime graph) and
+    ``graphs``: an object whose ``search(scorers, spec, min_lens, max_lens, bos)`` runs
+    the whole search elsewhere (earshot.export.search_graph: one onnxruntime graph) and
     returns what the loop below would have collected, or None when it cannot."""
     scorers = [s for s in scorers if s.weight != 0.0]
     b, k = max_lens.shape[0], cfg.beam_size
-    device = max_lens.device
-    beam = _start(b, k, bos, len(scorers), device)
-    states = [s.scorer.init_state(b, k) for s in scorers]
-    live = _Live.of(torch.arange(b, device=device), min_lens, max_lens,
-                    torch.zeros(b, dtype=torch.long, device=device),
-                    torch.full((b, cfg.nbest), NEG_INF, device=device), k)
     bound = None if cfg.length_normalize else _step_bound(scorers)
     spec = SearchSpec(vocab_size, eos, k, cfg, bound)
     names = [s.name for s in scorers]
-    found = graphs.search(scorers, spec, beam, states, live) if graphs is not None else None
+    found = graphs.search(scorers, spec, min_lens, max_lens, bos) if graphs is not None else None
     if found is not None:
         return _collect(*found, names, b, cfg)
-    vocab_ids = torch.arange(vocab_size, device=device).unsqueeze(0)
+    beam, states, live = start(scorers, b, k, bos, min_lens, max_lens, cfg.nbest)
+    vocab_ids = torch.arange(vocab_size, device=max_lens.device).unsqueeze(0)
     finished: list[tuple] = []
     fallback: dict[int, tuple] = {}
     for step in range(int(max_lens.max()) + 1):
@@ -150,6 +145,19 @@ def beam_search(scorers: list[WeightedScorer], vocab_size: int, min_lens: torch.
                 break
             beam, states, live = _drop(beam, states, scorers, live, ~d.done, k)
     return _collect(finished, fallback, names, b, cfg)
+
+
+def start(scorers: list[WeightedScorer], b: int, k: int, bos: int, min_lens: torch.Tensor,
+          max_lens: torch.Tensor, nbest: int) -> tuple[_Beam, list, _Live]:
+    """The search's first beam (K copies of the empty hypothesis per utterance, one of
+    them live), the scorers' first states and the utterances' limits."""
+    device = max_lens.device
+    beam = _start(b, k, bos, len(scorers), device)
+    states = [s.scorer.init_state(b, k) for s in scorers]
+    live = _Live.of(torch.arange(b, device=device), min_lens, max_lens,
+                    torch.zeros(b, dtype=torch.long, device=device),
+                    torch.full((b, nbest), NEG_INF, device=device), k)
+    return beam, states, live
 
 
 def decide(scorers: list[WeightedScorer], spec: SearchSpec, full: FullScores, beam: _Beam,

@@ -154,7 +154,7 @@ class CTCPrefixScorer(Scorer):
 
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, blank: int, eos: int,
                  window: int = 0, exclude: tuple[int, ...] = ()) -> None:
-        self.log_probs = ctc_prefix.prepare_log_probs(log_probs, lens)
+        self.log_probs = log_probs  # prepared (ctc_prefix.prepare_log_probs) by init_state
         self.lens, self.blank, self.eos, self.window = lens, blank, eos, window
         # made by init_state, once per search: the posteriors' exp, and ctc_prefix.Rows
         self.probs = self.rows = None
@@ -164,6 +164,7 @@ class CTCPrefixScorer(Scorer):
         self.max_step_score = 0.0 if window <= 0 else None
 
     def init_state(self, batch: int, beam: int) -> ctc_prefix.PrefixState:
+        self.log_probs = ctc_prefix.prepare_log_probs(self.log_probs, self.lens)
         self.beam, self.probs = beam, self.log_probs.exp()
         self.rows = ctc_prefix.rows_for(self.log_probs, self.lens, beam)
         return ctc_prefix.initial_state(self.log_probs, self.blank, beam)

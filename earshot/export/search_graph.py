@@ -26,8 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -35,7 +33,7 @@ from torch import nn
 from earshot.decoding import ctc_prefix
 from earshot.decoding.beam_search import SearchSpec, _Beam, _Live, decide, score_full
 from earshot.decoding.scorers import CTCPrefixScorer, DecoderScorer, LengthBonus, _DecoderRows
-from earshot.models.decoder import AttentionalDecoder, DecoderState
+from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +157,61 @@ class _Step(nn.Module):
         return out
 
 
+_INPUTS = ("in_enc", "in_enc_lens", "in_mask", "in_keys", "in_ctc_log_probs", "in_min_lens",
+           "in_max_lens")
+
+
+class _Start(nn.Module):
+    """The search's first state from its inputs (``beam_search.start``): the beam, the
+    scorers' first states (the decoder's memory repeated per row, the CTC posteriors
+    prepared) and the limits, named as the loop takes them."""
+
+    def __init__(self, scorers, spec: SearchSpec, decoder, bos: int) -> None:
+        super().__init__()
+        self.scorers, self.spec, self.decoder, self.bos = scorers, spec, decoder, bos
+
+    def forward(self, enc, enc_lens, mask, keys, ctc_log_probs, min_lens, max_lens):
+        from earshot.decoding.beam_search import start
+
+        memory = Memory(enc, enc_lens, mask, keys)
+        scorers, ctc = [], None
+        for ws in self.scorers:
+            scorer = ws.scorer
+            if isinstance(scorer, DecoderScorer):
+                scorer = DecoderScorer(self.decoder, memory, scorer.temperature)
+            elif isinstance(scorer, CTCPrefixScorer):
+                exclude = tuple(scorer.excluded.nonzero().flatten().tolist())
+                scorer = ctc = CTCPrefixScorer(ctc_log_probs, enc_lens, scorer.blank, scorer.eos,
+                                               0, exclude)
+            scorers.append(type(ws)(ws.name, scorer, ws.weight))
+        b = enc.shape[0]
+        beam, states, live = start(scorers, b, self.spec.k, self.bos, min_lens, max_lens,
+                                   self.spec.cfg.nbest)
+        rows = next(st for st in states if isinstance(st, _DecoderRows))
+        out = {"init_tokens": beam.tokens[:, -1], "init_hidden": rows.dec.hidden}
+        if rows.dec.cell is not None:
+            out["init_cell"] = rows.dec.cell
+        out.update({"init_context": rows.dec.context, "init_attn": rows.dec.attn,
+                    "init_score": beam.score, "init_raw": beam.raw,
+                    "init_n_finished": live.n_finished, "init_best_final": live.best_final,
+                    "init_done": torch.zeros_like(live.max_lens, dtype=torch.bool)})
+        if ctc is not None:
+            st = next(st for st in states if isinstance(st, ctc_prefix.PrefixState))
+            out.update({"init_ctc_a": st.a, "init_ctc_b": st.b, "init_ctc_psi": st.psi,
+                        "init_ctc_last": st.last})
+        out["init_step"] = torch.zeros((), dtype=torch.long)
+        out.update({"enc": rows.memory.enc, "mask": rows.memory.mask, "keys": rows.memory.keys,
+                    "row_min": live.row_min, "row_max": live.row_max, "max_lens": live.max_lens,
+                    "offsets": live.offsets})
+        if ctc is not None:
+            r = ctc.rows
+            out.update({"ctc_log_probs": ctc.log_probs, "ctc_probs": ctc.probs,
+                        "ctc_utt": r.utt, "ctc_row_lens": r.lens, "ctc_padding": r.padding,
+                        "ctc_last_frame": r.last_frame, "ctc_by_label": r.by_label,
+                        "ctc_label_base": r.label_base})
+        return out
+
+
 # -- joining the graphs ----------------------------------------------------------------
 
 def _elem(info) -> int:
@@ -261,16 +314,20 @@ def _doubling_scan(x: str, y: str, p: str) -> list:
     ]
 
 
-def _assemble(decoder, step, carried: list[tuple[str, int, int]],
-              constants: list[tuple[str, int, int]],
-              dec_interface: set[str], step_interface: set[str]):
-    """The search model: inputs trips, init_<carried>, constants; one Loop whose body is
-    the decoder-step graph then the step graph; outputs all_<record> (per iteration)."""
+def _assemble(start, decoder, step, carried: list[tuple[str, int, int]]):
+    """The search model: inputs trips and _INPUTS; the start graph; one Loop whose body is
+    the decoder-step graph then the step graph, over ``carried`` (name, element type,
+    rank) from the start graph's init_<name> outputs; outputs all_<record>, stacked over
+    the iterations run."""
     import onnx
     from onnx import TensorProto, helper
 
-    _rename(decoder.graph, "dec/", dec_interface)
-    _rename(step.graph, "step/", step_interface)
+    _rename(start.graph, "start/", {i.name for i in start.graph.input}
+            | {o.name for o in start.graph.output})
+    _rename(decoder.graph, "dec/", {i.name for i in decoder.graph.input}
+            | {o.name for o in decoder.graph.output})
+    _rename(step.graph, "step/", {i.name for i in step.graph.input}
+            | {o.name for o in step.graph.output})
     nodes = list(decoder.graph.node)
     for i, node in enumerate(step.graph.node):
         if node.domain == _CUSTOM and node.op_type == "LogCumSumExp":
@@ -296,17 +353,17 @@ def _assemble(decoder, step, carried: list[tuple[str, int, int]],
     go = helper.make_node("Constant", [], ["go"],
                           value=helper.make_tensor("go", TensorProto.BOOL, [], [True]))
     graph = helper.make_graph(
-        [go, loop], "beam_search",
+        list(start.graph.node) + [go, loop], "beam_search",
         [helper.make_tensor_value_info("trips", TensorProto.INT64, [])]
-        + [helper.make_tensor_value_info(f"init_{n}", t, [None] * r) for n, t, r in carried]
-        + [helper.make_tensor_value_info(n, t, [None] * r) for n, t, r in constants],
+        + list(start.graph.input),
         [helper.make_tensor_value_info(f"all_{n}", _elem(step_outputs[f"rec_{n}"]),
                                        [None] * (_rank(step_outputs[f"rec_{n}"]) + 1))
          for n in _RECORDS],
-        initializer=list(decoder.graph.initializer) + list(step.graph.initializer))
-    opsets = {o.domain: o.version for o in list(decoder.opset_import) + list(step.opset_import)
-              if o.domain not in (_CUSTOM,)}
-    model = helper.make_model(graph, ir_version=max(decoder.ir_version, step.ir_version),
+        initializer=[*start.graph.initializer, *decoder.graph.initializer,
+                     *step.graph.initializer])
+    opsets = {o.domain: o.version for m in (start, decoder, step) for o in m.opset_import
+              if o.domain != _CUSTOM}
+    model = helper.make_model(graph, ir_version=max(m.ir_version for m in (start, decoder, step)),
                               opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     onnx.checker.check_model(model)
     return model
@@ -314,11 +371,15 @@ def _assemble(decoder, step, carried: list[tuple[str, int, int]],
 
 # -- running it ------------------------------------------------------------------------
 
-@dataclass
-class _Search:
-    session: object
-    carried: list[str]
-    constants: list[str]
+class _Tuple(nn.Module):
+    """A module returning a dict of tensors, as the tuple of its values (for export)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        return tuple(self.inner(*args).values())
 
 
 class SearchGraphs:
@@ -329,117 +390,100 @@ class SearchGraphs:
         self.model, self.threads = model, threads
         self.searches: dict = {}
 
-    def search(self, scorers, spec: SearchSpec, beam: _Beam, states: list, live: _Live):
+    def search(self, scorers, spec: SearchSpec, min_lens: torch.Tensor, max_lens: torch.Tensor,
+               bos: int):
         """(finished, fallback) as ``beam_search`` collects them, or None when these
         scorers do not run as one graph."""
         kinds = [type(ws.scorer) for ws in scorers]
         if kinds.count(DecoderScorer) != 1 or any(
                 k not in (DecoderScorer, CTCPrefixScorer, LengthBonus) for k in kinds):
             return None
-        dec_i = kinds.index(DecoderScorer)
-        if scorers[dec_i].scorer.decoder is not self.model:
+        dec = scorers[kinds.index(DecoderScorer)].scorer
+        ctc = scorers[kinds.index(CTCPrefixScorer)].scorer if CTCPrefixScorer in kinds else None
+        if dec.decoder is not self.model or (ctc is not None and ctc.window > 0):
             return None
-        ctc_i = kinds.index(CTCPrefixScorer) if CTCPrefixScorer in kinds else None
-        if ctc_i is not None and scorers[ctc_i].scorer.window > 0:
-            return None
-        feeds = self._feeds(scorers, beam, states, live, dec_i, ctc_i)
-        key = (spec, tuple((ws.name, ws.weight, type(ws.scorer).__name__) for ws in scorers),
-               scorers[dec_i].scorer.temperature,
-               None if ctc_i is None else (scorers[ctc_i].scorer.blank, scorers[ctc_i].scorer.eos,
-                                            tuple(scorers[ctc_i].scorer.excluded.tolist())))
+        memory = dec.memory
+        # without CTC the start graph does not read the posteriors: any (B, T, V) stands in
+        log_probs = ctc.log_probs if ctc is not None else memory.enc.new_zeros(1, 1, 1)
+        inputs = [memory.enc, memory.enc_lens, memory.mask, memory.keys, log_probs,
+                  min_lens, max_lens]
+        key = (spec, bos, tuple((ws.name, ws.weight, type(ws.scorer).__name__) for ws in scorers),
+               dec.temperature,
+               None if ctc is None else (ctc.blank, ctc.eos, tuple(ctc.excluded.tolist())))
         if key not in self.searches:
-            self.searches[key] = self._build(scorers, spec, states, feeds, dec_i)
-        found = self.searches[key]
-        inputs = {"trips": np.array(int(live.max_lens.max()) + 1, dtype=np.int64)}
-        inputs.update({f"init_{n}": feeds[n] for n in found.carried})
-        inputs.update({n: feeds[n] for n in found.constants})
-        records = dict(zip(_RECORDS, found.session.run(None, inputs)))
-        return _read_records(records, live.ids.numpy(), spec.k)
+            self.searches[key] = self._build(scorers, spec, inputs, bos)
+        session, used = self.searches[key]
+        feeds = {"trips": np.array(int(max_lens.max()) + 1, dtype=np.int64)}
+        feeds.update({n: x.detach().contiguous().numpy() for n, x in zip(_INPUTS, inputs)
+                      if n in used})
+        records = dict(zip(_RECORDS, session.run(None, feeds)))
+        return _read_records(records, np.arange(len(max_lens)), spec.k)
 
-    def _feeds(self, scorers, beam, states, live, dec_i, ctc_i) -> dict:
-        def np_(t):
-            return t.detach().contiguous().numpy()
-
-        rows = states[dec_i]
-        dec, memory = rows.dec, rows.memory
-        feeds = {"tokens": np_(beam.tokens[:, -1]), "hidden": np_(dec.hidden),
-                 "context": np_(dec.context), "attn": np_(dec.attn), "score": np_(beam.score),
-                 "raw": np_(beam.raw), "n_finished": np_(live.n_finished),
-                 "best_final": np_(live.best_final),
-                 "done": np.zeros(live.ids.shape[0], dtype=bool), "step": np.array(0, np.int64),
-                 "enc": np_(memory.enc), "mask": np_(memory.mask), "keys": np_(memory.keys),
-                 "row_min": np_(live.row_min), "row_max": np_(live.row_max),
-                 "max_lens": np_(live.max_lens), "offsets": np_(live.offsets)}
-        if dec.cell is not None:
-            feeds["cell"] = np_(dec.cell)
-        if ctc_i is not None:
-            ctc, st = scorers[ctc_i].scorer, states[ctc_i]
-            feeds.update({"ctc_a": np_(st.a), "ctc_b": np_(st.b), "ctc_psi": np_(st.psi),
-                          "ctc_last": np_(st.last), "ctc_log_probs": np_(ctc.log_probs),
-                          "ctc_probs": np_(ctc.probs), "ctc_utt": np_(ctc.rows.utt),
-                          "ctc_row_lens": np_(ctc.rows.lens), "ctc_padding": np_(ctc.rows.padding),
-                          "ctc_last_frame": np_(ctc.rows.last_frame),
-                          "ctc_by_label": np_(ctc.rows.by_label),
-                          "ctc_label_base": np_(ctc.rows.label_base)})
-        return feeds
-
-    def _build(self, scorers, spec: SearchSpec, states: list, feeds: dict, dec_i: int) -> _Search:
+    def _build(self, scorers, spec: SearchSpec, inputs: list, bos: int):
         import onnx
 
         from earshot.export.onnx import OPSET
         from earshot.export.runtime import _session
 
         model = self.model
-        lstm = feeds.get("cell") is not None
-        module = _Step(scorers, spec, model.skeleton.decoder.attention, lstm).eval()
-        rows = states[dec_i]
-        tokens = torch.from_numpy(feeds["tokens"])
-        log_probs, new = model.step(tokens, rows.dec, rows.memory)
-        example = {**{n: torch.from_numpy(v) for n, v in feeds.items()}, "log_probs": log_probs,
-                   "new_hidden": new.hidden, "new_cell": new.cell, "new_context": new.context,
-                   "new_attn": new.attn}
-        names = module.input_names()
-        buffer = io.BytesIO()
+        start = _Start(scorers, spec, model.skeleton.decoder, bos).eval()
+        with torch.no_grad():
+            first = start(*inputs)  # the first state, as example inputs of the step
+        lstm = "init_cell" in first
+        step = _Step(scorers, spec, model.skeleton.decoder.attention, lstm).eval()
+        init = {n.removeprefix("init_"): x for n, x in first.items() if n.startswith("init_")}
+        dec_state = DecoderState(init["hidden"], init.get("cell"), init["context"], init["attn"])
+        memory = Memory(first["enc"], first["mask"].sum(1), first["mask"], first["keys"])
+        log_probs, new = model.step(init["tokens"], dec_state, memory)
+        example = {**init, **first, "log_probs": log_probs, "new_hidden": new.hidden,
+                   "new_cell": new.cell, "new_context": new.context, "new_attn": new.attn}
         torch.onnx.register_custom_op_symbolic("aten::logaddexp", _logaddexp, OPSET)
         torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _logcumsumexp, OPSET)
-        axes = {n: {0: "rows"} for n in ("score", "raw", "row_min", "row_max", "ctc_a", "ctc_b",
-                                          "ctc_psi", "ctc_last", "ctc_utt", "ctc_row_lens",
-                                          "ctc_padding", "ctc_last_frame", "ctc_label_base",
-                                          "log_probs", "new_context", "new_attn")}
-        axes.update({n: {0: "utts"} for n in ("n_finished", "best_final", "done", "max_lens",
-                                               "offsets", "ctc_log_probs", "ctc_probs")})
+        rows, utts, frames = {0: "rows"}, {0: "utts"}, {1: "frames"}
+        start_axes = {"in_enc": {0: "utts", 1: "frames"}, "in_enc_lens": utts,
+                      "in_mask": {0: "utts", 1: "frames"}, "in_keys": {0: "utts", 1: "frames"},
+                      "in_ctc_log_probs": {0: "utts", 1: "frames"}, "in_min_lens": utts,
+                      "in_max_lens": utts}
+        start_model = _export(_Tuple(start), inputs, list(_INPUTS), list(first), start_axes,
+                              OPSET, custom=False)
+        names = step.input_names()
+        axes = {n: dict(rows) for n in ("score", "raw", "row_min", "row_max", "ctc_a", "ctc_b",
+                                         "ctc_psi", "ctc_last", "ctc_utt", "ctc_row_lens",
+                                         "ctc_padding", "ctc_last_frame", "ctc_label_base",
+                                         "log_probs", "new_context", "new_attn")}
+        axes.update({n: dict(utts) for n in ("n_finished", "best_final", "done", "max_lens",
+                                              "offsets", "ctc_log_probs", "ctc_probs")})
         axes.update({n: {1: "rows"} for n in ("new_hidden", "new_cell")})
         axes["ctc_by_label"] = {0: "utt_labels", 1: "frames"}
         for n in ("ctc_a", "ctc_b", "ctc_padding", "ctc_log_probs", "ctc_probs"):
-            axes[n][1] = "frames"
+            axes[n].update(frames)
         axes["new_attn"][example["new_attn"].dim() - 1] = "frames"
-        axes = {n: a for n, a in axes.items() if n in names}
-        outputs = module.output_names()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, tuple(example[n] for n in names), buffer,
-                              input_names=names, output_names=outputs, opset_version=OPSET,
-                              dynamo=False, dynamic_axes=axes,
-                              custom_opsets={_CUSTOM: 1} if module.ctc is not None else None)
-        step = onnx.load_from_string(buffer.getvalue())
+        step_model = _export(step, [example[n] for n in names], names, step.output_names(),
+                             {n: a for n, a in axes.items() if n in names}, OPSET,
+                             custom=step.ctc is not None)
         decoder = onnx.load(str(model.directory / "decoder_step.onnx"))
-        dec_in = [i.name for i in decoder.graph.input]
-        carried_names = ["tokens", "hidden"] + ["cell"] * lstm + ["context", "attn"]
-        carried_names += [n for n in module.input_names()[1:] if n in
-                          _CARRIED + _CTC_CARRIED] + ["step"]
-        constants = [n for n in ("enc", "mask", "keys") if n in dec_in]
-        constants += [n for n in names if n in _CONSTANTS + _CTC_CONSTANTS]
-
-        def typed(ns):  # (name, ONNX element type, rank)
-            return [(n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), feeds[n].ndim)
-                    for n in ns]
-
-        joined = _assemble(decoder, step, typed(carried_names), typed(constants),
-                           {*dec_in, *(o.name for o in decoder.graph.output)},
-                           {*names, *outputs})
+        carried = ["tokens", "hidden"] + ["cell"] * lstm + ["context", "attn"]
+        carried += [n for n in names if n in _CARRIED + _CTC_CARRIED] + ["step"]
+        typed = [(n, onnx.helper.np_dtype_to_tensor_dtype(init[n].numpy().dtype), init[n].dim())
+                 for n in carried]
+        joined = _assemble(start_model, decoder, step_model, typed)
         session = _session(joined.SerializeToString(), self.threads)
         log.debug("beam search graph for beam %d built", spec.k)
-        return _Search(session, carried_names, constants)
+        return session, {i.name for i in session.get_inputs()}
+
+
+def _export(module: nn.Module, args: list, inputs: list[str], outputs: list[str], axes: dict,
+            opset: int, custom: bool):
+    """``module`` traced to an ONNX model (in memory)."""
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(args), buffer, input_names=inputs, output_names=outputs,
+                          opset_version=opset, dynamo=False, dynamic_axes=axes,
+                          custom_opsets={_CUSTOM: 1} if custom else None)
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def _read_records(rec: dict, ids: np.ndarray, k: int):
