@@ -28,6 +28,7 @@ SMALL = ["model.features.sample_rate=8000", "model.features.num_mel_bins=12",
 VARIANTS = {
     "crdnn-location-gru": ["model.encoder.cnn_channels=[4]", "model.encoder.time_pool=[2]",
                            "model.encoder.rnn_units=16", "model.encoder.dnn_units=16",
+                           "model.encoder.rnn_type=gru", "model.encoder.rnn_layers=2",
                            "model.decoder.rnn_type=gru"],
     "crdnn-content-lstm-mfcc": ["model.encoder.cnn_channels=[4]", "model.encoder.time_pool=[1]", "model.encoder.rnn_units=16",
                                 "model.encoder.dnn_units=16", "model.decoder.attention.type=content",

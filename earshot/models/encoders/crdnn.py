@@ -84,6 +84,8 @@ class PaddedRNN(nn.Module):
         that every row is T frames long."""
         if not padded and not self.training and x.device.type == "cpu":
             return self._fused(x)
+        if torch.onnx.is_in_onnx_export():
+            return self._packed(x, lens)
         index = reversal_index(lens, x.size(1)) if len(self.layers[0]) == 2 else None
         for i, directions in enumerate(self.layers):
             if i > 0:
@@ -100,14 +102,34 @@ class PaddedRNN(nn.Module):
         per-layer path, without its per-direction calls and reversals (a quarter of the
         encoder's time for one short utterance on CPU). CPU only: cuDNN wants one
         contiguous weight buffer, which these per-layer modules do not share."""
+        kernel, hx, weights, bidirectional = self._stack(x)
+        return kernel(x, hx, weights, True, len(self.layers), 0.0, False, bidirectional,
+                      True)[0]
+
+    def _packed(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """The whole stack in one call on the packed batch, for ONNX export (evaluation
+        only): the exporter makes it RNN nodes that take each row's length (the backward
+        direction within it), where the padded path's reversals export as index
+        arithmetic, about a hundred small nodes for the peer CRDNN. Padding comes out 0."""
+        packed = nn.utils.rnn.pack_padded_sequence(x, lens, batch_first=True,
+                                                   enforce_sorted=False)
+        kernel, hx, weights, bidirectional = self._stack(x)
+        out = kernel(packed.data, packed.batch_sizes, hx, weights, True, len(self.layers), 0.0,
+                     False, bidirectional)[0]
+        out = nn.utils.rnn.PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
+                                          packed.unsorted_indices)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+
+    def _stack(self, x: torch.Tensor):
+        """(kernel, initial state, weights, bidirectional) of PyTorch's multi-layer RNN
+        kernel for this stack and a batch like x."""
         first = self.layers[0][0]
         directions, units = len(self.layers[0]), first.hidden_size
         weights = [w for layer in self.layers for rnn in layer for w in rnn._flat_weights]
         h0 = x.new_zeros(len(self.layers) * directions, x.size(0), units)
-        kernel = torch._VF.lstm if isinstance(first, nn.LSTM) else torch._VF.gru
-        hx = (h0, h0) if isinstance(first, nn.LSTM) else h0
-        return kernel(x, hx, weights, True, len(self.layers), 0.0, False, directions == 2,
-                      True)[0]
+        if isinstance(first, nn.LSTM):
+            return torch._VF.lstm, (h0, h0), weights, directions == 2
+        return torch._VF.gru, h0, weights, directions == 2
 
     def _from_fused_names(self, state_dict, prefix, *args):
         # nn.LSTM names: weight_ih_l{layer}[_reverse] -> layers.{layer}.{0|1}.weight_ih_l0
