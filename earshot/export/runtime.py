@@ -8,6 +8,7 @@ Tensors cross as numpy views (no copies on the CPU).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -125,6 +126,21 @@ class OnnxASR:
     def encoded_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
         return self.skeleton.encoded_lengths(wav_lens)
 
+    @functools.cached_property
+    def min_samples(self) -> int:
+        """The fewest samples that give one encoder frame (frames never fall as samples
+        grow): longer rows go straight to the encoder graph."""
+        low, high = 1, 1
+        while int(self.encoded_lengths(torch.tensor([high]))[0]) == 0:
+            low, high = high + 1, high * 2
+        while low < high:
+            mid = (low + high) // 2
+            if int(self.encoded_lengths(torch.tensor([mid]))[0]) > 0:
+                high = mid
+            else:
+                low = mid + 1
+        return high
+
     def parameters(self):
         return iter(())
 
@@ -141,6 +157,9 @@ class OnnxASR:
         from earshot.models.asr import Encoded
 
         b = wavs.shape[0]
+        if b and int(wav_lens.min()) >= self.min_samples:  # every row gives a frame
+            enc, lens, lp, keys = self._run_encoder(wavs, wav_lens)
+            return Encoded(Memory(enc, lens, lengths_to_mask(lens, enc.shape[1]), keys), lp, lens)
         frames = self.encoded_lengths(wav_lens)
         rows = (frames > 0).nonzero(as_tuple=True)[0]
         if len(rows) == b:
