@@ -2,7 +2,7 @@
 
     python benchmarks/decode.py --model exp/an4/model --manifest data/an4/dev.jsonl.gz \
         [--lm exp/an4/lm] [--json bench.json] [--batch-size 16] [--limit 200] [--threads 2] \
-        [--profile greedy] [--onnx exp/an4/model.onnx]
+        [--profile greedy] [--onnx exp/an4/model.onnx] [--rounds 3]
 
 Audio is loaded into memory first; each mode then encodes and decodes the same batches
 (so every mode pays for the encoder, as a user does). Reported per mode: utterances per
@@ -13,6 +13,9 @@ model's decode section when set there, else 0.4 and 0.3. A last row, "encode onl
 the front end, encoder and CTC head alone (what every mode's figure includes), so the
 search's share of a mode is its time less that row's. ``--profile MODE`` then runs that
 mode's pass once more under ``torch.profiler`` and prints its top operators by self time.
+With ``--onnx`` each mode also runs on onnxruntime, and the texts of the two are compared;
+both run ``--rounds`` passes in turns (3 by default) and each keeps its fastest, which
+gives the speed-up.
 """
 
 from __future__ import annotations
@@ -53,18 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         from earshot.export.runtime import OnnxASR
 
         onnx_model = OnnxASR.load(args.onnx)[2]
+    rounds = args.rounds or (3 if onnx_model is not None else 1)
+    runners = [("", model)] + ([("onnx ", onnx_model)] if onnx_model is not None else [])
     rows = []
     for name, decode, mode_lm in modes(cfg.decode, lm):
-        rows.append(measure(name, model, batches, decode, tokenizer, mode_lm, audio_seconds, device))
+        passes = alternate(rounds, runners, lambda prefix, m: measure(
+            prefix + name, m, batches, decode, tokenizer, mode_lm, audio_seconds, device))
+        rows += passes
         if onnx_model is not None:
-            row = measure(f"onnx {name}", onnx_model, batches, decode, tokenizer, mode_lm,
-                          audio_seconds, device)
-            row["speedup"] = round(rows[-1]["seconds"] / row["seconds"], 2)
-            row["texts_differing"] = sum(a != b for a, b in zip(rows[-1]["texts"], row["texts"]))
-            rows.append(row)
-    rows.append(measure_encode(model, batches, audio_seconds, device))
-    if onnx_model is not None:
-        rows.append(measure_encode(onnx_model, batches, audio_seconds, device, "onnx encode only"))
+            torch_row, onnx_row = passes
+            onnx_row["speedup"] = round(torch_row["seconds"] / onnx_row["seconds"], 2)
+            onnx_row["texts_differing"] = sum(
+                a != b for a, b in zip(torch_row["texts"], onnx_row["texts"]))
+    rows += alternate(rounds, runners, lambda prefix, m: measure_encode(
+        m, batches, audio_seconds, device, prefix + "encode only"))
     greedy = rows[0]["seconds"]
     for row in rows:
         row["relative_to_greedy"] = round(row["seconds"] / greedy, 3)
@@ -92,6 +97,8 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu")
     p.add_argument("--onnx", default=None,
                    help="an earshot export of --model: also decode on onnxruntime and compare")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="passes per mode and runtime, the fastest kept (0: 3 with --onnx, else 1)")
     p.add_argument("--profile", default=None,
                    choices=("greedy", "beam10", "beam10+ctc", "beam10+ctc+lm"),
                    help="also profile this mode's pass (top operators by self time)")
@@ -154,6 +161,25 @@ def print_profile(name, model, batches, decode, tokenizer, lm, rows: int = 15) -
             decode_batch(model, wavs, lens, decode, tokenizer, lm=lm, mode="auto")
     print(f"\nprofile of {name}:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def alternate(rounds: int, runners: list, run) -> list[dict]:
+    """``run(prefix, model)`` for each runner, ``rounds`` times in alternating order (torch
+    then onnxruntime, then the other way round, ...); per runner the fastest pass, with
+    the highest peak memory of its passes. A shared host's speed drifts by tens of
+    percent within a minute: the fastest of a few passes each, taken in turns, compares
+    the runtimes on the same machine."""
+    passes: list[list[dict]] = [[] for _ in runners]
+    for r in range(rounds):
+        order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
+        for i in order:
+            passes[i].append(run(*runners[i]))
+    best = []
+    for rows in passes:
+        row = min(rows, key=lambda x: x["seconds"])
+        row["peak_mem_mb"] = max(x["peak_mem_mb"] for x in rows)
+        best.append(row)
+    return best
 
 
 def measure_encode(model, batches, audio_seconds, device, name="encode only") -> dict:
