@@ -90,7 +90,7 @@ class OnnxASR:
         # beam search runs its step as a graph too, made per search configuration
         from earshot.export.search_graph import SearchGraphs
 
-        self.search_graphs = SearchGraphs(self)
+        self.search_graphs = SearchGraphs(self, self.threads)
 
     @classmethod
     def from_files(cls, directory: str | Path, description, tokenizer, threads: int | None = None):

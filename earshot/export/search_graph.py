@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from torch import nn
 from earshot.decoding import ctc_prefix
 from earshot.decoding.beam_search import SearchSpec, _Beam, _Live, decide, score_full
 from earshot.decoding.scorers import CTCPrefixScorer, DecoderScorer, LengthBonus, _DecoderRows
+from earshot.export.runtime import _session
 from earshot.models.decoder import AttentionalDecoder, DecoderState, Memory
 
 log = logging.getLogger(__name__)
@@ -382,9 +384,17 @@ class _Tuple(nn.Module):
         return tuple(self.inner(*args).values())
 
 
+@dataclass
+class _Graph:
+    model: bytes  # the search model, serialised
+    inputs: set[str]  # the input names it kept
+    sessions: dict = field(default_factory=dict)  # onnxruntime sessions by thread count
+
+
 class SearchGraphs:
     """Whole-search graphs for one ``OnnxASR``, made on demand and kept per search
-    configuration (``beam_search``'s ``graphs`` argument)."""
+    configuration (``beam_search``'s ``graphs`` argument). ``threads``: onnxruntime's
+    threads for a batch of several utterances (one utterance runs on one)."""
 
     def __init__(self, model, threads: int = 1) -> None:
         self.model, self.threads = model, threads
@@ -412,7 +422,12 @@ class SearchGraphs:
                None if ctc is None else (ctc.blank, ctc.eos, tuple(ctc.excluded.tolist())))
         if key not in self.searches:
             self.searches[key] = self._build(scorers, spec, inputs, bos)
-        session, used = self.searches[key]
+        graph = self.searches[key]
+        # one utterance's operators are too small to share between threads; a batch's are not
+        threads = 1 if len(max_lens) == 1 else self.threads
+        if threads not in graph.sessions:
+            graph.sessions[threads] = _session(graph.model, threads)
+        session, used = graph.sessions[threads], graph.inputs
         feeds = {"trips": np.array(int(max_lens.max()) + 1, dtype=np.int64)}
         feeds.update({n: x.detach().contiguous().numpy() for n, x in zip(_INPUTS, inputs)
                       if n in used})
@@ -423,7 +438,6 @@ class SearchGraphs:
         import onnx
 
         from earshot.export.onnx import OPSET
-        from earshot.export.runtime import _session
 
         model = self.model
         start = _Start(scorers, spec, model.skeleton.decoder, bos).eval()
@@ -467,9 +481,8 @@ class SearchGraphs:
         typed = [(n, onnx.helper.np_dtype_to_tensor_dtype(init[n].numpy().dtype), init[n].dim())
                  for n in carried]
         joined = _assemble(start_model, decoder, step_model, typed)
-        session = _session(joined.SerializeToString(), self.threads)
         log.debug("beam search graph for beam %d built", spec.k)
-        return session, {i.name for i in session.get_inputs()}
+        return _Graph(joined.SerializeToString(), {i.name for i in joined.graph.input})
 
 
 def _export(module: nn.Module, args: list, inputs: list[str], outputs: list[str], axes: dict,
