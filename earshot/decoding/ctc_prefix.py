@@ -168,32 +168,15 @@ def extend(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
     (N,): the row of ``state`` each prefix g is (default: the same row); ``flow``: the
     ``inflow`` of ``state`` (with ``window``), made here when not given.
     """
-    terms = extension_terms(log_probs, lens, state, tokens, blank, window, rows, flow, parents)
-    return solve_extension(psi, tokens, *terms)
-
-
-def extension_terms(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
-                    tokens: torch.Tensor, blank: int, window: torch.Tensor | None = None,
-                    rows: Rows | None = None, flow: Inflow | None = None,
-                    parents: torch.Tensor | None = None):
-    """What ``solve_extension`` needs of ``extend``'s arguments, each (N, T): the inflow
-    phi of the new label, and log y_t of the label and of the blank per row."""
     rows = rows if rows is not None else _rows(log_probs, lens, state)
     flow = flow if flow is not None else inflow(state, rows, window)
     last = state.last
     if parents is not None:
         flow, last = flow.select(parents), last[parents]
     phi = torch.where((tokens == last).unsqueeze(1), flow.repeat, flow.other)
-    return phi, rows.frames(tokens), rows.frames(blank)
-
-
-def solve_extension(psi: torch.Tensor, tokens: torch.Tensor, phi: torch.Tensor,
-                    x_token: torch.Tensor, x_blank: torch.Tensor) -> PrefixState:
-    """The extended prefixes' state from ``extension_terms``: A from phi and the label's
-    posteriors, then B from A and the blank's."""
-    a = _linear_recurrence(phi, x_token)
+    a = _linear_recurrence(phi, rows.frames(tokens))
     a_shift = torch.nn.functional.pad(a[:, :-1], (1, 0), value=NEG_INF)
-    b = _linear_recurrence(a_shift, x_blank)
+    b = _linear_recurrence(a_shift, rows.frames(blank))
     return PrefixState(a, b, psi, tokens.clone())
 
 

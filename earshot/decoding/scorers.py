@@ -137,9 +137,6 @@ class _CTCCandidates:
     psi: torch.Tensor  # (N, V | C) prefix scores of every candidate extension
     candidates: torch.Tensor | None  # (N, C) ids, None for the whole vocabulary
     flow: ctc_prefix.Inflow  # of the parent prefixes (within the window, if any)
-    # (psi, phi, x_token, x_blank) of the rows the search keeps, when computed beside
-    # the scores (a search step graph does): ``select_state`` then only solves
-    chosen: tuple | None = None
 
 
 class CTCPrefixScorer(Scorer):
@@ -184,18 +181,11 @@ class CTCPrefixScorer(Scorer):
 
     def select_state(self, state: _CTCCandidates, rows: torch.Tensor,
                      tokens: torch.Tensor) -> ctc_prefix.PrefixState:
-        chosen = state.chosen if state.chosen is not None else self.chosen(state, rows, tokens)
-        return ctc_prefix.solve_extension(chosen[0], tokens, *chosen[1:])
-
-    def chosen(self, state: _CTCCandidates, rows: torch.Tensor, tokens: torch.Tensor) -> tuple:
-        """(psi, phi, x_token, x_blank) of the extensions ``rows``, ``tokens`` (N,)."""
         cols = tokens if state.candidates is None else \
             (state.candidates[rows] == tokens.unsqueeze(1)).int().argmax(dim=1)
         psi = state.psi.reshape(-1)[rows * state.psi.shape[1] + cols]  # psi[rows, cols]
-        terms = ctc_prefix.extension_terms(self.log_probs, self.lens, state.prefix, tokens,
-                                           self.blank, rows=self.rows, flow=state.flow,
-                                           parents=rows)
-        return (psi, *terms)
+        return ctc_prefix.extend(self.log_probs, self.lens, state.prefix, tokens, psi,
+                                 self.blank, rows=self.rows, flow=state.flow, parents=rows)
 
     def select_utterances(self, state: ctc_prefix.PrefixState, utts: torch.Tensor,
                           rows: torch.Tensor) -> ctc_prefix.PrefixState:

@@ -1,0 +1,169 @@
+"""Joining exported ONNX graphs into earshot's search model (``search_graph.py``), and
+the scan that stands in for torch.logcumsumexp, which ONNX lacks.
+
+Each graph's values are prefixed apart (``_rename``) so that the start graph, the
+decoder step and the traced search step share one scope, joined by their interface
+names; the step graph's ``LogCumSumExp`` placeholder nodes (domain ``CUSTOM``) become
+``_doubling_scan`` loops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CUSTOM = "earshot"  # domain of the placeholder node for torch.logcumsumexp
+
+
+def _elem(info) -> int:
+    return info.type.tensor_type.elem_type
+
+
+def _rank(info) -> int:
+    return len(info.type.tensor_type.shape.dim)
+
+
+def _rename(graph, prefix: str, keep: set[str]) -> None:
+    """Prefix every value and node name of ``graph`` (and of its subgraphs) except
+    ``keep`` (its interface), so that two exported graphs can share one scope."""
+    def name(n: str) -> str:
+        return n if not n or n in keep else prefix + n
+
+    for node in graph.node:
+        node.name = prefix + node.name
+        node.input[:] = [name(n) for n in node.input]
+        node.output[:] = [name(n) for n in node.output]
+        for attr in node.attribute:
+            for sub in [attr.g] * (attr.type == attr.GRAPH) + list(attr.graphs):
+                _rename(sub, prefix, keep)
+    for init in graph.initializer:
+        init.name = name(init.name)
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        info.name = name(info.name)
+
+
+def _const(name: str, value) -> object:
+    from onnx import helper, numpy_helper
+
+    return helper.make_node("Constant", [], [name],
+                            value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def _scan_nodes(node, prefix: str) -> list:
+    """Nodes computing torch.logcumsumexp along axis 1 of a float64 (N, T) input, in place
+    of the placeholder ``node`` (``_doubling_scan``)."""
+    axis = next(a.i for a in node.attribute if a.name == "axis")
+    if axis != 1:
+        raise ValueError(f"LogCumSumExp over axis {axis}: only axis 1 is supported")
+    return _doubling_scan(node.input[0], node.output[0], prefix)
+
+
+def _doubling_scan(x: str, y: str, p: str) -> list:
+    """A log-space Hillis-Steele scan: ceil(log2 T) rounds of x_t <- logaddexp(x_t, x_{t-d}),
+    d = 1, 2, 4, ..., in a Loop; max itself where both are -inf (no -inf - -inf)."""
+    from onnx import TensorProto, helper
+
+    body_nodes = [
+        helper.make_node("Shape", [f"{p}x_in"], [f"{p}shape"]),
+        _const(f"{p}zero", np.array([0], np.int64)), _const(f"{p}one", np.array([1], np.int64)),
+        _const(f"{p}two", np.array([2], np.int64)), _const(f"{p}ninf", np.array(-np.inf)),
+        _const(f"{p}unit", np.array(1.0)),
+        helper.make_node("Gather", [f"{p}shape", f"{p}one"], [f"{p}frames"], axis=0),
+        helper.make_node("Concat", [f"{p}zero", f"{p}d_in", f"{p}zero", f"{p}zero"],
+                         [f"{p}pads"], axis=0),
+        helper.make_node("Pad", [f"{p}x_in", f"{p}pads", f"{p}ninf"], [f"{p}padded"]),
+        helper.make_node("Slice", [f"{p}padded", f"{p}zero", f"{p}frames", f"{p}one"],
+                         [f"{p}shifted"]),
+        helper.make_node("Max", [f"{p}x_in", f"{p}shifted"], [f"{p}big"]),
+        helper.make_node("Min", [f"{p}x_in", f"{p}shifted"], [f"{p}small"]),
+        helper.make_node("Sub", [f"{p}small", f"{p}big"], [f"{p}gap"]),
+        helper.make_node("Exp", [f"{p}gap"], [f"{p}ratio"]),
+        helper.make_node("Add", [f"{p}ratio", f"{p}unit"], [f"{p}sum"]),
+        helper.make_node("Log", [f"{p}sum"], [f"{p}log_sum"]),
+        helper.make_node("Add", [f"{p}big", f"{p}log_sum"], [f"{p}both"]),
+        helper.make_node("IsNaN", [f"{p}both"], [f"{p}empty"]),
+        helper.make_node("Where", [f"{p}empty", f"{p}big", f"{p}both"], [f"{p}x_out"]),
+        helper.make_node("Mul", [f"{p}d_in", f"{p}two"], [f"{p}d_out"]),
+        helper.make_node("Identity", [f"{p}cond_in"], [f"{p}cond_out"]),
+    ]
+    double = TensorProto.DOUBLE
+    body = helper.make_graph(
+        body_nodes, f"{p}body",
+        [helper.make_tensor_value_info(f"{p}i", TensorProto.INT64, []),
+         helper.make_tensor_value_info(f"{p}cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(f"{p}x_in", double, None),
+         helper.make_tensor_value_info(f"{p}d_in", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info(f"{p}cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(f"{p}x_out", double, None),
+         helper.make_tensor_value_info(f"{p}d_out", TensorProto.INT64, [1])])
+    return [
+        helper.make_node("Shape", [x], [f"{p}outer_shape"]),
+        _const(f"{p}outer_one", np.array([1], np.int64)),
+        _const(f"{p}ln2", np.array([np.log(2.0)])), _const(f"{p}go", np.array(True)),
+        # rounding guards log(2^k) / log(2) landing just above k
+        _const(f"{p}eps", np.array([1e-9])),
+        helper.make_node("Gather", [f"{p}outer_shape", f"{p}outer_one"], [f"{p}t"], axis=0),
+        helper.make_node("Cast", [f"{p}t"], [f"{p}t_real"], to=double),
+        helper.make_node("Log", [f"{p}t_real"], [f"{p}log_t"]),
+        helper.make_node("Div", [f"{p}log_t", f"{p}ln2"], [f"{p}log2_t"]),
+        helper.make_node("Sub", [f"{p}log2_t", f"{p}eps"], [f"{p}log2_low"]),
+        helper.make_node("Ceil", [f"{p}log2_low"], [f"{p}rounds_real"]),
+        helper.make_node("Cast", [f"{p}rounds_real"], [f"{p}rounds_1"], to=TensorProto.INT64),
+        helper.make_node("Squeeze", [f"{p}rounds_1"], [f"{p}rounds"]),
+        helper.make_node("Loop", [f"{p}rounds", f"{p}go", x, f"{p}outer_one"],
+                         [y, f"{p}d_last"], body=body, name=f"{p}loop"),
+    ]
+
+
+def join_search(start, decoder, step, carried: list[tuple[str, int, int]],
+                records: tuple[str, ...]):
+    """The search model: inputs ``trips`` and the start graph's; the start graph; one Loop
+    whose body is the decoder-step graph then the step graph (its LogCumSumExp placeholders
+    replaced by scans), over ``carried`` (name, element type, rank) from the start graph's
+    init_<name> outputs to the step graph's next_<name>, while its keep_going holds;
+    outputs all_<record> for the step graph's rec_<record> ``records``, stacked over the
+    iterations run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    for part, prefix in ((start, "start/"), (decoder, "dec/"), (step, "step/")):
+        interface = {v.name for v in list(part.graph.input) + list(part.graph.output)}
+        _rename(part.graph, prefix, interface)
+    nodes = list(decoder.graph.node)
+    for i, node in enumerate(step.graph.node):
+        if node.domain == CUSTOM and node.op_type == "LogCumSumExp":
+            nodes += _scan_nodes(node, f"scan{i}/")
+        else:
+            nodes.append(node)
+    step_outputs = {o.name: o for o in step.graph.output}
+    for out in step.graph.output:  # sizes as traced: unknown, the ranks kept
+        for dim in out.type.tensor_type.shape.dim:
+            dim.Clear()
+    body_outputs = ["keep_going"] + [f"next_{n}" for n, _, _ in carried] + [
+        f"rec_{n}" for n in records]
+    body = helper.make_graph(
+        nodes, "search_step",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])] + [
+            helper.make_tensor_value_info(n, t, [None] * r) for n, t, r in carried],
+        [step_outputs[n] for n in body_outputs])
+    loop = helper.make_node(
+        "Loop", ["trips", "go"] + [f"init_{n}" for n, _, _ in carried],
+        [f"last_{n}" for n, _, _ in carried] + [f"all_{n}" for n in records], body=body,
+        name="search")
+    go = helper.make_node("Constant", [], ["go"],
+                          value=helper.make_tensor("go", TensorProto.BOOL, [], [True]))
+    graph = helper.make_graph(
+        list(start.graph.node) + [go, loop], "beam_search",
+        [helper.make_tensor_value_info("trips", TensorProto.INT64, [])]
+        + list(start.graph.input),
+        [helper.make_tensor_value_info(f"all_{n}", _elem(step_outputs[f"rec_{n}"]),
+                                       [None] * (_rank(step_outputs[f"rec_{n}"]) + 1))
+         for n in records],
+        initializer=[*start.graph.initializer, *decoder.graph.initializer,
+                     *step.graph.initializer])
+    opsets = {o.domain: o.version for m in (start, decoder, step) for o in m.opset_import
+              if o.domain != CUSTOM}
+    model = helper.make_model(graph, ir_version=max(m.ir_version for m in (start, decoder, step)),
+                              opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    onnx.checker.check_model(model)
+    return model
