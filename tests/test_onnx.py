@@ -255,3 +255,39 @@ def test_searches_a_graph_cannot_run_stay_eager(overfit_model, exported):
         onnx_model.search_graphs = None
         ref = decode_batch(onnx_model, wavs, lens, cfg, tokenizer, lm=lm if with_lm else None)
         _assert_same(ref, got)
+
+
+@pytest.mark.parametrize("frames", [1, 7, 32, 33, 100])
+def test_the_graphs_logcumsumexp_matches_torch_and_falls_back_to_the_exact_scan(frames):
+    """The blocked scan's result, and its exact fallback where a block's shift would lose
+    digits (a value far above the frames before it in its block)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from earshot.export.graph_join import _blocked_scan
+
+    nodes = _blocked_scan("x", "y", "scan/")
+    double = TensorProto.DOUBLE
+    graph = helper.make_graph(
+        nodes, "scan", [helper.make_tensor_value_info("x", double, [None, None])],
+        [helper.make_tensor_value_info("y", double, [None, None]),
+         helper.make_tensor_value_info("scan/any_lost", TensorProto.BOOL, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(frames)
+    x = torch.randn(5, frames, generator=g, dtype=torch.float64) * 40
+    x[0] = float("-inf")  # no mass at all
+    x[1, : frames // 2] = float("-inf")  # mass from the middle on
+    cases = {"fast": (x, False)}
+    if frames > 1:
+        steep = x.clone()
+        steep[2, 1] = steep[2, 0] + 2000.0  # frame 0 of its block vanishes under the shift
+        cases["exact"] = (steep, True)
+    for name, (inp, lost) in cases.items():
+        y, any_lost = session.run(None, {"x": inp.numpy()})
+        ref = torch.logcumsumexp(inp, dim=1).numpy()
+        assert bool(any_lost) is lost, name
+        assert np.array_equal(np.isneginf(y), np.isneginf(ref)), name
+        finite = np.isfinite(ref)
+        np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-12, atol=1e-12, err_msg=name)

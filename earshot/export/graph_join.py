@@ -4,7 +4,7 @@ the scan that stands in for torch.logcumsumexp, which ONNX lacks.
 Each graph's values are prefixed apart (``_rename``) so that the start graph, the
 decoder step and the traced search step share one scope, joined by their interface
 names; the step graph's ``LogCumSumExp`` placeholder nodes (domain ``CUSTOM``) become
-``_doubling_scan`` loops.
+``_blocked_scan`` nodes.
 """
 
 from __future__ import annotations
@@ -50,11 +50,102 @@ def _const(name: str, value) -> object:
 
 def _scan_nodes(node, prefix: str) -> list:
     """Nodes computing torch.logcumsumexp along axis 1 of a float64 (N, T) input, in place
-    of the placeholder ``node`` (``_doubling_scan``)."""
+    of the placeholder ``node`` (``_blocked_scan``)."""
     axis = next(a.i for a in node.attribute if a.name == "axis")
     if axis != 1:
         raise ValueError(f"LogCumSumExp over axis {axis}: only axis 1 is supported")
-    return _doubling_scan(node.input[0], node.output[0], prefix)
+    return _blocked_scan(node.input[0], node.output[0], prefix)
+
+
+# frames per block of ``_blocked_scan``: one block holds a short utterance whole, and the
+# quadratic step across blocks stays small for long ones (750 frames: 24 blocks)
+SCAN_BLOCK = 32
+# a partial sum below this, relative to its block's shift, may have lost digits: exact scan
+SCAN_TINY = 1e-290
+
+
+def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK) -> list:
+    """logcumsumexp in blocks of ``block`` frames, with about two exponentials or logs per
+    element and no loop (a log-space doubling scan needs 2 log2(T) of them, in log2(T)
+    loop rounds of a dozen operators):
+
+      within block j, shifted by its maximum c_j:  s_t = cumsum_{s in j, s <= t} exp(x_s - c_j)
+      before it, across blocks (quadratic in their number):  k_j = logsumexp_{i<j} total_i
+      y_t = m_j + log(s_t exp(c_j - m_j) + exp(k_j - m_j)),  m_j = max(c_j, k_j)
+
+    Exact unless a value the block shift pushes below float64's range still matters: a
+    partial sum under ``SCAN_TINY`` at a frame with mass (a finite x_t, or a finite k_j),
+    which takes a block whose values rise by more than ~670 nats past the earlier ones.
+    Then an ``If`` runs the exact ``_doubling_scan`` instead."""
+    from onnx import TensorProto, helper
+
+    def node(op, inputs, output, **attrs):
+        return helper.make_node(op, [i if i == x else p + i for i in inputs], [p + output],
+                                **attrs)
+
+    ints = {"zero": [0], "one": [1], "two": [2], "block": [block], "block_last": [block - 1],
+            "blocks_shape": [0, -1, block], "row_shape": [0, 1, -1], "flat_shape": [0, -1]}
+    consts = [_const(f"{p}{k}", np.array(v, np.int64)) for k, v in ints.items()]
+    consts += [_const(f"{p}{k}", np.array(v, np.int64)) for k, v in (("r0", 0), ("r1", 1))]
+    consts += [_const(f"{p}ninf", np.array(-np.inf)), _const(f"{p}floor", np.array(-1e300)),
+               _const(f"{p}tiny", np.array(SCAN_TINY))]
+    nodes = consts + [
+        # pad the frames to whole blocks with -inf (log 0): (N, blocks, block)
+        node("Shape", [x], "frames", start=1, end=2),
+        node("Neg", ["frames"], "neg_frames"),
+        node("Mod", ["neg_frames", "block"], "pad"),
+        node("Concat", ["zero", "zero", "zero", "pad"], "pads", axis=0),
+        node("Pad", [x, "pads", "ninf"], "padded"),
+        node("Reshape", ["padded", "blocks_shape"], "xb"),
+        # within blocks; an all -inf block is shifted by -1e300, not -inf (no -inf - -inf)
+        node("ReduceMax", ["xb", "two"], "peak", keepdims=1),
+        node("Max", ["peak", "floor"], "shift"),
+        node("Sub", ["xb", "shift"], "centred"),
+        node("Exp", ["centred"], "e"),
+        node("CumSum", ["e", "two"], "sums"),
+        node("Slice", ["sums", "block_last", "block", "two"], "block_sum"),
+        node("Log", ["block_sum"], "log_block_sum"),
+        node("Add", ["log_block_sum", "shift"], "totals"),  # (N, blocks, 1)
+        # across blocks: k_j from the totals of the blocks before j, (N, blocks, 1)
+        node("Reshape", ["totals", "row_shape"], "totals_row"),
+        node("Shape", ["xb"], "blocks_1", start=1, end=2),
+        node("Squeeze", ["blocks_1"], "blocks"),
+        node("Range", ["r0", "blocks", "r1"], "ids"),
+        node("Unsqueeze", ["ids", "one"], "ids_col"),
+        node("Less", ["ids", "ids_col"], "earlier"),  # [j, i]: i < j
+        node("Where", ["earlier", "totals_row", "ninf"], "carried"),
+        node("ReduceLogSumExp", ["carried", "two"], "carry", keepdims=1),
+        # both, shifted by the larger
+        node("Max", ["shift", "carry"], "top"),
+        node("Sub", ["shift", "top"], "shift_gap"),
+        node("Exp", ["shift_gap"], "shift_scale"),
+        node("Sub", ["carry", "top"], "carry_gap"),
+        node("Exp", ["carry_gap"], "carry_scale"),
+        node("Mul", ["sums", "shift_scale"], "scaled"),
+        node("Add", ["scaled", "carry_scale"], "linear"),
+        node("Log", ["linear"], "log_linear"),
+        node("Add", ["log_linear", "top"], "yb"),
+        node("Reshape", ["yb", "flat_shape"], "y_padded"),
+        node("Slice", ["y_padded", "zero", "frames", "one"], "fast"),
+        # lost digits anywhere: the exact scan
+        node("Greater", ["xb", "ninf"], "has_mass"),
+        node("Greater", ["carry", "ninf"], "has_carry"),
+        node("Or", ["has_mass", "has_carry"], "counts"),
+        node("Less", ["linear", "tiny"], "small"),
+        node("And", ["counts", "small"], "lost"),
+        node("Cast", ["lost"], "lost_u8", to=TensorProto.UINT8),
+        node("ReduceMax", ["lost_u8"], "any_lost_u8", keepdims=0),
+        node("Cast", ["any_lost_u8"], "any_lost", to=TensorProto.BOOL),
+    ]
+    double = TensorProto.DOUBLE
+    exact = helper.make_graph(_doubling_scan(x, f"{p}exact", f"{p}exact/"), f"{p}exact_branch",
+                              [], [helper.make_tensor_value_info(f"{p}exact", double, None)])
+    fast = helper.make_graph([helper.make_node("Identity", [f"{p}fast"], [f"{p}fast_out"])],
+                             f"{p}fast_branch", [],
+                             [helper.make_tensor_value_info(f"{p}fast_out", double, None)])
+    nodes.append(helper.make_node("If", [f"{p}any_lost"], [y], then_branch=exact,
+                                  else_branch=fast, name=f"{p}if"))
+    return nodes
 
 
 def _doubling_scan(x: str, y: str, p: str) -> list:
