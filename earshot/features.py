@@ -101,13 +101,27 @@ def delta_kernels(order: int = 2, window: int = DELTA_WINDOW) -> list[torch.Tens
 
 def frame_signal(wavs: torch.Tensor, length: int, shift: int) -> torch.Tensor:
     """(B, S) -> (B, T, L) frames with snip_edges=True (no frame runs past the end)."""
-    if torch.onnx.is_in_onnx_export():  # a gather, which the ONNX exporter sizes at run time
-        frames = torch.div(wavs.shape[1] - length, shift, rounding_mode="floor") + 1
-        starts = torch.arange(frames, device=wavs.device) * shift
-        return wavs[:, starts.unsqueeze(1) + torch.arange(length, device=wavs.device)]
+    if torch.onnx.is_in_onnx_export():
+        return _frames_by_hops(wavs, length, shift)
     if wavs.shape[1] < length:
         return wavs.new_zeros(wavs.shape[0], 0, length)
     return wavs.unfold(1, length, shift)
+
+
+def _frames_by_hops(wavs: torch.Tensor, length: int, shift: int) -> torch.Tensor:
+    """``frame_signal`` as slices and one concatenation, which the ONNX exporter sizes at
+    run time (``unfold`` it cannot): the signal cut into hops of ``shift`` samples, frame
+    t = hops t, t+1, ... side by side, the last cut to ``length``."""
+    b, s = wavs.shape
+    frames = torch.div(s - length, shift, rounding_mode="floor") + 1
+    pieces = -(-length // shift)
+    hops = frames + pieces - 1
+    # zeros past the end fill the last hop; only samples inside the last frame are kept
+    padded = torch.nn.functional.pad(wavs, (0, pieces * shift))[:, : hops * shift]
+    hops = padded.reshape(b, -1, shift)
+    parts = [hops[:, i: i + frames] for i in range(pieces)]
+    parts[-1] = parts[-1][..., : length - (pieces - 1) * shift]
+    return torch.cat(parts, dim=2)
 
 
 def add_deltas(feats: torch.Tensor, lens: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:

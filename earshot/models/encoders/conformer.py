@@ -105,9 +105,10 @@ class ConvSubsampling(nn.Module):
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.unsqueeze(1)  # (B, C=1, T, F)
         for conv, stride in zip(self.convs, self.strides):
-            # Zeros past the end, as the utterance alone would be padded by the convolution.
-            x = x.masked_fill(~lengths_to_mask(lens, x.size(2))[:, None, :, None], 0.0)
-            x = F.relu(conv(x))
+            # Zeros past the end, as the utterance alone would be padded by the convolution:
+            # a multiply by a float mask (the inputs are finite), which a graph runtime
+            # broadcasts far faster than a select with a broadcast bool mask.
+            x = F.relu(conv(x * lengths_to_mask(lens, x.size(2))[:, None, :, None].to(x.dtype)))
             lens = strided_lengths(lens, stride)
         b, c, t, f = x.shape
         x = self.out(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
