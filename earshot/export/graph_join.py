@@ -48,13 +48,13 @@ def _const(name: str, value) -> object:
                             value=numpy_helper.from_array(np.asarray(value), name))
 
 
-def _scan_nodes(node, prefix: str) -> list:
+def _scan_nodes(node, prefix: str, frames_like: str | None) -> list:
     """Nodes computing torch.logcumsumexp along axis 1 of a float64 (N, T) input, in place
     of the placeholder ``node`` (``_blocked_scan``)."""
     axis = next(a.i for a in node.attribute if a.name == "axis")
     if axis != 1:
         raise ValueError(f"LogCumSumExp over axis {axis}: only axis 1 is supported")
-    return _blocked_scan(node.input[0], node.output[0], prefix)
+    return _blocked_scan(node.input[0], node.output[0], prefix, frames_like=frames_like)
 
 
 # frames per block of ``_blocked_scan``: one block holds a short utterance whole, and the
@@ -64,7 +64,8 @@ SCAN_BLOCK = 32
 SCAN_TINY = 1e-290
 
 
-def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK) -> list:
+def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
+                  frames_like: str | None = None) -> list:
     """logcumsumexp in blocks of ``block`` frames, with about two exponentials or logs per
     element and no loop (a log-space doubling scan needs 2 log2(T) of them, in log2(T)
     loop rounds of a dozen operators):
@@ -76,7 +77,9 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK) -> list:
     Exact unless a value the block shift pushes below float64's range still matters: a
     partial sum under ``SCAN_TINY`` at a frame with mass (a finite x_t, or a finite k_j),
     which takes a block whose values rise by more than ~670 nats past the earlier ones.
-    Then an ``If`` runs the exact ``_doubling_scan`` instead."""
+    Then an ``If`` runs the exact ``_doubling_scan`` instead. ``frames_like``: a value
+    whose axis 1 has x's length, when one exists outside the loop the scan runs in (its
+    shape arithmetic is then loop-invariant, ``_hoist``); default x itself."""
     from onnx import TensorProto, helper
 
     def node(op, inputs, output, **attrs):
@@ -91,10 +94,12 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK) -> list:
                _const(f"{p}tiny", np.array(SCAN_TINY))]
     nodes = consts + [
         # pad the frames to whole blocks with -inf (log 0): (N, blocks, block)
-        node("Shape", [x], "frames", start=1, end=2),
+        helper.make_node("Shape", [frames_like or x], [f"{p}frames"], start=1, end=2),
         node("Neg", ["frames"], "neg_frames"),
         node("Mod", ["neg_frames", "block"], "pad"),
         node("Concat", ["zero", "zero", "zero", "pad"], "pads", axis=0),
+        node("Add", ["frames", "pad"], "padded_frames"),
+        node("Div", ["padded_frames", "block"], "blocks_1"),
         node("Pad", [x, "pads", "ninf"], "padded"),
         node("Reshape", ["padded", "blocks_shape"], "xb"),
         # within blocks; an all -inf block is shifted by -1e300, not -inf (no -inf - -inf)
@@ -108,7 +113,6 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK) -> list:
         node("Add", ["log_block_sum", "shift"], "totals"),  # (N, blocks, 1)
         # across blocks: k_j from the totals of the blocks before j, (N, blocks, 1)
         node("Reshape", ["totals", "row_shape"], "totals_row"),
-        node("Shape", ["xb"], "blocks_1", start=1, end=2),
         node("Squeeze", ["blocks_1"], "blocks"),
         node("Range", ["r0", "blocks", "r1"], "ids"),
         node("Unsqueeze", ["ids", "one"], "ids_col"),
@@ -205,24 +209,62 @@ def _doubling_scan(x: str, y: str, p: str) -> list:
     ]
 
 
+def _skip_identity_casts(graph) -> None:
+    """Remove Casts of a graph input to its own type (a traced ``masked_fill`` makes
+    them), readers reading the input itself: onnxruntime would remove them too, but
+    cannot rename what a loop body reads from outside."""
+    types = {i.name: _elem(i) for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    same = {}
+    for node in graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if (node.op_type == "Cast" and types.get(node.input[0]) == to
+                and node.output[0] not in outputs):
+            same[node.output[0]] = node.input[0]
+    kept = [n for n in graph.node if n.output[0] not in same]
+    for node in kept:
+        node.input[:] = [same.get(i, i) for i in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _hoist(nodes: list, loop_values: set[str], keep: set[str]) -> tuple[list, list]:
+    """Loop-invariant code motion: (nodes that read nothing the loop changes, to run once
+    before it; the rest, in order). ``loop_values``: the body's inputs; ``keep``: values
+    the body must produce itself (its outputs). Nodes with subgraphs stay."""
+    varying, before, inside = set(loop_values), [], []
+    for node in nodes:
+        reads_loop = any(i in varying for i in node.input if i)
+        has_graph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
+        if reads_loop or has_graph or keep.intersection(node.output):
+            inside.append(node)
+            varying.update(node.output)
+        else:
+            before.append(node)
+    return before, inside
+
+
 def join_search(start, decoder, step, carried: list[tuple[str, int, int]],
-                records: tuple[str, ...]):
+                records: tuple[str, ...], frames_like: str | None = None):
     """The search model: inputs ``trips`` and the start graph's; the start graph; one Loop
     whose body is the decoder-step graph then the step graph (its LogCumSumExp placeholders
     replaced by scans), over ``carried`` (name, element type, rank) from the start graph's
     init_<name> outputs to the step graph's next_<name>, while its keep_going holds;
     outputs all_<record> for the step graph's rec_<record> ``records``, stacked over the
-    iterations run."""
+    iterations run. ``frames_like``: a start-graph output whose axis 1 has the length of
+    the scanned tensors. Nodes of the body that read nothing the loop changes run once,
+    before it (``_hoist``)."""
     import onnx
     from onnx import TensorProto, helper
 
     for part, prefix in ((start, "start/"), (decoder, "dec/"), (step, "step/")):
         interface = {v.name for v in list(part.graph.input) + list(part.graph.output)}
         _rename(part.graph, prefix, interface)
+    _skip_identity_casts(step.graph)
     nodes = list(decoder.graph.node)
     for i, node in enumerate(step.graph.node):
         if node.domain == CUSTOM and node.op_type == "LogCumSumExp":
-            nodes += _scan_nodes(node, f"scan{i}/")
+            nodes += _scan_nodes(node, f"scan{i}/", frames_like)
         else:
             nodes.append(node)
     step_outputs = {o.name: o for o in step.graph.output}
@@ -231,12 +273,12 @@ def join_search(start, decoder, step, carried: list[tuple[str, int, int]],
             dim.Clear()
     body_outputs = ["keep_going"] + [f"next_{n}" for n, _, _ in carried] + [
         f"rec_{n}" for n in records]
-    body = helper.make_graph(
-        nodes, "search_step",
-        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])] + [
-            helper.make_tensor_value_info(n, t, [None] * r) for n, t, r in carried],
-        [step_outputs[n] for n in body_outputs])
+    body_inputs = [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+                   helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])] + [
+        helper.make_tensor_value_info(n, t, [None] * r) for n, t, r in carried]
+    once, nodes = _hoist(nodes, {i.name for i in body_inputs}, set(body_outputs))
+    body = helper.make_graph(nodes, "search_step", body_inputs,
+                             [step_outputs[n] for n in body_outputs])
     loop = helper.make_node(
         "Loop", ["trips", "go"] + [f"init_{n}" for n, _, _ in carried],
         [f"last_{n}" for n, _, _ in carried] + [f"all_{n}" for n in records], body=body,
@@ -244,7 +286,7 @@ def join_search(start, decoder, step, carried: list[tuple[str, int, int]],
     go = helper.make_node("Constant", [], ["go"],
                           value=helper.make_tensor("go", TensorProto.BOOL, [], [True]))
     graph = helper.make_graph(
-        list(start.graph.node) + [go, loop], "beam_search",
+        list(start.graph.node) + once + [go, loop], "beam_search",
         [helper.make_tensor_value_info("trips", TensorProto.INT64, [])]
         + list(start.graph.input),
         [helper.make_tensor_value_info(f"all_{n}", _elem(step_outputs[f"rec_{n}"]),

@@ -53,12 +53,11 @@ _RECORDS = ("top", "rows", "final", "ext_raw", "new_rows", "new_tokens", "new_sc
 
 
 def _logaddexp(g, a, b):
-    """ONNX for torch.logaddexp (the exporter has none): max + log(1 + exp(min - max)),
-    and max itself where that is undefined (both -inf: -inf - -inf)."""
-    one = g.op("CastLike", g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float64)), a)
-    big, small = g.op("Max", a, b), g.op("Min", a, b)
-    out = g.op("Add", big, g.op("Log", g.op("Add", one, g.op("Exp", g.op("Sub", small, big)))))
-    return g.op("Where", g.op("IsNaN", out), big, out)
+    """ONNX for torch.logaddexp (the exporter has none): ReduceLogSumExp over the pair,
+    max + log(exp(a - max) + exp(b - max)), which onnxruntime keeps -inf where both are."""
+    axis = g.op("Constant", value_t=torch.tensor([-1]))
+    pair = g.op("Concat", g.op("Unsqueeze", a, axis), g.op("Unsqueeze", b, axis), axis_i=-1)
+    return g.op("ReduceLogSumExp", pair, axis, keepdims_i=0)
 
 
 def _logcumsumexp(g, x, dim, *args):
@@ -323,7 +322,8 @@ class SearchGraphs:
         carried += [n for n in names if n in _CARRIED + _CTC_CARRIED] + ["step"]
         typed = [(n, onnx.helper.np_dtype_to_tensor_dtype(init[n].numpy().dtype), init[n].dim())
                  for n in carried]
-        joined = join_search(start_model, decoder, step_model, typed, _RECORDS)
+        joined = join_search(start_model, decoder, step_model, typed, _RECORDS,
+                             "ctc_padding" if step.ctc is not None else None)
         log.debug("beam search graph for beam %d built", spec.k)
         return _Graph(joined.SerializeToString(), {i.name for i in joined.graph.input})
 
