@@ -14,8 +14,8 @@ the front end, encoder and CTC head alone (what every mode's figure includes), s
 search's share of a mode is its time less that row's. ``--profile MODE`` then runs that
 mode's pass once more under ``torch.profiler`` and prints its top operators by self time.
 With ``--onnx`` each mode also runs on onnxruntime, and the texts of the two are compared;
-both run ``--rounds`` passes in turns (3 by default) and each keeps its fastest, which
-gives the speed-up.
+both run ``--rounds`` passes in turns (3 by default), and each runtime's time is the sum
+over batches of each batch's fastest pass, which gives the speed-up.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def parse_args(argv):
     p.add_argument("--onnx", default=None,
                    help="an earshot export of --model: also decode on onnxruntime and compare")
     p.add_argument("--rounds", type=int, default=0,
-                   help="passes per mode and runtime, the fastest kept (0: 3 with --onnx, else 1)")
+                   help="passes per mode and runtime, each batch's fastest kept (0: 3 with --onnx, else 1)")
     p.add_argument("--profile", default=None,
                    choices=("greedy", "beam10", "beam10+ctc", "beam10+ctc+lm"),
                    help="also profile this mode's pass (top operators by self time)")
@@ -165,10 +165,10 @@ def print_profile(name, model, batches, decode, tokenizer, lm, rows: int = 15) -
 
 def alternate(rounds: int, runners: list, run) -> list[dict]:
     """``run(prefix, model)`` for each runner, ``rounds`` times in alternating order (torch
-    then onnxruntime, then the other way round, ...); per runner the fastest pass, with
-    the highest peak memory of its passes. A shared host's speed drifts by tens of
-    percent within a minute: the fastest of a few passes each, taken in turns, compares
-    the runtimes on the same machine."""
+    then onnxruntime, then the other way round, ...). Per runner: each batch's fastest
+    time over its passes, summed, and the highest peak memory of its passes. A shared
+    host's speed drifts by tens of percent within a minute; the fastest time of every
+    batch, taken from passes run in turns, compares the runtimes on the same machine."""
     passes: list[list[dict]] = [[] for _ in runners]
     for r in range(rounds):
         order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
@@ -176,7 +176,10 @@ def alternate(rounds: int, runners: list, run) -> list[dict]:
             passes[i].append(run(*runners[i]))
     best = []
     for rows in passes:
-        row = min(rows, key=lambda x: x["seconds"])
+        row = dict(rows[0])
+        row["seconds"] = sum(min(times) for times in zip(*(x["batch_seconds"] for x in rows)))
+        row["rtf"] = round(row["seconds"] / row["audio_seconds"], 4)
+        row["utt_per_s"] = round(row["utterances"] / row["seconds"], 2)
         row["peak_mem_mb"] = max(x["peak_mem_mb"] for x in rows)
         best.append(row)
     return best
@@ -192,14 +195,17 @@ def measure_encode(model, batches, audio_seconds, device, name="encode only") ->
 def timed(name, run, batches, audio_seconds, device) -> dict:
     """One warm-up call on the first batch, then every batch, timed."""
     run(*batches[0])
+    times = []
     with PeakMemory(device) as mem:
-        start = time.perf_counter()
         n = 0
         for wavs, lens in batches:
+            start = time.perf_counter()
             n += len(run(wavs, lens))
-        seconds = time.perf_counter() - start
+            times.append(time.perf_counter() - start)
+    seconds = sum(times)
     return {"mode": name, "seconds": seconds, "rtf": round(seconds / audio_seconds, 4),
-            "utt_per_s": round(n / seconds, 2), "peak_mem_mb": round(mem.peak_mb, 1)}
+            "utt_per_s": round(n / seconds, 2), "peak_mem_mb": round(mem.peak_mb, 1),
+            "batch_seconds": times, "audio_seconds": audio_seconds, "utterances": n}
 
 
 class PeakMemory:

@@ -210,6 +210,23 @@ def test_decode_benchmark_reports_every_mode_and_the_encoder_alone(overfit_model
     assert all(r["utt_per_s"] > 0 and r["rtf"] > 0 and r["peak_mem_mb"] > 0 for r in rows.values())
 
 
+def test_decode_benchmark_takes_each_batchs_fastest_pass_per_runtime():
+    bench = _benchmark("decode.py")
+    times = {"a": iter([[3.0, 1.0], [1.0, 4.0], [2.0, 2.0]]), "b": iter([[5.0, 5.0]] * 3)}
+    order = []
+
+    def run(prefix, model):
+        order.append(prefix)
+        batch_seconds = next(times[prefix])
+        return {"mode": prefix, "seconds": sum(batch_seconds), "batch_seconds": batch_seconds,
+                "audio_seconds": 4.0, "utterances": 2, "peak_mem_mb": len(order)}
+
+    a, b = bench.alternate(3, [("a", None), ("b", None)], run)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert (a["seconds"], a["utt_per_s"], a["rtf"], a["peak_mem_mb"]) == (2.0, 1.0, 0.5, 5)
+    assert b["seconds"] == 10.0
+
+
 def test_rnn_kernel_benchmark_times_both_kernels_on_the_same_weights(capsys):
     bench = _benchmark("rnn_kernels.py")
     assert bench.main(["--input", "12", "--units", "8", "--lengths", "3,7", "--repeats", "2",
