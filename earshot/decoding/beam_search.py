@@ -16,6 +16,8 @@ live hypothesis could still reach can gain nothing more and stops.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -247,9 +249,13 @@ def _step_bound(scorers: list[WeightedScorer]) -> float | None:
 def length_limits(enc_lens: torch.Tensor, cfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(min_lens, max_lens) in tokens per utterance (B,), from encoder lengths (B,);
     the same rule as greedy decoding: max = ceil(ratio * frames), at least 1."""
-    max_lens = torch.ceil(enc_lens.double() * cfg.max_len_ratio).long().clamp(min=1)
-    min_lens = torch.floor(enc_lens.double() * cfg.min_len_ratio).long()
-    return min_lens.clamp(max=max_lens), max_lens
+    # in Python floats (float64, as torch's double): a search's few lengths cost less
+    # than the eight tensor operators that would compute them
+    frames = enc_lens.tolist()
+    longest = [max(1, math.ceil(f * cfg.max_len_ratio)) for f in frames]
+    shortest = [min(math.floor(f * cfg.min_len_ratio), m) for f, m in zip(frames, longest)]
+    return (torch.tensor(shortest, dtype=torch.long, device=enc_lens.device),
+            torch.tensor(longest, dtype=torch.long, device=enc_lens.device))
 
 
 def _start(b: int, k: int, bos: int, s: int, device) -> _Beam:
@@ -384,10 +390,13 @@ def _advance(rows, tokens, top, ext_raw, offsets, eos, k):
 
 
 def _collect(finished, fallback, names, b, cfg) -> list[list[Hypothesis]]:
-    """Group finished hypotheses by utterance, rank them, keep the n-best."""
+    """Group finished hypotheses by utterance, rank them, keep the n-best. ``finished``:
+    groups of (utterances, token sequences, scores, per-scorer scores), each a tensor,
+    an array or a list."""
     per_utt: list[list[Hypothesis]] = [[] for _ in range(b)]
     for utt, toks, score, raw in finished:
-        for u, t, s, r in zip(utt.tolist(), toks.tolist(), score.tolist(), raw.tolist()):
+        for u, t, s, r in zip(*(x if isinstance(x, list) else x.tolist()
+                                for x in (utt, toks, score, raw))):
             per_utt[u].append(_hyp(t, s, r, names, cfg.length_normalize))
     for u in range(b):
         if not per_utt[u]:  # nothing reached eos (every path pruned): keep the top row

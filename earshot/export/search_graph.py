@@ -344,21 +344,26 @@ def _export(module: nn.Module, args: list, inputs: list[str], outputs: list[str]
 
 def _read_records(rec: dict, ids: np.ndarray, k: int):
     """``beam_search``'s (finished, fallback) from the loop's records, collected as the
-    eager loop collects them: the token history of every beam row is rebuilt step by step
-    from the rows' parents; finished extensions take their parent's history, and an
-    utterance that ended with none finished takes its top row."""
-    history = np.zeros((rec["new_rows"].shape[1], 0), dtype=np.int64)
-    finishing = rec["final"].any(axis=(1, 2))
+    eager loop collects them: a finished extension takes its parent row's tokens, read
+    back through the rows' parents (in iteration, utterance, rank order, as the loop
+    finds them), and an utterance that ended with none finished takes its top row."""
+    parents, tokens = rec["new_rows"].tolist(), rec["new_tokens"].tolist()  # (steps, N)
+
+    def history(length: int, row: int) -> list[int]:
+        """The tokens of beam row ``row`` after ``length`` iterations."""
+        out = [0] * length
+        for j in range(length - 1, -1, -1):
+            out[j], row = tokens[j][row], parents[j][row]
+        return out
+
+    steps, utt, pos = np.nonzero(rec["final"])
+    rows = rec["rows"][steps, utt, pos].tolist()
+    finished = [(ids[utt], [history(s, r) for s, r in zip(steps.tolist(), rows)],
+                 rec["top"][steps, utt, pos], rec["ext_raw"][steps, utt, pos])]
+    fallback = {}
     ended = rec["done_now"] & (rec["n_finished"] == 0)
-    finished, fallback = [], {}
-    for s in range(rec["top"].shape[0]):
-        if finishing[s]:
-            utt, pos = np.nonzero(rec["final"][s])
-            finished.append((ids[utt], history[rec["rows"][s][utt, pos]],
-                             rec["top"][s][utt, pos], rec["ext_raw"][s][utt, pos]))
-        history = np.concatenate([history[rec["new_rows"][s]], rec["new_tokens"][s][:, None]], 1)
-        for u in np.nonzero(ended[s])[0].tolist():
-            row = u * k
-            fallback[int(ids[u])] = (history[row].tolist(), float(rec["new_score"][s][row]),
-                                     rec["new_raw"][s][row].tolist())
+    for s, u in zip(*(x.tolist() for x in np.nonzero(ended))):
+        row = u * k
+        fallback[int(ids[u])] = (history(s + 1, row), float(rec["new_score"][s][row]),
+                                 rec["new_raw"][s][row].tolist())
     return finished, fallback
