@@ -57,18 +57,19 @@ def _scan_nodes(node, prefix: str, frames_like: str | None) -> list:
     return _blocked_scan(node.input[0], node.output[0], prefix, frames_like=frames_like)
 
 
-# frames per block of ``_blocked_scan``: one block holds a short utterance whole, and the
-# quadratic step across blocks stays small for long ones (750 frames: 24 blocks)
+# frames per block of ``_blocked_scan``: the quadratic step across blocks stays small for
+# long inputs (750 frames: 24 blocks); inputs of up to SCAN_ONE_BLOCK frames are one block
 SCAN_BLOCK = 32
+SCAN_ONE_BLOCK = 64
 # a partial sum below this, relative to its block's shift, may have lost digits: exact scan
 SCAN_TINY = 1e-290
 
 
 def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
                   frames_like: str | None = None) -> list:
-    """logcumsumexp in blocks of ``block`` frames, with about two exponentials or logs per
-    element and no loop (a log-space doubling scan needs 2 log2(T) of them, in log2(T)
-    loop rounds of a dozen operators):
+    """logcumsumexp in blocks of ``block`` frames (one block up to ``SCAN_ONE_BLOCK``
+    frames), with about two exponentials or logs per element and no loop (a log-space
+    doubling scan needs 2 log2(T) of them, in log2(T) loop rounds of a dozen operators):
 
       within block j, shifted by its maximum c_j:  s_t = cumsum_{s in j, s <= t} exp(x_s - c_j)
       before it, across blocks (quadratic in their number):  k_j = logsumexp_{i<j} total_i
@@ -86,23 +87,51 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         return helper.make_node(op, [i if i == x else p + i for i in inputs], [p + output],
                                 **attrs)
 
+    def branch(name: str, nodes: list, outputs: list[tuple[str, int]]):
+        return helper.make_graph(nodes, p + name, [], [
+            helper.make_tensor_value_info(p + out, elem, None) for out, elem in outputs])
+
     ints = {"zero": [0], "one": [1], "two": [2], "block": [block], "block_last": [block - 1],
-            "blocks_shape": [0, -1, block], "row_shape": [0, 1, -1], "flat_shape": [0, -1]}
+            "blocks_shape": [0, -1, block], "row_shape": [0, 1, -1], "flat_shape": [0, -1],
+            "one_block": [SCAN_ONE_BLOCK]}
     consts = [_const(f"{p}{k}", np.array(v, np.int64)) for k, v in ints.items()]
     consts += [_const(f"{p}{k}", np.array(v, np.int64)) for k, v in (("r0", 0), ("r1", 1))]
     consts += [_const(f"{p}ninf", np.array(-np.inf)), _const(f"{p}floor", np.array(-1e300)),
                _const(f"{p}tiny", np.array(SCAN_TINY))]
-    nodes = consts + [
-        # pad the frames to whole blocks with -inf (log 0): (N, blocks, block)
+    sizes = [
         helper.make_node("Shape", [frames_like or x], [f"{p}frames"], start=1, end=2),
+        node("LessOrEqual", ["frames", "one_block"], "short_1"),
+        node("Squeeze", ["short_1"], "short"),
         node("Neg", ["frames"], "neg_frames"),
         node("Mod", ["neg_frames", "block"], "pad"),
         node("Concat", ["zero", "zero", "zero", "pad"], "pads", axis=0),
         node("Add", ["frames", "pad"], "padded_frames"),
         node("Div", ["padded_frames", "block"], "blocks_1"),
+        node("Squeeze", ["blocks_1"], "blocks"),
+        node("Range", ["r0", "blocks", "r1"], "ids"),
+        node("Unsqueeze", ["ids", "one"], "ids_col"),
+        node("Less", ["ids", "ids_col"], "earlier"),  # [j, i]: i < j
+    ]
+    # one block: the frames as they are (an all -inf row is shifted by -1e300, not -inf)
+    whole = [
+        node("ReduceMax", [x, "one"], "w_peak", keepdims=1),
+        node("Max", ["w_peak", "floor"], "w_shift"),
+        node("Sub", [x, "w_shift"], "w_centred"),
+        node("Exp", ["w_centred"], "w_e"),
+        node("CumSum", ["w_e", "one"], "w_sums"),
+        node("Log", ["w_sums"], "w_log_sums"),
+        node("Add", ["w_log_sums", "w_shift"], "w_fast"),
+        node("Greater", [x, "ninf"], "w_has_mass"),
+        node("Less", ["w_sums", "tiny"], "w_small"),
+        node("And", ["w_has_mass", "w_small"], "w_lost"),
+        node("Cast", ["w_lost"], "w_lost_u8", to=TensorProto.UINT8),
+        node("ReduceMax", ["w_lost_u8"], "w_any_lost_u8", keepdims=0),
+        node("Cast", ["w_any_lost_u8"], "w_any_lost", to=TensorProto.BOOL),
+    ]
+    blocks = [
+        # pad the frames to whole blocks with -inf (log 0): (N, blocks, block)
         node("Pad", [x, "pads", "ninf"], "padded"),
         node("Reshape", ["padded", "blocks_shape"], "xb"),
-        # within blocks; an all -inf block is shifted by -1e300, not -inf (no -inf - -inf)
         node("ReduceMax", ["xb", "two"], "peak", keepdims=1),
         node("Max", ["peak", "floor"], "shift"),
         node("Sub", ["xb", "shift"], "centred"),
@@ -113,10 +142,6 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         node("Add", ["log_block_sum", "shift"], "totals"),  # (N, blocks, 1)
         # across blocks: k_j from the totals of the blocks before j, (N, blocks, 1)
         node("Reshape", ["totals", "row_shape"], "totals_row"),
-        node("Squeeze", ["blocks_1"], "blocks"),
-        node("Range", ["r0", "blocks", "r1"], "ids"),
-        node("Unsqueeze", ["ids", "one"], "ids_col"),
-        node("Less", ["ids", "ids_col"], "earlier"),  # [j, i]: i < j
         node("Where", ["earlier", "totals_row", "ninf"], "carried"),
         node("ReduceLogSumExp", ["carried", "two"], "carry", keepdims=1),
         # both, shifted by the larger
@@ -130,8 +155,7 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         node("Log", ["linear"], "log_linear"),
         node("Add", ["log_linear", "top"], "yb"),
         node("Reshape", ["yb", "flat_shape"], "y_padded"),
-        node("Slice", ["y_padded", "zero", "frames", "one"], "fast"),
-        # lost digits anywhere: the exact scan
+        node("Slice", ["y_padded", "zero", "frames", "one"], "b_fast"),
         node("Greater", ["xb", "ninf"], "has_mass"),
         node("Greater", ["carry", "ninf"], "has_carry"),
         node("Or", ["has_mass", "has_carry"], "counts"),
@@ -139,17 +163,21 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         node("And", ["counts", "small"], "lost"),
         node("Cast", ["lost"], "lost_u8", to=TensorProto.UINT8),
         node("ReduceMax", ["lost_u8"], "any_lost_u8", keepdims=0),
-        node("Cast", ["any_lost_u8"], "any_lost", to=TensorProto.BOOL),
+        node("Cast", ["any_lost_u8"], "b_any_lost", to=TensorProto.BOOL),
     ]
-    double = TensorProto.DOUBLE
-    exact = helper.make_graph(_doubling_scan(x, f"{p}exact", f"{p}exact/"), f"{p}exact_branch",
-                              [], [helper.make_tensor_value_info(f"{p}exact", double, None)])
-    fast = helper.make_graph([helper.make_node("Identity", [f"{p}fast"], [f"{p}fast_out"])],
-                             f"{p}fast_branch", [],
-                             [helper.make_tensor_value_info(f"{p}fast_out", double, None)])
-    nodes.append(helper.make_node("If", [f"{p}any_lost"], [y], then_branch=exact,
-                                  else_branch=fast, name=f"{p}if"))
-    return nodes
+    double, flag = TensorProto.DOUBLE, TensorProto.BOOL
+    fast = [helper.make_node(
+        "If", [f"{p}short"], [f"{p}fast", f"{p}any_lost"], name=f"{p}size",
+        then_branch=branch("whole", whole, [("w_fast", double), ("w_any_lost", flag)]),
+        else_branch=branch("blocks", blocks, [("b_fast", double), ("b_any_lost", flag)]))]
+    # lost digits anywhere: the exact scan
+    exact = branch("exact_branch", _doubling_scan(x, f"{p}exact", f"{p}exact/"),
+                   [("exact", double)])
+    keep = branch("fast_branch", [helper.make_node("Identity", [f"{p}fast"], [f"{p}fast_out"])],
+                  [("fast_out", double)])
+    choose = [helper.make_node("If", [f"{p}any_lost"], [y], then_branch=exact,
+                               else_branch=keep, name=f"{p}if")]
+    return consts + sizes + fast + choose
 
 
 def _doubling_scan(x: str, y: str, p: str) -> list:
