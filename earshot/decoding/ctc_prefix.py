@@ -86,10 +86,7 @@ class Inflow:
 
     other: torch.Tensor  # (N, T)
     repeat: torch.Tensor  # (N, T)
-
-    def select(self, index: torch.Tensor) -> Inflow:
-        """Rows ``index`` (N',)."""
-        return Inflow(self.other[index], self.repeat[index])
+    end: torch.Tensor  # (N,) log P(exactly the prefix | X): a + b at the row's last frame
 
 
 def prepare_log_probs(log_probs: torch.Tensor, lens: torch.Tensor,
@@ -119,7 +116,8 @@ def inflow(state: PrefixState, rows: Rows, window: torch.Tensor | None = None) -
     def shifted(phi):
         return torch.cat([start, phi[:, :-1]], dim=1).masked_fill(shut, NEG_INF)
 
-    return Inflow(shifted(torch.logaddexp(state.a, state.b)), shifted(state.b))
+    total = torch.logaddexp(state.a, state.b)
+    return Inflow(shifted(total), shifted(state.b), final_score(state, rows, total))
 
 
 def candidate_scores(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
@@ -146,14 +144,15 @@ def candidate_scores(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixS
     psi = torch.where(tokens == state.last.unsqueeze(1), psi_repeat, psi)
     psi = psi.masked_fill(tokens == blank, NEG_INF)
     if eos is not None:
-        psi = torch.where(tokens == eos, final_score(state, rows).unsqueeze(1), psi)
+        psi = torch.where(tokens == eos, flow.end.unsqueeze(1), psi)
     return psi
 
 
-def final_score(state: PrefixState, rows: Rows) -> torch.Tensor:
-    """log P(exactly the prefix | X) per row (N,)."""
-    end = torch.logaddexp(state.a.gather(1, rows.last_frame),
-                          state.b.gather(1, rows.last_frame)).squeeze(1)
+def final_score(state: PrefixState, rows: Rows, total: torch.Tensor | None = None) -> torch.Tensor:
+    """log P(exactly the prefix | X) per row (N,); ``total``: logaddexp(a, b) when made."""
+    if total is None:
+        total = torch.logaddexp(state.a, state.b)
+    end = total.gather(1, rows.last_frame).squeeze(1)
     # zero frames: only the empty prefix is possible, with probability 1
     return torch.where(rows.lens > 0, end, _empty(state))
 
@@ -170,10 +169,10 @@ def extend(log_probs: torch.Tensor, lens: torch.Tensor, state: PrefixState,
     """
     rows = rows if rows is not None else _rows(log_probs, lens, state)
     flow = flow if flow is not None else inflow(state, rows, window)
-    last = state.last
+    other, repeat, last = flow.other, flow.repeat, state.last
     if parents is not None:
-        flow, last = flow.select(parents), last[parents]
-    phi = torch.where((tokens == last).unsqueeze(1), flow.repeat, flow.other)
+        other, repeat, last = other[parents], repeat[parents], last[parents]
+    phi = torch.where((tokens == last).unsqueeze(1), repeat, other)
     a = _linear_recurrence(phi, rows.frames(tokens))
     a_shift = torch.nn.functional.pad(a[:, :-1], (1, 0), value=NEG_INF)
     b = _linear_recurrence(a_shift, rows.frames(blank))
@@ -207,8 +206,8 @@ def _sum_over_frames(phi: torch.Tensor, probs: torch.Tensor, candidates: torch.T
                      utt: torch.Tensor) -> torch.Tensor:
     """log sum_t exp(phi_t) y_t(c): (N, V), or (N, C) for candidates (N, C); probs
     (B, T, V) are the posteriors y, utt (N,) each row's utterance."""
-    peak = phi.amax(dim=1, keepdim=True)
-    peak = peak.masked_fill(peak == NEG_INF, 0.0)  # 0 where all are -inf
+    # a row of -inf only: shifted by -1e300 instead (no -inf - -inf); its sum stays -inf
+    peak = phi.amax(dim=1, keepdim=True).clamp_min(-1e300)
     weights = (phi - peak).exp()  # (N, T)
     b, t, v = probs.shape
     if candidates is None:

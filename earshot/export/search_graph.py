@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
@@ -137,7 +137,7 @@ class _Step(nn.Module):
         final = d.final & ~was_done.unsqueeze(1)  # an utterance that is done is not searched
         done = was_done | d.done
         dec = next(s.dec for s in new_states if isinstance(s, _DecoderRows))
-        out = [~done.all(), d.new_tokens, dec.hidden] + [dec.cell] * self.lstm + [
+        out = [(~done).any(), d.new_tokens, dec.hidden] + [dec.cell] * self.lstm + [
             dec.context, dec.attn, d.new_score, d.new_raw, d.n_finished, d.best_final, done]
         if self.ctc is not None:
             ctc = new_states[self.ctc]
@@ -230,13 +230,13 @@ class _Tuple(nn.Module):
 class _Graph:
     model: bytes  # the search model, serialised
     inputs: set[str]  # the input names it kept
-    sessions: dict = field(default_factory=dict)  # onnxruntime sessions by thread count
+    session: object = None  # its onnxruntime session, made on first use
 
 
 class SearchGraphs:
     """Whole-search graphs for one ``OnnxASR``, made on demand and kept per search
     configuration (``beam_search``'s ``graphs`` argument). ``threads``: onnxruntime's
-    threads for a batch of several utterances (one utterance runs on one)."""
+    threads."""
 
     def __init__(self, model, threads: int = 1) -> None:
         self.model, self.threads = model, threads
@@ -265,11 +265,9 @@ class SearchGraphs:
         if key not in self.searches:
             self.searches[key] = self._build(scorers, spec, inputs, bos)
         graph = self.searches[key]
-        # one utterance's operators are too small to share between threads; a batch's are not
-        threads = 1 if len(max_lens) == 1 else self.threads
-        if threads not in graph.sessions:
-            graph.sessions[threads] = _session(graph.model, threads)
-        session, used = graph.sessions[threads], graph.inputs
+        if graph.session is None:
+            graph.session = _session(graph.model, self.threads)
+        session, used = graph.session, graph.inputs
         feeds = {"trips": np.array(int(max_lens.max()) + 1, dtype=np.int64)}
         feeds.update({n: x.detach().contiguous().numpy() for n, x in zip(_INPUTS, inputs)
                       if n in used})
