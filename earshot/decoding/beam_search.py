@@ -17,7 +17,6 @@ live hypothesis could still reach can gain nothing more and stops.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import torch
