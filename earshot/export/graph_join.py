@@ -87,6 +87,12 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         return helper.make_node(op, [i if i == x else p + i for i in inputs], [p + output],
                                 **attrs)
 
+    def any_of(flags: str, out: str) -> list:
+        """A scalar bool: whether any element of the bool tensor ``flags`` is set."""
+        return [node("Cast", [flags], f"{flags}_u8", to=TensorProto.UINT8),
+                node("ReduceMax", [f"{flags}_u8"], f"{out}_u8", keepdims=0),
+                node("Cast", [f"{out}_u8"], out, to=TensorProto.BOOL)]
+
     def branch(name: str, nodes: list, outputs: list[tuple[str, int]]):
         return helper.make_graph(nodes, p + name, [], [
             helper.make_tensor_value_info(p + out, elem, None) for out, elem in outputs])
@@ -124,9 +130,7 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         node("Greater", [x, "ninf"], "w_has_mass"),
         node("Less", ["w_sums", "tiny"], "w_small"),
         node("And", ["w_has_mass", "w_small"], "w_lost"),
-        node("Cast", ["w_lost"], "w_lost_u8", to=TensorProto.UINT8),
-        node("ReduceMax", ["w_lost_u8"], "w_any_lost_u8", keepdims=0),
-        node("Cast", ["w_any_lost_u8"], "w_any_lost", to=TensorProto.BOOL),
+        *any_of("w_lost", "w_any_lost"),
     ]
     blocks = [
         # pad the frames to whole blocks with -inf (log 0): (N, blocks, block)
@@ -161,9 +165,7 @@ def _blocked_scan(x: str, y: str, p: str, block: int = SCAN_BLOCK,
         node("Or", ["has_mass", "has_carry"], "counts"),
         node("Less", ["linear", "tiny"], "small"),
         node("And", ["counts", "small"], "lost"),
-        node("Cast", ["lost"], "lost_u8", to=TensorProto.UINT8),
-        node("ReduceMax", ["lost_u8"], "any_lost_u8", keepdims=0),
-        node("Cast", ["any_lost_u8"], "b_any_lost", to=TensorProto.BOOL),
+        *any_of("lost", "b_any_lost"),
     ]
     double, flag = TensorProto.DOUBLE, TensorProto.BOOL
     fast = [helper.make_node(
